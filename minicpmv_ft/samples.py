@@ -1,0 +1,152 @@
+"""Reading and validating training samples (JSON / JSON Lines), before any tokenization.
+
+A sample is {"id": ..., "image": path | {"<image_00>": path, ...} (optional),
+"conversations": [{"role": "system"|"user"|"assistant", "content": str}, ...]}.
+Every problem raises DataError naming the data file, the sample index and id, and the reason.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+SINGLE_IMAGE_MARKER = "<image>"
+MULTI_IMAGE_MARKER = re.compile(r"<image_\d+>")
+
+
+class DataError(ValueError):
+    """A sample that cannot be trained on as written."""
+
+    def __init__(self, source: str, index: int | None, sample_id, reason: str):
+        self.source, self.index, self.sample_id, self.reason = source, index, sample_id, reason
+        where = source if index is None else f"{source}, sample {index} (id {sample_id!r})"
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass
+class Sample:
+    """A validated sample. Images are ordered as their markers appear in the conversation."""
+
+    index: int
+    sample_id: object
+    source: str
+    turns: list[tuple[str, str]]  # (role, content), markers still in the text
+    markers: list[str]  # image markers in order of appearance
+    image_paths: list[str]  # resolved paths, same order as markers
+    marker_missing: bool  # single image with no <image> in the text: goes before the first user turn
+
+    def error(self, reason: str) -> DataError:
+        return DataError(self.source, self.index, self.sample_id, reason)
+
+
+def load_records(data, base_dir: str | None = None) -> tuple[list[dict], str, str]:
+    """(records, source name for messages, folder that relative image paths start from)."""
+    if isinstance(data, (list, tuple)):
+        return list(data), "<in-memory data>", base_dir or os.getcwd()
+    path = os.fspath(data)
+    if not os.path.isfile(path):
+        raise DataError(path, None, None, "data file does not exist")
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    folder = base_dir or os.path.dirname(os.path.abspath(path))
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, None, None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        return records, path, folder
+    records = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(path, None, None, f"invalid JSON Lines record at line {line_no}: {exc.msg}") from None
+    if not records:
+        raise DataError(path, None, None, "no samples (expected a JSON list or JSON Lines objects)")
+    return records, path, folder
+
+
+def _turns(record: dict, index: int, source: str, sample_id, system_allowed: bool):
+    def fail(reason):
+        return DataError(source, index, sample_id, reason)
+
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise fail('"conversations" must be a non-empty list of {"role", "content"} turns')
+    turns = []
+    for t, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise fail(f'turn {t} must be an object with "role" and "content"')
+        role, content = turn["role"], turn["content"]
+        if role not in ("system", "user", "assistant"):
+            raise fail(f"turn {t} has role {role!r}; allowed: system, user, assistant")
+        if not isinstance(content, str) or not content.strip():
+            raise fail(f"turn {t} ({role}) has empty or non-text content")
+        turns.append((role, content))
+    body = turns
+    if turns[0][0] == "system":
+        if not system_allowed:
+            raise fail("this model's chat format has no system turn (MiniCPM-V 2.0); remove it")
+        body = turns[1:]
+    for t, (role, _) in enumerate(body):
+        expected = "user" if t % 2 == 0 else "assistant"
+        if role != expected:
+            offset = len(turns) - len(body)
+            raise fail(
+                f"turn {t + offset} is {role!r} but {expected!r} was expected: turns must be "
+                "an optional system turn, then user and assistant alternating, starting with user"
+            )
+    if not any(role == "assistant" for role, _ in body):
+        raise fail("no assistant turn: nothing to train on")
+    if body[-1][0] != "assistant":
+        raise fail("the conversation ends with a user turn, which nothing is trained on; remove it")
+    return turns
+
+
+def parse_sample(record, index: int, source: str, folder: str, system_allowed: bool) -> Sample:
+    if not isinstance(record, dict):
+        raise DataError(source, index, None, f"sample must be a JSON object, got {type(record).__name__}")
+    sample_id = record.get("id", index)
+    turns = _turns(record, index, source, sample_id, system_allowed)
+    text = "".join(content for _, content in turns)
+
+    def fail(reason):
+        return DataError(source, index, sample_id, reason)
+
+    image = record.get("image")
+    found_multi = MULTI_IMAGE_MARKER.findall(text)
+    if image is None:
+        if SINGLE_IMAGE_MARKER in text or found_multi:
+            raise fail("the text has an image marker but the sample has no \"image\"")
+        return Sample(index, sample_id, source, turns, [], [], False)
+    if isinstance(image, str):
+        count = text.count(SINGLE_IMAGE_MARKER)
+        if count > 1:
+            raise fail(f"{count} <image> markers for one image; use \"image\": {{\"<image_00>\": ..., ...}} for several")
+        if found_multi:
+            raise fail(f"marker {found_multi[0]} in a single-image sample; use <image>")
+        return Sample(index, sample_id, source, turns, [SINGLE_IMAGE_MARKER],
+                      [_resolve(image, folder)], count == 0)
+    if isinstance(image, dict) and image:
+        for key, value in image.items():
+            if not MULTI_IMAGE_MARKER.fullmatch(key) or not isinstance(value, str):
+                raise fail(f'image key {key!r} must look like "<image_00>" and map to a path')
+        if SINGLE_IMAGE_MARKER in text:
+            raise fail('<image> in a multi-image sample; use the keys of "image" as markers')
+        unknown = sorted(set(found_multi) - set(image))
+        if unknown:
+            raise fail(f"unknown image placeholder(s) {', '.join(unknown)}: not keys of \"image\"")
+        for key in image:
+            if found_multi.count(key) != 1:
+                raise fail(f"image count mismatch: {key} appears {found_multi.count(key)} times in the text (must be once)")
+        return Sample(index, sample_id, source, turns, list(found_multi),
+                      [_resolve(image[m], folder) for m in found_multi], False)
+    raise fail('"image" must be a path or a non-empty {"<image_00>": path, ...} object')
+
+
+def _resolve(path: str, folder: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(folder, path)

@@ -1,0 +1,255 @@
+"""Tiny MiniCPM-V: the interface of the real checkpoints' modeling_minicpmv.py, small weights.
+
+Which version a directory behaves as follows from its configuration_minicpm.py, as in the
+real checkpoints: the config class's LLM base picks the LLM (MiniCPM for 2.0, Llama for
+2.5, Qwen2 for 2.6); a `vision_encoder` field means 2.0's timm ViT taking [3, H, W] images,
+a `vision_config` the NaViT SigLIP taking patch-major pixels and `tgt_sizes`.
+"""
+import math
+
+import timm
+import torch
+from torch import nn
+from transformers import LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig
+
+from .configuration_minicpm import MiniCPMVConfig
+from .image_processing_minicpmv import MiniCPMVImageSlicer
+from .modeling_minicpm import MiniCPMForCausalLM
+from .modeling_navit_siglip import SiglipVisionTransformer
+from .resampler import Resampler
+
+
+class MiniCPMVPreTrainedModel(PreTrainedModel):
+    config_class = MiniCPMVConfig
+    base_model_prefix = "llm"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer", "Qwen2DecoderLayer", "MiniCPMDecoderLayer", "Idefics2EncoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+
+
+class MiniCPMV(MiniCPMVPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.uses_timm = hasattr(config, "vision_encoder")
+        if isinstance(config, LlamaConfig):
+            self.llm = LlamaForCausalLM(config)
+        elif isinstance(config, Qwen2Config):
+            self.llm = Qwen2ForCausalLM(config)
+        else:
+            self.llm = MiniCPMForCausalLM(config)
+        self.vpm = self.init_vision_module()
+        self.vision_dim = self.vpm.embed_dim if self.uses_timm else config.vision_config.hidden_size
+        self.embed_dim = self.llm.config.hidden_size
+        self.resampler = Resampler(config.query_num, self.embed_dim, max(1, self.embed_dim // 128), self.vision_dim)
+        # Like the real classes, no post_init() here.
+
+    def init_vision_module(self):
+        if self.uses_timm:
+            common = {"num_classes": 0, "dynamic_img_size": True, "dynamic_img_pad": True}
+            kwargs = self.config.vision_encoder_kwargs
+            if kwargs:
+                model = timm.models.VisionTransformer(**kwargs, **common)
+            else:
+                model = timm.create_model(self.config.vision_encoder, pretrained=False, **common)
+            if getattr(model, "attn_pool", None) is not None:
+                model.attn_pool = nn.Identity()
+            if self.config.drop_vision_last_layer:
+                model.blocks = model.blocks[:-1]
+            return model
+        vision_config = self.config.vision_config
+        vision_config._attn_implementation = "eager"
+        model = SiglipVisionTransformer(vision_config)
+        if self.config.drop_vision_last_layer:
+            model.encoder.layers = model.encoder.layers[:-1]
+        return model
+
+    def get_input_embeddings(self):
+        if self.uses_timm:
+            # The real 2.0 class does not provide it either (PEFT users must work around it).
+            raise NotImplementedError("MiniCPM-V 2.0 does not implement get_input_embeddings")
+        return self.llm.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.llm.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.llm.lm_head
+
+    def set_output_embeddings(self, value):
+        self.llm.lm_head = value
+
+    def _dummy_vision(self, device, dtype):
+        """Features of a blank 224x224 image, so the vision tower runs for text-only batches."""
+        side = 224 // self.config.patch_size if hasattr(self.config, "patch_size") else 16
+        if self.uses_timm:
+            return self._timm_embedding([torch.zeros((3, 224, 224), device=device, dtype=dtype)])
+        features = self.vpm(torch.zeros((1, 3, 224, 224), device=device, dtype=dtype)).last_hidden_state
+        return self.resampler(features, torch.tensor([[side, side]], dtype=torch.int32))
+
+    def _timm_embedding(self, images):
+        out = []
+        dtype = self.vpm.pos_embed.data.dtype
+        for image in images:
+            h, w = image.shape[-2:]
+            patch = self.vpm.patch_embed.patch_size[0]
+            features = self.vpm.forward_features(image.unsqueeze(0).type(dtype))
+            if getattr(self.vpm, "num_prefix_tokens", 0) > 0:
+                features = features[:, self.vpm.num_prefix_tokens:]
+            out.append(self.resampler(features, (math.ceil(h / patch), math.ceil(w / patch))))
+        return torch.vstack(out)
+
+    def _navit_embedding(self, pixel_values_list, tgt_sizes, dtype, device):
+        all_pixels = [p.flatten(end_dim=1).permute(1, 0) for sample in pixel_values_list for p in sample]
+        # As the real 2.5 code: every sample's tgt_sizes is stacked, so a text-only sample must
+        # bring an empty [0, 2] tensor (an empty list crashes here).
+        tgt_sizes = torch.vstack(tgt_sizes).type(torch.int32)
+        max_patches = int(torch.max(tgt_sizes[:, 0] * tgt_sizes[:, 1]))
+        pixels = nn.utils.rnn.pad_sequence(all_pixels, batch_first=True, padding_value=0.0)
+        batch, length, _ = pixels.shape
+        pixels = pixels.permute(0, 2, 1).reshape(batch, 3, -1, length)
+        mask = torch.zeros((batch, 1, max_patches), dtype=torch.bool, device=device)
+        for i in range(batch):
+            mask[i, 0, : int(tgt_sizes[i][0] * tgt_sizes[i][1])] = True
+        features = self.vpm(pixels.type(dtype), patch_attention_mask=mask, tgt_sizes=tgt_sizes).last_hidden_state
+        return self.resampler(features, tgt_sizes)
+
+    def get_vllm_embedding(self, data):
+        """(inputs_embeds [B, L, H], per-sample vision features) with image features scattered
+        into the positions of data["image_bound"]."""
+        embed = self.llm.get_input_embeddings()
+        dtype, device = embed.weight.dtype, embed.weight.device
+        if "vision_hidden_states" in data:
+            vision_hidden_states = data["vision_hidden_states"]
+        else:
+            pixel_values_list = data["pixel_values"]
+            counts = [len(sample) for sample in pixel_values_list]
+            if sum(counts) == 0:
+                dummy = self._dummy_vision(device, dtype) if self.training else []
+                vision_hidden_states = [dummy for _ in pixel_values_list]
+            else:
+                if self.uses_timm:
+                    features = self._timm_embedding([p for sample in pixel_values_list for p in sample])
+                else:
+                    features = self._navit_embedding(pixel_values_list, data["tgt_sizes"], dtype, device)
+                vision_hidden_states, start = [], 0
+                for count in counts:
+                    vision_hidden_states.append(features[start:start + count] if count else [])
+                    start += count
+        vllm_embedding = embed(data["input_ids"])
+        if hasattr(self.llm.config, "scale_emb"):
+            vllm_embedding = vllm_embedding * self.llm.config.scale_emb
+        vision_hidden_states = [v.type(vllm_embedding.dtype) if torch.is_tensor(v) else v for v in vision_hidden_states]
+        for i in range(len(data["input_ids"])):
+            features = vision_hidden_states[i]
+            if len(features) == 0:
+                continue
+            bound = data["image_bound"][i]
+            if len(bound) > 0:
+                indices = torch.stack([torch.arange(int(s), int(e), dtype=torch.long) for s, e in bound]).to(device)
+                vllm_embedding[i] = vllm_embedding[i].scatter(
+                    0, indices.view(-1, 1).repeat(1, vllm_embedding.shape[-1]),
+                    features.reshape(-1, features.shape[-1]))
+            elif self.training:
+                vllm_embedding[i] = vllm_embedding[i] + features[0].mean() * 0
+        return vllm_embedding, vision_hidden_states
+
+    def forward(self, data, **kwargs):
+        vllm_embedding, _ = self.get_vllm_embedding(data)
+        position_ids = data["position_ids"]
+        if position_ids.dtype != torch.int64:
+            position_ids = position_ids.long()
+        return self.llm(input_ids=None, position_ids=position_ids, inputs_embeds=vllm_embedding, **kwargs)
+
+    # ---- inference -------------------------------------------------------------------------
+
+    def _slicer(self, max_slice_nums=None):
+        cfg = self.config
+        slicing = cfg if self.uses_timm else cfg.slice_config
+        return MiniCPMVImageSlicer(
+            cfg.query_num, cfg.patch_size,
+            max_slice_nums or slicing.max_slice_nums, getattr(slicing, "scale_resolution", 448),
+            per_slice=isinstance(cfg, Qwen2Config), use_image_id=bool(getattr(cfg, "use_image_id", False)))
+
+    def _prompt(self, msgs, tokenizer, system_prompt):
+        if self.uses_timm:
+            names = {"user": "<用户>", "assistant": "<AI>"}
+            text = "".join(names[m["role"]] + m["content"] for m in msgs) + "<AI>"
+            return [tokenizer.bos_id] + tokenizer.encode(text, add_special_tokens=False)
+        if system_prompt:
+            msgs = [{"role": "system", "content": system_prompt}] + msgs
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    def _answer(self, image, msgs, tokenizer, max_new_tokens=64, system_prompt="", max_slice_nums=None):
+        slicer = self._slicer(max_slice_nums)
+        images, prompt_msgs, image_count = [], [], 0
+        for m, msg in enumerate(msgs):
+            content = msg["content"] if isinstance(msg["content"], list) else [msg["content"]]
+            if m == 0 and image is not None:
+                content = [image] + content
+            parts = []
+            for item in content:
+                if isinstance(item, str):
+                    parts.append(item)
+                    continue
+                views, grid = slicer.slices(item.convert("RGB"))
+                images.extend(views)
+                parts.append(slicer.placeholder(tokenizer, grid, image_count))
+                image_count += 1
+            prompt_msgs.append({"role": msg["role"], "content": "\n".join(parts)})
+        ids = torch.tensor(self._prompt(prompt_msgs, tokenizer, system_prompt), dtype=torch.long)
+        openers = [tokenizer.im_start_id] + ([tokenizer.slice_start_id] if slicer.per_slice else [])
+        closers = [tokenizer.im_end_id] + ([tokenizer.slice_end_id] if slicer.per_slice else [])
+        starts = torch.where(torch.isin(ids, torch.tensor(openers)))[0] + 1
+        ends = torch.where(torch.isin(ids, torch.tensor(closers)))[0]
+        tensors = [slicer.to_tensor(view, not self.uses_timm) for view in images]
+        data = {
+            "input_ids": ids.unsqueeze(0).to(self.device),
+            "position_ids": torch.arange(len(ids)).unsqueeze(0).to(self.device),
+            "pixel_values": [[t.to(self.device) for t, _ in tensors]],
+            "tgt_sizes": [torch.tensor([tgt for _, tgt in tensors], dtype=torch.int32).reshape(-1, 2)],
+            "image_bound": [torch.stack([starts, ends], dim=1)],
+        }
+        return self._greedy(data, tokenizer, max_new_tokens)
+
+    @torch.no_grad()
+    def _greedy(self, data, tokenizer, max_new_tokens):
+        """Greedy decoding without a KV cache (the models are tiny)."""
+        embeds, _ = self.get_vllm_embedding(data)
+        stop = {tokenizer.eos_token_id} | {
+            tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|im_end|>", "<|endoftext|>")
+            if t in tokenizer.get_vocab()}
+        scale = getattr(self.llm.config, "scale_emb", 1)
+        generated = []
+        for _ in range(max_new_tokens):
+            positions = torch.arange(embeds.shape[1], device=embeds.device).unsqueeze(0)
+            logits = self.llm(inputs_embeds=embeds, position_ids=positions).logits[:, -1]
+            token = int(logits.argmax(-1))
+            if token in stop:
+                break
+            generated.append(token)
+            step = self.llm.get_input_embeddings()(torch.tensor([[token]], device=embeds.device)) * scale
+            embeds = torch.cat([embeds, step.to(embeds.dtype)], dim=1)
+        return tokenizer.decode(generated, skip_special_tokens=True)
+
+    def chat(self, image, msgs, *args, **kwargs):
+        """2.5/2.6: chat(image, msgs, tokenizer, ...) -> answer.
+        2.0: chat(image, msgs, context, tokenizer, ...) -> (answer, context, generation_config)."""
+        if self.uses_timm:
+            context, tokenizer = (list(args) + [None, None])[:2]
+            tokenizer = tokenizer or kwargs.pop("tokenizer")
+            kwargs.pop("context", None)
+        else:
+            tokenizer = args[0] if args else kwargs.pop("tokenizer")
+        options = {k: kwargs[k] for k in ("max_new_tokens", "system_prompt", "max_slice_nums") if k in kwargs}
+        answer = self._answer(image, msgs, tokenizer, **options)
+        if self.uses_timm:
+            return answer, list(msgs) + [{"role": "assistant", "content": answer}], {}
+        return answer
