@@ -1,0 +1,162 @@
+"""Bad input raises an error naming the data file, sample index and id, and the reason;
+truncation drops (and counts) samples it would break, and never replaces them."""
+import json
+import logging
+
+import pytest
+
+from dataset import SupervisedDataset
+from minicpmv_ft.samples import DataError
+from minicpmv_ft.versions import VersionError
+
+
+def conv(*turns):
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+GOOD = {"id": "ok", "conversations": conv(("user", "hi"), ("assistant", "hello"))}
+
+
+def build(tiny, tmp_path, samples, llm_type="qwen", **kwargs):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(samples))
+    tok, model = tiny(llm_type)
+    return SupervisedDataset(str(path), tok, model.config, **kwargs), str(path)
+
+
+def assert_error(tiny, tmp_path, bad, reason, llm_type="qwen"):
+    with pytest.raises(DataError) as info:
+        build(tiny, tmp_path, [GOOD, bad], llm_type)
+    path = str(tmp_path / "data.json")
+    assert info.value.source == path and info.value.index == 1
+    assert info.value.sample_id == bad.get("id", 1)
+    assert reason in info.value.reason, info.value.reason
+    assert str(info.value).startswith(f"{path}, sample 1 (id {bad.get('id', 1)!r}): ")
+
+
+def test_missing_image(tiny, tmp_path):
+    bad = {"id": "m", "image": "nope.png", "conversations": conv(("user", "<image>"), ("assistant", "x"))}
+    assert_error(tiny, tmp_path, bad, f"image not found: {tmp_path / 'nope.png'}")
+
+
+def test_unreadable_image(tiny, tmp_path):
+    (tmp_path / "broken.png").write_text("not an image")
+    bad = {"id": "u", "image": "broken.png", "conversations": conv(("user", "<image>"), ("assistant", "x"))}
+    assert_error(tiny, tmp_path, bad, f"cannot read image {tmp_path / 'broken.png'}")
+
+
+def test_truncated_image_file_fails_when_loaded(tiny, tmp_path, image_file):
+    whole = open(image_file("full.png", (300, 300)), "rb").read()
+    (tmp_path / "cut.png").write_bytes(whole[:2000])
+    bad = {"id": "t", "image": "cut.png", "conversations": conv(("user", "<image>"), ("assistant", "x"))}
+    ds, _ = build(tiny, tmp_path, [bad])  # the header is readable, the pixels are not
+    with pytest.raises(DataError, match=r"sample 0 \(id 't'\): cannot read image .*cut.png"):
+        ds[0]
+
+
+def test_unknown_placeholder(tiny, tmp_path, image_file):
+    image_file("a.png")
+    bad = {"id": 3, "image": {"<image_00>": "a.png"},
+           "conversations": conv(("user", "<image_00> and <image_05>"), ("assistant", "x"))}
+    assert_error(tiny, tmp_path, bad, "unknown image placeholder(s) <image_05>")
+
+
+def test_image_count_mismatch(tiny, tmp_path, image_file):
+    image_file("a.png"), image_file("b.png")
+    bad = {"id": "c", "image": {"<image_00>": "a.png", "<image_01>": "b.png"},
+           "conversations": conv(("user", "<image_00> only"), ("assistant", "x"))}
+    assert_error(tiny, tmp_path, bad, "image count mismatch: <image_01> appears 0 times")
+
+
+def test_two_single_image_markers(tiny, tmp_path, image_file):
+    image_file("a.png")
+    bad = {"id": "d", "image": "a.png", "conversations": conv(("user", "<image><image>"), ("assistant", "x"))}
+    assert_error(tiny, tmp_path, bad, "2 <image> markers for one image")
+
+
+def test_marker_without_image(tiny, tmp_path):
+    bad = {"id": "e", "conversations": conv(("user", "<image> what?"), ("assistant", "x"))}
+    assert_error(tiny, tmp_path, bad, 'the text has an image marker but the sample has no "image"')
+
+
+@pytest.mark.parametrize("turns,reason", [
+    ([], '"conversations" must be a non-empty list'),
+    ([("assistant", "x"), ("user", "y")], "turn 0 is 'assistant' but 'user' was expected"),
+    ([("user", "x"), ("user", "y"), ("assistant", "z")], "turn 1 is 'user' but 'assistant' was expected"),
+    ([("user", "x")], "no assistant turn: nothing to train on"),
+    ([("user", "x"), ("assistant", "y"), ("user", "z")], "ends with a user turn"),
+    ([("user", "  "), ("assistant", "y")], "turn 0 (user) has empty or non-text content"),
+    ([("human", "x"), ("assistant", "y")], "turn 0 has role 'human'"),
+])
+def test_roles(tiny, tmp_path, turns, reason):
+    assert_error(tiny, tmp_path, {"id": "r", "conversations": conv(*turns)}, reason)
+
+
+def test_system_turn_rejected_for_minicpm(tiny, tmp_path):
+    bad = {"id": "s", "conversations": conv(("system", "be nice"), ("user", "x"), ("assistant", "y"))}
+    assert_error(tiny, tmp_path, bad, "has no system turn", llm_type="minicpm")
+
+
+def test_chat_control_token_in_content(tiny, tmp_path):
+    bad = {"id": "x", "conversations": conv(("user", "hi<|im_end|>"), ("assistant", "y"))}
+    assert_error(tiny, tmp_path, bad, "user turn 1 contains the chat-control token '<|im_end|>'")
+
+
+def test_image_special_tokens_in_text(tiny, tmp_path, image_file):
+    image_file("a.png", (300, 300))
+    bad = {"id": "i", "image": "a.png", "conversations": conv(("user", "<image><slice>x</slice>"), ("assistant", "y"))}
+    assert_error(tiny, tmp_path, bad, "expected 1 image blocks of 64 <unk> tokens, found 2")
+
+
+def test_bad_json(tiny, tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text('[{"conversations": []},\n {"id": 1,, }]')
+    tok, model = tiny("qwen")
+    with pytest.raises(DataError, match=rf"^{path}: invalid JSON at line 2 column 11"):
+        SupervisedDataset(str(path), tok, model.config)
+
+
+def test_bad_jsonl_line(tiny, tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n{oops\n")
+    tok, model = tiny("qwen")
+    with pytest.raises(DataError, match=rf"^{path}: invalid JSON Lines record at line 2"):
+        SupervisedDataset(str(path), tok, model.config)
+
+
+def test_missing_data_file(tiny, tmp_path):
+    tok, model = tiny("qwen")
+    with pytest.raises(DataError, match="data file does not exist"):
+        SupervisedDataset(str(tmp_path / "none.json"), tok, model.config)
+
+
+def test_llm_type_contradicting_checkpoint(tiny):
+    tok, model = tiny("qwen")
+    with pytest.raises(VersionError, match="--llm_type 'llama3' contradicts the checkpoint, which is 'qwen'"):
+        SupervisedDataset([GOOD], tok, model.config, llm_type="llama3")
+    assert SupervisedDataset([GOOD], tok, model.config, llm_type="qwen2").version.llm_type == "qwen"
+    with pytest.raises(VersionError, match="unknown llm_type 'gpt'"):
+        SupervisedDataset([GOOD], tok, model.config, llm_type="gpt")
+
+
+def test_tokenizer_from_another_checkpoint(tiny):
+    with pytest.raises(VersionError, match="tokenizer looks like llm_type 'llama3' but the config's LLM family is 'qwen2'"):
+        SupervisedDataset([GOOD], tiny("llama3")[0], tiny("qwen")[1].config)
+
+
+def test_truncation_keeps_text_drops_cut_images_and_untrained(tiny, tmp_path, image_file, caplog):
+    image_file("a.png", (300, 300))  # 64 query tokens
+    long_answer = {"id": "long", "conversations": conv(("user", "hi"), ("assistant", "word " * 200))}
+    cut_image = {"id": "img", "image": "a.png", "conversations": conv(("user", "x " * 10 + "<image>"), ("assistant", "y"))}
+    no_target = {"id": "prompt", "conversations": conv(("user", "z " * 200), ("assistant", "w"))}
+    with caplog.at_level(logging.INFO, logger="dataset"):
+        ds, path = build(tiny, tmp_path, [GOOD, long_answer, cut_image, no_target], model_max_length=60)
+    assert ds.kept == [0, 1]
+    assert [(i, sid) for i, sid, _ in ds.dropped] == [(2, "img"), (3, "prompt")]
+    assert "cuts an image span" in ds.dropped[0][2]
+    assert ds.dropped[1][2] == "no trained token within model_max_length 60"
+    assert len(ds) == 2
+    item = ds[1]  # the long answer, truncated but trained
+    assert len(item["input_ids"]) == 60 and (item["labels"] != -100).sum() > 0
+    assert "4 samples, 2 kept, 2 dropped" in caplog.text
+    assert "dropped sample 2 (id 'img')" in caplog.text
