@@ -1,0 +1,248 @@
+"""Fine-tune a MiniCPM-V checkpoint (full or LoRA) on JSON conversations with images.
+
+Read top to bottom: arguments -> checks -> tokenizer, config and data (bad data fails before
+any weight is loaded) -> model -> what trains (freezing / LoRA) -> Trainer -> train -> save.
+Launch through finetune_ds.sh / finetune_lora.sh; every transformers.TrainingArguments
+option is accepted too.
+"""
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser
+
+from dataset import SupervisedDataset, data_collator
+from minicpmv_ft.versions import detect_version, image_settings
+from trainer import MiniCPMVTrainer
+
+logger = logging.getLogger("finetune")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "checkpoint directory or hub id, e.g. openbmb/MiniCPM-V-2_6"})
+    llm_type: typing.Optional[str] = field(default=None, metadata={
+        "help": "chat format: minicpm (2.0), llama3 (2.5), qwen (2.6; alias qwen2). Default: read from the "
+                "checkpoint; a value contradicting it is an error"})
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(metadata={"help": "training data: JSON list or JSON Lines file (see README)"})
+    eval_data_path: typing.Optional[str] = field(default=None, metadata={"help": "evaluation data, same format"})
+    max_slice_nums: typing.Optional[int] = field(default=None, metadata={
+        "help": "most slices per image (>= 1); default: the checkpoint's (9). Lower saves memory"})
+    model_max_length: int = field(default=2048, metadata={
+        "help": "tokens per sample, images included; longer samples are truncated, or dropped (and "
+                "counted) when the cut would split an image or leave no trained token"})
+
+
+@dataclass
+class LoraArguments:
+    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM instead of its weights"})
+    q_lora: bool = field(default=False, metadata={"help": "QLoRA: load the LLM in 4-bit (needs CUDA and bitsandbytes)"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input, 0-1"})
+    lora_target_modules: typing.Optional[str] = field(default=None, metadata={
+        "help": "regex over full module names to adapt; default: the LLM's q/k/v/o projections"})
+    lora_modules_to_save: list[str] = field(default_factory=list, metadata={
+        "help": "extra modules trained fully and saved with the adapter (resampler always is; the vision "
+                "tower with --tune_vision). embed_tokens is trained only if listed here"})
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    tune_vision: bool = field(default=True, metadata={"help": "train the vision tower (vpm)"})
+    tune_llm: typing.Optional[bool] = field(default=None, metadata={
+        "help": "train all LLM weights; default true for full fine-tuning, false with --use_lora"})
+    # MiniCPM-V's forward takes one `data` dict, so columns must not be filtered by signature.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep False for MiniCPM-V"})
+    label_names: typing.Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "label keys"})
+    # Evaluation reports the loss only; full-vocab logits are never gathered.
+    prediction_loss_only: bool = field(default=True, metadata={"help": "keep True: eval computes loss only"})
+    gradient_checkpointing_kwargs: typing.Optional[dict] = field(
+        default_factory=lambda: {"use_reentrant": False}, metadata={"help": "kwargs for gradient checkpointing"})
+
+
+def parse_arguments(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    _init_cpu_deepspeed(argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, LoraArguments))
+    model_args, data_args, train_args, lora_args = parser.parse_args_into_dataclasses(argv)
+    check_arguments(data_args, train_args, lora_args)
+    return model_args, data_args, train_args, lora_args
+
+
+def _init_cpu_deepspeed(argv):
+    """DeepSpeed on CPU (tests, CI) needs the gloo process group before TrainingArguments is
+    built; otherwise ZeRO-3's zero.Init inside from_pretrained sees a world of one."""
+    if "--deepspeed" in argv and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+
+
+def zero_stage(train_args) -> int:
+    config = train_args.deepspeed
+    if not config:
+        return 0
+    if isinstance(config, str):
+        with open(config) as handle:
+            config = json.load(handle)
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def check_arguments(data_args, train_args, lora_args):
+    """Contradictory flags fail here, before any weight is loaded."""
+    if lora_args.use_lora and train_args.tune_llm:
+        raise ValueError("--use_lora true with --tune_llm true would train all LLM weights as well as the "
+                         "adapters; use --tune_llm false (the LoRA default) or drop --use_lora")
+    if lora_args.q_lora and not lora_args.use_lora:
+        raise ValueError("--q_lora true needs --use_lora true")
+    if lora_args.q_lora and not torch.cuda.is_available():
+        raise ValueError("--q_lora true needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora without --q_lora on CPU")
+    if lora_args.q_lora and zero_stage(train_args) == 3:
+        raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
+                         "use ds_config_zero2.json")
+    if data_args.max_slice_nums is not None and data_args.max_slice_nums < 1:
+        raise ValueError(f"--max_slice_nums must be >= 1, got {data_args.max_slice_nums}")
+    if data_args.eval_data_path and train_args.eval_strategy == "no":
+        logger.warning("--eval_data_path given but --eval_strategy is 'no': the eval set is only checked")
+    if train_args.tune_llm is None:
+        train_args.tune_llm = not lora_args.use_lora
+
+
+def model_dtype(train_args) -> torch.dtype:
+    return torch.bfloat16 if train_args.bf16 else torch.float16 if train_args.fp16 else torch.float32
+
+
+def load_datasets(model_args, data_args, tokenizer, config):
+    common = {"llm_type": model_args.llm_type, "max_slice_nums": data_args.max_slice_nums,
+              "model_max_length": data_args.model_max_length}
+    train_set = SupervisedDataset(data_args.data_path, tokenizer, config, **common)
+    eval_set = SupervisedDataset(data_args.eval_data_path, tokenizer, config, **common) if data_args.eval_data_path else None
+    return train_set, eval_set
+
+
+def load_model(model_args, train_args, lora_args, dtype):
+    """The checkpoint, with the known load problems of the real ones worked around."""
+    # The real 2.5/2.6 resampler.py uses `List` without importing it; torch >= 2.7 no longer
+    # leaks it into builtins, so the import fails with NameError.
+    builtins.List = typing.List
+    kwargs = {"trust_remote_code": True, "torch_dtype": dtype}
+    if lora_args.q_lora:
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=["vpm", "resampler", "lm_head"])
+    model = AutoModel.from_pretrained(model_args.model_name_or_path, **kwargs)
+    if not lora_args.q_lora:
+        model = model.to(dtype)  # 2.0 loads its resampler position embedding in fp32 otherwise
+    # Training needs no KV cache, and 2.0's remote code breaks with one on transformers >= 4.50.
+    model.config.use_cache = False
+    model.llm.config.use_cache = False
+    try:
+        model.get_input_embeddings()
+    except NotImplementedError:  # MiniCPM-V 2.0 lacks it; PEFT and gradient checkpointing call it
+        model.get_input_embeddings = types.MethodType(lambda self: self.llm.get_input_embeddings(), model)
+    return model
+
+
+def configure_trainable(model, version, train_args, lora_args):
+    """Freezes what is not trained, or wraps the model with LoRA adapters."""
+    model.requires_grad_(True)
+    if not train_args.tune_vision:
+        model.vpm.requires_grad_(False)
+    if not lora_args.use_lora:
+        if not train_args.tune_llm:
+            model.llm.requires_grad_(False)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model.llm.requires_grad_(False)
+    if lora_args.q_lora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_args.gradient_checkpointing)
+    modules_to_save = ["resampler"] + (["vpm"] if train_args.tune_vision else []) + list(lora_args.lora_modules_to_save)
+    config = LoraConfig(r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
+                        target_modules=lora_args.lora_target_modules or version.lora_target_regex,
+                        modules_to_save=modules_to_save)
+    return get_peft_model(model, config)
+
+
+def log_settings(model, version, train_set, eval_set, data_args, config):
+    def numel(p):
+        return getattr(p, "ds_numel", p.numel())  # ZeRO-3 partitions parameters
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
+    settings = image_settings(config, version, data_args.max_slice_nums)
+    logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
+    logger.info("llm_type=%s (%s), query_num=%d, max_slice_nums=%d, scale_resolution=%d, image ids=%s, "
+                "model_max_length=%d", version.llm_type, version.checkpoints, settings.query_num,
+                settings.max_slice_nums, settings.scale_resolution, settings.use_image_id, data_args.model_max_length)
+    for name, ds in (("train", train_set), ("eval", eval_set)):
+        if ds is not None:
+            logger.info("%s data: %d samples used, %d dropped", name, len(ds), len(ds.dropped))
+
+
+def resume_argument(train_args):
+    value = train_args.resume_from_checkpoint
+    if value is not None and value.lower() in ("true", "last"):
+        return True  # the newest checkpoint-* in output_dir
+    return value
+
+
+def finish_distributed():
+    """Ends a distributed run without the gloo shutdown abort (pytorch issue 190489): a gloo
+    worker thread can abort the interpreter at exit after everything was saved."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def main(argv=None):
+    model_args, data_args, train_args, lora_args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if train_args.should_log else logging.WARNING)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    version = detect_version(config, tokenizer, model_args.llm_type)
+    train_set, eval_set = load_datasets(model_args, data_args, tokenizer, config)
+    model = load_model(model_args, train_args, lora_args, model_dtype(train_args))
+    model = configure_trainable(model, version, train_args, lora_args)
+    log_settings(model, version, train_set, eval_set, data_args, config)
+    trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=train_set, eval_dataset=eval_set,
+                              data_collator=data_collator, processing_class=tokenizer,
+                              source_model_dir=_local_dir(model_args.model_name_or_path))
+    trainer.train(resume_from_checkpoint=resume_argument(train_args))
+    trainer.save_state()
+    trainer.save_model(train_args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
+    finish_distributed()
+
+
+def _local_dir(name_or_path: str) -> str | None:
+    """Folder holding the checkpoint's files (for copying processor files into outputs)."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name_or_path, allow_patterns=["*.py", "*.json"])
+    except Exception as exc:  # offline or gated: the checkpoint still trains and saves
+        logger.warning("could not fetch %s's processor files to copy into outputs: %s", name_or_path, exc)
+        return None
+
+
+if __name__ == "__main__":
+    main()

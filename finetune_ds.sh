@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Full fine-tuning of MiniCPM-V with DeepSpeed, on one node or several.
+# Edit the lines below or set them in the environment; any finetune.py flag given to this
+# script (sh finetune_ds.sh --learning_rate 2e-6) overrides the defaults here.
+set -eu
+cd "$(dirname "$0")"
+
+MODEL=${MODEL:-openbmb/MiniCPM-V-2_6}   # or openbmb/MiniCPM-Llama3-V-2_5, openbmb/MiniCPM-V-2, a local folder
+DATA=${DATA:-path/to/train.json}        # JSON list or JSON Lines, see README "Data format"
+EVAL_DATA=${EVAL_DATA:-}                # optional
+LLM_TYPE=${LLM_TYPE:-}                  # empty: read from the checkpoint (minicpm, llama3, qwen)
+OUTPUT_DIR=${OUTPUT_DIR:-output/minicpmv_full}
+DS_CONFIG=${DS_CONFIG-ds_config_zero2.json}   # ds_config_zero3.json for large models; empty: no DeepSpeed
+
+GPUS_PER_NODE=${GPUS_PER_NODE:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-localhost}
+MASTER_PORT=${MASTER_PORT:-6001}
+
+if [ ! -f "$DATA" ]; then
+    echo "finetune: DATA=$DATA does not exist; set DATA to your training file (see README, Data format)" >&2
+    exit 1
+fi
+if [ -n "$EVAL_DATA" ] && [ ! -f "$EVAL_DATA" ]; then
+    echo "finetune: EVAL_DATA=$EVAL_DATA does not exist" >&2
+    exit 1
+fi
+
+torchrun --nproc_per_node "$GPUS_PER_NODE" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+    finetune.py \
+    --model_name_or_path "$MODEL" \
+    --data_path "$DATA" \
+    ${EVAL_DATA:+--eval_data_path "$EVAL_DATA" --eval_strategy steps --eval_steps 1000} \
+    ${LLM_TYPE:+--llm_type "$LLM_TYPE"} \
+    ${DS_CONFIG:+--deepspeed "$DS_CONFIG"} \
+    --output_dir "$OUTPUT_DIR" \
+    --bf16 true \
+    --tune_vision true \
+    --model_max_length 2048 \
+    --num_train_epochs 1 \
+    --per_device_train_batch_size 1 \
+    --gradient_accumulation_steps 1 \
+    --learning_rate 1e-6 \
+    --weight_decay 0.1 \
+    --adam_beta2 0.95 \
+    --warmup_ratio 0.01 \
+    --lr_scheduler_type cosine \
+    --gradient_checkpointing true \
+    --logging_steps 1 \
+    --save_strategy steps \
+    --save_steps 1000 \
+    --save_total_limit 10 \
+    --report_to none \
+    "$@"

@@ -1,0 +1,91 @@
+"""The Trainer subclass: MiniCPM-V's forward(data=...), a token-normalised loss computed on
+label positions only, and checkpoints that load on their own.
+
+Loss: sum of cross-entropy over every trained token of the optimizer step (all
+micro-batches, all ranks), divided by the number of those tokens (`num_items_in_batch`, which
+the Trainer counts and gathers across ranks). The result does not depend on how a step is
+split into micro-batches, gradient accumulation or processes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+
+import torch
+from transformers import Trainer
+
+from minicpmv_ft.chat_tokens import IGNORE_INDEX
+
+# Files of a checkpoint that inference needs and save_pretrained may not write:
+# processor/preprocessor configs, generation config, and remote code the model class does
+# not import itself (e.g. processing_minicpmv.py of 2.6).
+EXTRA_CHECKPOINT_FILES = (".py", "preprocessor_config.json", "processor_config.json", "generation_config.json")
+
+
+@contextmanager
+def lm_head_on_positions(lm_head: torch.nn.Module, positions: torch.Tensor):
+    """Within the block, lm_head receives only hidden[positions] as [1, N, H] instead of
+    [B, L, H], so logits exist for trained positions only (a full-vocab [B*L, V] tensor for
+    prompt and image tokens would dominate memory with 128k-151k vocabularies)."""
+
+    def select(module, args):
+        return (args[0][positions].unsqueeze(0),) + tuple(args[1:])
+
+    handle = lm_head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def shifted_targets(labels: torch.Tensor):
+    """(positions [B, L] bool, targets [N]): hidden state t predicts labels[t + 1]."""
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return positions, labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+
+class MiniCPMVTrainer(Trainer):
+    def __init__(self, *args, source_model_dir: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # compute_loss normalises by num_items_in_batch itself; this also stops the Trainer
+        # from dividing the loss by the gradient accumulation steps a second time.
+        self.model_accepts_loss_kwargs = True
+        self.source_model_dir = source_model_dir
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        positions, targets = shifted_targets(labels)
+        lm_head = self.accelerator.unwrap_model(model).llm.get_output_embeddings()
+        with lm_head_on_positions(lm_head, positions):
+            logits = model(data=inputs, attention_mask=inputs["attention_mask"], use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits[0].float(), targets, reduction="sum")
+        if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
+            loss = loss / max(targets.numel(), 1)
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # the count is global; DDP/DeepSpeed average gradients over processes
+                loss = loss * self.accelerator.num_processes
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        if self.source_model_dir and not _is_peft(self.model):
+            copy_missing_checkpoint_files(self.source_model_dir, output_dir)
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def copy_missing_checkpoint_files(source_dir: str, output_dir: str) -> list[str]:
+    """Copies the source checkpoint's remote code and processor files that output_dir lacks."""
+    copied = []
+    for name in sorted(os.listdir(source_dir)):
+        if name.endswith(EXTRA_CHECKPOINT_FILES) and not os.path.exists(os.path.join(output_dir, name)):
+            shutil.copy(os.path.join(source_dir, name), os.path.join(output_dir, name))
+            copied.append(name)
+    return copied
