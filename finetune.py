@@ -139,7 +139,7 @@ def load_model(model_args, train_args, lora_args, dtype):
     # The real 2.5/2.6 resampler.py uses `List` without importing it; torch >= 2.7 no longer
     # leaks it into builtins, so the import fails with NameError.
     builtins.List = typing.List
-    kwargs = {"trust_remote_code": True, "torch_dtype": dtype}
+    kwargs = {"trust_remote_code": True, "dtype": dtype}
     if lora_args.q_lora:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -211,7 +211,8 @@ def finish_distributed():
         os._exit(0)
 
 
-def main(argv=None):
+def train(argv=None, callbacks=None):
+    """Runs the whole job and returns the Trainer (tests add callbacks)."""
     model_args, data_args, train_args, lora_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if train_args.should_log else logging.WARNING)
@@ -223,11 +224,16 @@ def main(argv=None):
     model = configure_trainable(model, version, train_args, lora_args)
     log_settings(model, version, train_set, eval_set, data_args, config)
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=train_set, eval_dataset=eval_set,
-                              data_collator=data_collator, processing_class=tokenizer,
+                              data_collator=data_collator, processing_class=tokenizer, callbacks=callbacks,
                               source_model_dir=_local_dir(model_args.model_name_or_path))
     trainer.train(resume_from_checkpoint=resume_argument(train_args))
     trainer.save_state()
     trainer.save_model(train_args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
+    return trainer
+
+
+def main(argv=None):
+    train(argv)
     finish_distributed()
 
 

@@ -46,6 +46,9 @@ class ModelVersion:
     # "patch_major" [3, patch, H*W/patch] (2.5/2.6, NaViT).
     pixel_layout: str
     default_query_num: int
+    # 2.0's chat() is chat(image, msgs, context, tokenizer) -> (answer, context, config);
+    # later versions take chat(image, msgs, tokenizer) -> answer.
+    chat_takes_context: bool = False
     # Regex of LLM module names that LoRA adapts by default (q, k, v, o projections).
     lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
     extra_from_pretrained_kwargs: dict = field(default_factory=dict)
@@ -99,6 +102,7 @@ VERSIONS: dict[str, ModelVersion] = {
         slice_config_field=None,
         pixel_layout="chw",
         default_query_num=64,
+        chat_takes_context=True,
     ),
     "llama3": ModelVersion(
         llm_type="llama3",

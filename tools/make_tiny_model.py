@@ -143,7 +143,7 @@ def version_spec(llm_type: str, out: Path) -> tuple[dict, dict, str]:
     """(tokenizer info, config.json fields, remote-code folder) of one version."""
     if llm_type == "minicpm":
         tok = build_minicpm_tokenizer(out)
-        config = {**TINY_LLM, "num_key_value_heads": 4, "scale_emb": 12, "dim_model_base": 16,
+        config = {**TINY_LLM, "num_key_value_heads": 4, "scale_emb": 12, "dim_model_base": 64,
                   "scale_depth": 1.4, "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2,
                   "max_position_embeddings": 4096,
                   "vision_encoder": "vit_so400m_patch14_siglip_384.webli",
@@ -206,7 +206,7 @@ def build(llm_type: str, out: str | Path, vocab_size: int | None = None, seed: i
 
     config.update({
         "architectures": ["MiniCPMV"], "model_type": "minicpmv", "vocab_size": vocab_size or tok["size"],
-        "torch_dtype": "float32", "initializer_range": 0.02,
+        "torch_dtype": "float32", "initializer_range": config.get("initializer_range", 0.1),
         "auto_map": {"AutoConfig": "configuration_minicpm.MiniCPMVConfig",
                      "AutoModel": "modeling_minicpmv.MiniCPMV",
                      "AutoModelForCausalLM": "modeling_minicpmv.MiniCPMV"},

@@ -12,3 +12,6 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning}"
+# DeepSpeed compiles its CPU ops (shm_comm, cpu_adam) on first use; keep them between runs.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# README command 1. On a fresh machine: sets up .venv, builds a tiny MiniCPM-V 2.6-style
+# model, writes the bundled sample data, runs finetune_lora.sh and a short full fine-tune
+# (finetune_ds.sh) on CPU, then loads each result and asks it about a sample image.
+# DEMO_LLM_TYPE=minicpm|llama3|qwen picks the tiny model's version.
+set -euo pipefail
+cd "$(dirname "$0")"
+source tools/setup_venv.sh
+WORK=${WORK:-demo_output}
+LLM=${DEMO_LLM_TYPE:-qwen}
+
+python tools/make_tiny_model.py --llm-type "$LLM" --out "$WORK/tiny-$LLM"
+python tools/make_sample_data.py --out "$WORK/data"
+
+# CPU settings for the launchers: one process, no DeepSpeed, fp32.
+export MODEL="$WORK/tiny-$LLM" DATA="$WORK/data/train.json" EVAL_DATA="$WORK/data/eval.json"
+export DS_CONFIG="" GPUS_PER_NODE=1 MASTER_PORT="${MASTER_PORT:-29531}" OMP_NUM_THREADS=2
+CPU_FLAGS=(--use_cpu true --bf16 false --gradient_checkpointing false --per_device_train_batch_size 2
+           --logging_steps 10 --eval_steps 40 --save_strategy no --max_slice_nums 2 --disable_tqdm true)
+
+OUTPUT_DIR="$WORK/lora" sh finetune_lora.sh "${CPU_FLAGS[@]}" --num_train_epochs 25 --learning_rate 1e-2
+OUTPUT_DIR="$WORK/full" sh finetune_ds.sh "${CPU_FLAGS[@]}" --num_train_epochs 25 --learning_rate 5e-3
+
+QUESTION="What is in the picture?"
+for result in lora full; do
+    echo "== $result fine-tune, asked about images/red_circle.png: $QUESTION (trained answer: A red circle.)"
+    python chat.py --model "$WORK/$result" --image "$WORK/data/images/red_circle.png" --question "$QUESTION" --max_new_tokens 12
+done

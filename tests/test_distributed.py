@@ -1,0 +1,103 @@
+"""Multi-process training on CPU: the loss normalisation across micro-batches, gradient
+accumulation and processes; DeepSpeed ZeRO-2/3 under torchrun; kill and resume."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from conftest import ROOT
+
+PROBE = str(ROOT / "tests" / "finetune_probe.py")
+
+
+@pytest.fixture(scope="module")
+def four_samples(tmp_path_factory):
+    out = tmp_path_factory.mktemp("four")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(out)], check=True)
+    samples = json.loads((out / "train.json").read_text())
+    (out / "four.json").write_text(json.dumps([samples[0], samples[1], samples[-2], samples[-1]]))
+    return out / "four.json"
+
+
+def run(args, nproc=1, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    launcher = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    result = subprocess.run(launcher + [PROBE] + [str(a) for a in args], env=env, capture_output=True, text=True,
+                            timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def common(model, data, out):
+    return ["--probe_out", out / "probe.json", "--model_name_or_path", model, "--data_path", data,
+            "--output_dir", out, "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true",
+            "--logging_steps", "1", "--max_slice_nums", "1", "--seed", "0"]
+
+
+def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samples, tmp_path):
+    """One optimizer step over the same 4 samples: 4 x 1, 1 x 4 accumulation, 2 processes x 2."""
+    model = tiny_model_dir("qwen")
+    step = ["--max_steps", "1", "--learning_rate", "1e-3", "--max_grad_norm", "0", "--save_strategy", "no"]
+    layouts = {"4x1": (1, ["--per_device_train_batch_size", "4"]),
+               "1x4": (1, ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "4"]),
+               "2proc x2": (2, ["--per_device_train_batch_size", "2"])}
+    results = {}
+    for name, (nproc, flags) in layouts.items():
+        out = tmp_path / name.replace(" ", "_")
+        run(common(model, four_samples, out) + step + flags, nproc=nproc)
+        probe = json.loads((out / "probe.json").read_text())
+        results[name] = (probe, torch.load(str(out / "probe.json") + ".grads.pt"))
+    reference_probe, reference_grads = results["4x1"]
+    assert reference_probe["world_size"] == 1 and results["2proc x2"][0]["world_size"] == 2
+    assert len(reference_grads) >= 4
+    for name, (probe, grads) in results.items():
+        assert probe["losses"][0] == pytest.approx(reference_probe["losses"][0], rel=1e-4), name
+        assert grads.keys() == reference_grads.keys(), name
+        for key, grad in grads.items():
+            torch.testing.assert_close(grad, reference_grads[key], rtol=1e-4, atol=1e-7, msg=f"{name}: {key}")
+
+
+@pytest.mark.parametrize("config,stage,lora", [("ds_config_zero2.json", 2, False), ("ds_config_zero3.json", 3, False),
+                                               ("ds_config_zero3.json", 3, True)], ids=["zero2", "zero3", "zero3-lora"])
+def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, config, stage, lora):
+    source = tiny_model_dir("llama3")
+    flags = ["--deepspeed", ROOT / config, "--max_steps", "3", "--per_device_train_batch_size", "1",
+             "--learning_rate", "1e-3", "--save_strategy", "no"] + (["--use_lora", "true", "--lora_r", "4"] if lora else [])
+    run(common(source, four_samples, tmp_path) + flags, nproc=2)
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert (probe["engine"], probe["zero_stage"], probe["world_size"]) == ("DeepSpeedEngine", stage, 2)
+    assert all(torch.isfinite(torch.tensor(probe["losses"])))
+    if lora:
+        saved = load_file(tmp_path / "adapter_model.safetensors")
+        assert any("lora_A" in k for k in saved) and any("resampler" in k for k in saved)
+        return
+    trained = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    original = AutoModel.from_pretrained(source, trust_remote_code=True)
+    changed = [n for n, p in trained.state_dict().items() if not torch.equal(p, original.state_dict()[n])]
+    assert any(n.startswith("llm.") for n in changed) and any(n.startswith("resampler.") for n in changed)
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(data)], check=True)
+    model = tiny_model_dir("minicpm")
+    flags = ["--max_steps", "6", "--save_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "3e-3"]
+    straight = tmp_path / "straight"
+    run(common(model, data / "train.json", straight) + flags)
+    interrupted = tmp_path / "interrupted"
+    killed = run(common(model, data / "train.json", interrupted) + flags + ["--kill_after_save", "4"], check=False)
+    assert killed.returncode == -9
+    assert sorted(p.name for p in interrupted.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (interrupted / "model.safetensors").exists()
+    run(common(model, data / "train.json", interrupted) + flags + ["--resume_from_checkpoint", "last"])
+    expected, resumed = load_file(straight / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)

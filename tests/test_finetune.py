@@ -1,0 +1,102 @@
+"""finetune.py end to end on the tiny models: loss falls, outputs reload with the same logits."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from conftest import LLM_TYPES, ROOT
+
+import finetune
+from dataset import SupervisedDataset, data_collator
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(out)], check=True)
+    return out
+
+
+def cpu_flags(output_dir, epochs, lr):
+    return ["--output_dir", str(output_dir), "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no",
+            "--num_train_epochs", str(epochs), "--learning_rate", str(lr), "--per_device_train_batch_size", "2",
+            "--logging_steps", "7", "--max_slice_nums", "1", "--disable_tqdm", "true", "--seed", "0"]
+
+
+def logits_on(model, batch):
+    batch = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        return model(data=batch, attention_mask=batch["attention_mask"]).logits
+
+
+@pytest.mark.parametrize("llm_type", LLM_TYPES)
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, tmp_path, llm_type, mode):
+    source = tiny_model_dir(llm_type)
+    args = ["--model_name_or_path", str(source), "--data_path", str(sample_data / "train.json")]
+    if mode == "full":
+        args += cpu_flags(tmp_path / "out", epochs=8, lr=6e-3)
+    else:
+        args += cpu_flags(tmp_path / "out", epochs=8, lr=1e-2) + ["--use_lora", "true", "--lora_r", "8",
+                                                                   "--lora_alpha", "16", "--lora_dropout", "0"]
+    trainer = finetune.train(args)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) >= 6
+    assert losses[-1] < losses[0] * (0.3 if mode == "full" else 0.7), losses
+
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+    dataset = SupervisedDataset(str(sample_data / "train.json"), tokenizer, trainer.model.config, max_slice_nums=1)
+    batch = data_collator([dataset[0], dataset[3], dataset[len(dataset) - 1]])
+    trained = trainer.model.eval()
+    expected = logits_on(trained, batch)
+    out = tmp_path / "out"
+    if mode == "full":
+        reloaded = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+        saved_tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+        assert saved_tokenizer.chat_template == tokenizer.chat_template  # the inference template
+        assert (out / "image_processing_minicpmv.py").exists() and (out / "generation_config.json").exists()
+    else:
+        from peft import PeftModel
+
+        reloaded = PeftModel.from_pretrained(AutoModel.from_pretrained(source, trust_remote_code=True), out).eval()
+        adapter = json.loads((out / "adapter_config.json").read_text())
+        assert set(adapter["modules_to_save"]) == {"resampler", "vpm"}
+        assert not (out / "model.safetensors").exists()
+    torch.testing.assert_close(logits_on(reloaded, batch), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_trains_adapters_resampler_and_vision_only(tiny_model_dir, sample_data, tmp_path):
+    args = ["--model_name_or_path", str(tiny_model_dir("llama3")), "--data_path", str(sample_data / "train.json"),
+            "--use_lora", "true", "--lora_r", "4", "--max_steps", "1"] + cpu_flags(tmp_path, 1, 1e-3)
+    model = finetune.train(args).model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".modules_to_save." in n for n in trainable)
+    assert not any("embed_tokens" in n or "lm_head" in n for n in trainable)
+    lora_layers = {n.split(".lora_")[0].rsplit(".", 1)[1] for n in trainable if "lora_" in n}
+    assert lora_layers == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--use_lora", "true", "--tune_llm", "true"], "--use_lora true with --tune_llm true"),
+    (["--use_lora", "true", "--q_lora", "true"], "--q_lora true needs a CUDA GPU"),
+    (["--q_lora", "true"], "--q_lora true needs --use_lora true"),
+    (["--max_slice_nums", "0"], "--max_slice_nums must be >= 1"),
+])
+def test_contradictory_flags_fail_before_loading(tmp_path, flags, message):
+    argv = ["--model_name_or_path", str(tmp_path / "no-such-model"), "--data_path", "x.json",
+            "--output_dir", str(tmp_path), "--use_cpu", "true"] + flags
+    with pytest.raises(ValueError, match=message):
+        finetune.parse_arguments(argv)
+
+
+def test_bad_data_fails_before_weights_load(tiny_model_dir, tmp_path, monkeypatch):
+    (tmp_path / "bad.json").write_text(json.dumps([{"id": "q", "conversations": [{"role": "user", "content": "x"}]}]))
+    monkeypatch.setattr(finetune, "load_model", lambda *a: pytest.fail("weights loaded before the data check"))
+    from minicpmv_ft.samples import DataError
+
+    with pytest.raises(DataError, match=r"sample 0 \(id 'q'\): no assistant turn"):
+        finetune.train(["--model_name_or_path", str(tiny_model_dir("qwen")), "--data_path", str(tmp_path / "bad.json"),
+                        "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
