@@ -116,7 +116,7 @@ class SupervisedDataset(Dataset):
         cut = self.model_max_length
         for start, end in self._image_blocks(encoded):
             if start < cut <= end:
-                encoded.drop_reason = f"model_max_length {cut} cuts an image span (tokens {start}-{end})"
+                encoded.drop_reason = f"model_max_length {cut} cuts an image span"
                 return
         if all(label == IGNORE_INDEX for label in encoded.labels[1:cut]):
             encoded.drop_reason = f"no trained token within model_max_length {cut}"
