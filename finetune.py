@@ -8,6 +8,7 @@ option is accepted too.
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import json
 import logging
 import os
@@ -111,6 +112,8 @@ def check_arguments(data_args, train_args, lora_args):
         raise ValueError("--q_lora true needs --use_lora true")
     if lora_args.q_lora and not torch.cuda.is_available():
         raise ValueError("--q_lora true needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora without --q_lora on CPU")
+    if lora_args.q_lora and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("--q_lora true needs bitsandbytes: pip install bitsandbytes")
     if lora_args.q_lora and zero_stage(train_args) == 3:
         raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
                          "use ds_config_zero2.json")
