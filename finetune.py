@@ -22,6 +22,7 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser
 
 from dataset import SupervisedDataset, data_collator
+from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume
 from minicpmv_ft.versions import detect_version, image_settings
 from trainer import MiniCPMVTrainer
 
@@ -197,26 +198,22 @@ def log_settings(model, version, train_set, eval_set, data_args, config):
             logger.info("%s data: %d samples used, %d dropped", name, len(ds), len(ds.dropped))
 
 
-def resume_argument(train_args):
-    value = train_args.resume_from_checkpoint
-    if value is not None and value.lower() in ("true", "last"):
-        return True  # the newest checkpoint-* in output_dir
-    return value
-
-
-def finish_distributed():
+def finish_distributed(exit_code: int = 0):
     """Ends a distributed run without the gloo shutdown abort (pytorch issue 190489): a gloo
     worker thread can abort the interpreter at exit after everything was saved."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(exit_code)
+    if exit_code:
+        sys.exit(exit_code)
 
 
 def train(argv=None, callbacks=None):
     """Runs the whole job and returns the Trainer (tests add callbacks)."""
     model_args, data_args, train_args, lora_args = parse_arguments(argv)
+    resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if train_args.should_log else logging.WARNING)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
@@ -226,18 +223,26 @@ def train(argv=None, callbacks=None):
     model = load_model(model_args, train_args, lora_args, model_dtype(train_args))
     model = configure_trainable(model, version, train_args, lora_args)
     log_settings(model, version, train_set, eval_set, data_args, config)
+    stop_on_signal = StopOnSignal()
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=train_set, eval_dataset=eval_set,
-                              data_collator=data_collator, processing_class=tokenizer, callbacks=callbacks,
+                              data_collator=data_collator, processing_class=tokenizer,
+                              callbacks=[MarkCompleteCheckpoints(), stop_on_signal] + list(callbacks or []),
                               source_model_dir=_local_dir(model_args.model_name_or_path))
-    trainer.train(resume_from_checkpoint=resume_argument(train_args))
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
+    if stop_on_signal.received:
+        logger.warning("interrupted by signal %d: checkpoint-%d is the last complete checkpoint; continue with "
+                       "--resume_from_checkpoint last", stop_on_signal.received, stop_on_signal.stopped_at)
+        trainer.interrupted_by = stop_on_signal.received
+        return trainer
     trainer.save_model(train_args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
+    trainer.interrupted_by = None
     return trainer
 
 
 def main(argv=None):
-    train(argv)
-    finish_distributed()
+    trainer = train(argv)
+    finish_distributed(128 + trainer.interrupted_by if trainer.interrupted_by else 0)
 
 
 def _local_dir(name_or_path: str) -> str | None:

@@ -8,20 +8,13 @@ split into micro-batches, gradient accumulation or processes.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from contextlib import contextmanager
 
 import torch
 from transformers import Trainer
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
-
-# Files of a checkpoint that inference needs and save_pretrained may not write:
-# processor/preprocessor configs, generation config, and remote code the model class does
-# not import itself (e.g. processing_minicpmv.py of 2.6).
-EXTRA_CHECKPOINT_FILES = (".py", "preprocessor_config.json", "processor_config.json", "generation_config.json")
-
+from minicpmv_ft.checkpoints import copy_missing_checkpoint_files
 
 @contextmanager
 def lm_head_on_positions(lm_head: torch.nn.Module, positions: torch.Tensor):
@@ -79,13 +72,3 @@ class MiniCPMVTrainer(Trainer):
 
 def _is_peft(model) -> bool:
     return hasattr(model, "peft_config")
-
-
-def copy_missing_checkpoint_files(source_dir: str, output_dir: str) -> list[str]:
-    """Copies the source checkpoint's remote code and processor files that output_dir lacks."""
-    copied = []
-    for name in sorted(os.listdir(source_dir)):
-        if name.endswith(EXTRA_CHECKPOINT_FILES) and not os.path.exists(os.path.join(output_dir, name)):
-            shutil.copy(os.path.join(source_dir, name), os.path.join(output_dir, name))
-            copied.append(name)
-    return copied

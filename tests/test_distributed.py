@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from conftest import ROOT
+from minicpmv_ft.checkpoints import resolve_resume
 
 PROBE = str(ROOT / "tests" / "finetune_probe.py")
 
@@ -95,9 +96,37 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
     killed = run(common(model, data / "train.json", interrupted) + flags + ["--kill_after_save", "4"], check=False)
     assert killed.returncode == -9
     assert sorted(p.name for p in interrupted.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (interrupted / "checkpoint-4" / "checkpoint_complete.json").exists()
     assert not (interrupted / "model.safetensors").exists()
     run(common(model, data / "train.json", interrupted) + flags + ["--resume_from_checkpoint", "last"])
     expected, resumed = load_file(straight / "model.safetensors"), load_file(interrupted / "model.safetensors")
     assert expected.keys() == resumed.keys()
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+# Two processes run under DeepSpeed: transformers' plain-DDP resume maps the optimizer state to
+# args.device, which on CPU is "cpu:N", a location torch.load cannot restore (GPUs are unaffected).
+@pytest.mark.parametrize("nproc,extra", [(1, []), (2, ["--deepspeed", ROOT / "ds_config_zero2.json"])],
+                         ids=["1proc", "2proc-zero2"])
+def test_sigterm_saves_a_complete_checkpoint_and_partial_ones_are_never_resumed(tiny_model_dir, four_samples,
+                                                                                 tmp_path, nproc, extra):
+    model = tiny_model_dir("qwen")
+    flags = ["--max_steps", "8", "--save_steps", "2", "--per_device_train_batch_size", "1",
+             "--learning_rate", "1e-3"] + extra
+    stopped = run(common(model, four_samples, tmp_path) + flags + ["--signal_at_step", "3"], nproc=nproc, check=False)
+    assert stopped.returncode == (143 if nproc == 1 else 1), stopped.stderr[-3000:]  # torchrun reports 1
+    assert json.loads((tmp_path / "probe.json").read_text())["interrupted_by"] == 15
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert all((tmp_path / c / "checkpoint_complete.json").exists() for c in ("checkpoint-2", "checkpoint-3"))
+    assert not (tmp_path / "model.safetensors").exists()  # an interrupted run is not a finished model
+    partial = tmp_path / "checkpoint-6"  # as if a later save had been cut off mid-write
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(ValueError, match="checkpoint-6: not a complete checkpoint"):
+        resolve_resume(str(partial), str(tmp_path))
+    resumed = run(common(model, four_samples, tmp_path) + flags + ["--resume_from_checkpoint", "last"], nproc=nproc)
+    assert "skipping" in resumed.stderr and "checkpoint-6: incomplete" in resumed.stderr
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert [e["step"] for e in state["log_history"] if "loss" in e][:4] == [1, 2, 3, 4]

@@ -1,0 +1,118 @@
+"""Checkpoints that are complete or ignored, interruption that ends in a checkpoint, and the
+files a saved model folder needs to load on its own."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+# Written into checkpoint-N after every rank finished writing it. A checkpoint without it was
+# interrupted mid-write and is never resumed from.
+COMPLETE_MARKER = "checkpoint_complete.json"
+
+# Files of a checkpoint that inference needs and save_pretrained may not write:
+# processor/preprocessor configs, generation config, and remote code the model class does
+# not import itself (e.g. processing_minicpmv.py of 2.6).
+EXTRA_CHECKPOINT_FILES = (".py", "preprocessor_config.json", "processor_config.json", "generation_config.json")
+
+
+def copy_missing_checkpoint_files(source_dir: str, output_dir: str) -> list[str]:
+    """Copies the source checkpoint's remote code and processor files that output_dir lacks."""
+    copied = []
+    for name in sorted(os.listdir(source_dir)):
+        if name.endswith(EXTRA_CHECKPOINT_FILES) and not os.path.exists(os.path.join(output_dir, name)):
+            shutil.copy(os.path.join(source_dir, name), os.path.join(output_dir, name))
+            copied.append(name)
+    return copied
+
+
+def _barrier():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        _barrier()  # every rank has written its shards and RNG state
+        if args.should_save:
+            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            with open(os.path.join(path, COMPLETE_MARKER), "w") as handle:
+                json.dump({"global_step": state.global_step, "time": time.time()}, handle)
+
+
+def is_complete(checkpoint: str) -> bool:
+    return os.path.isfile(os.path.join(checkpoint, COMPLETE_MARKER))
+
+
+def newest_complete_checkpoint(output_dir: str) -> str | None:
+    if not os.path.isdir(output_dir):
+        return None
+    found = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
+                    if (m := re.fullmatch(r"checkpoint-(\d+)", name))), reverse=True)
+    for _, name in found:
+        path = os.path.join(output_dir, name)
+        if is_complete(path):
+            return path
+        logger.warning("skipping %s: incomplete (no %s; the run stopped while writing it)", path, COMPLETE_MARKER)
+    return None
+
+
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """--resume_from_checkpoint: 'last'/'true' -> newest complete checkpoint in output_dir."""
+    if value is None or value.lower() in ("false", "no", ""):
+        return None
+    if value.lower() in ("true", "last"):
+        path = newest_complete_checkpoint(output_dir)
+        if path is None:
+            raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* in {output_dir}")
+        logger.info("resuming from %s", path)
+        return path
+    if not is_complete(value):
+        raise ValueError(f"--resume_from_checkpoint {value}: not a complete checkpoint (no {COMPLETE_MARKER}); "
+                         "it was being written when the run stopped. Use an earlier one or 'last'")
+    return value
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM/SIGINT (a scheduler's preemption, Ctrl-C) ends training after the current step
+    with a complete checkpoint. All ranks agree on the step, so ZeRO saves cannot hang.
+    A second signal falls back to the default behaviour (immediate exit)."""
+
+    def __init__(self):
+        self.received = None
+        self.stopped_at = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        flag = torch.tensor(self.received or 0)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = flag.to(args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag):
+            self.received = int(flag)
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+            logger.warning("signal %d: saving checkpoint-%d and stopping", self.received, state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
