@@ -6,15 +6,18 @@
     output = model(data=batch)
 
 Every sample is checked when the dataset is built (structure, roles, image markers, image
-files, token counts); samples that `model_max_length` would cut inside an image or leave
-with no trained token are dropped, logged and counted, never replaced by another sample.
+files, token counts), with the same code check_data.py runs. A sample that fails stops the
+build with its file, index, id and reason (or, with skip_bad_samples, is left out and
+counted); samples that `model_max_length` would cut inside an image or leave with no trained
+token are dropped, logged and counted, never replaced by another sample.
 """
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -40,8 +43,24 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     spans: list[tuple[int, int]]  # query blocks, in order
-    plans: list  # SlicePlan per image, in order
+    plans: list  # SlicePlan per image kept after truncation, in order
+    all_plans: list  # SlicePlan per image of the sample
+    blocks: list[tuple[int, int]]  # (first, last) token of each image's whole placeholder
+    length_before_truncation: int
     drop_reason: str | None = None
+
+
+@dataclass
+class SampleReport:
+    """What the check of one sample found (check_data.py reports these)."""
+
+    index: int
+    sample_id: object
+    status: str  # "ok", "truncated", "dropped" or "failed"
+    reason: str | None = None
+    tokens: int = 0  # before truncation
+    image_tokens: int = 0  # placeholder tokens of all images (query blocks and their markers)
+    views_per_image: list[int] = field(default_factory=list)  # 1 + slices, per image
 
 
 class SupervisedDataset(Dataset):
@@ -49,39 +68,62 @@ class SupervisedDataset(Dataset):
     tensors); tgt_sizes int32 [n_views, 2]; image_bound / image_bounds long [n_views, 2]."""
 
     def __init__(self, data, tokenizer, config, llm_type=None, max_slice_nums=None,
-                 model_max_length=2048, base_dir=None):
+                 model_max_length=2048, base_dir=None, skip_bad_samples=False, verify_images=False,
+                 num_workers=1, progress=False):
         self.tokenizer = tokenizer
         self.version = detect_version(config, tokenizer, llm_type)
         self.settings = image_settings(config, self.version, max_slice_nums)
         self.model_max_length = int(model_max_length)
         self.encoder = ChatEncoder(tokenizer, self.version)
-        records, self.source, folder = load_records(data, base_dir)
-        self.samples = [
-            parse_sample(record, i, self.source, folder, self.version.chat.system_allowed)
-            for i, record in enumerate(records)
-        ]
-        self.kept: list[int] = []
-        self.dropped: list[tuple[int, object, str]] = []  # (index, id, reason)
-        self.token_lengths: list[int] = []  # untruncated length of every sample
-        for sample in self.samples:
-            encoded = self.encode(sample, [_image_size(sample, p) for p in sample.image_paths])
-            self.token_lengths.append(len(encoded.input_ids))
-            if encoded.drop_reason is None:
-                self.kept.append(sample.index)
-            else:
-                self.dropped.append((sample.index, sample.sample_id, encoded.drop_reason))
+        self.verify_images = verify_images
+        self.records, self.source, self.folder = load_records(data, base_dir)
+        results = _run_checks(self, len(self.records), num_workers, progress)
+        self.reports = [report for report, _ in results]
+        self.samples = {sample.index: sample for _, sample in results if sample is not None}
+        self.kept = [r.index for r in self.reports if r.status in ("ok", "truncated")]
+        self.dropped = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "dropped"]
+        self.failed = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "failed"]
+        self.token_lengths = [r.tokens for r in self.reports]
+        if self.failed and not skip_bad_samples:
+            index, sample_id, reason = self.failed[0]
+            more = f" (and {len(self.failed) - 1} more failing samples: run check_data.py for all of them)" \
+                if len(self.failed) > 1 else ""
+            raise DataError(self.source, index, sample_id, reason + more)
         self._log_summary()
+
+    def check(self, index: int) -> tuple[SampleReport, Sample | None]:
+        """Runs sample `index` through the training preprocessing; never raises DataError."""
+        record = self.records[index]
+        sample_id = record.get("id", index) if isinstance(record, dict) else None
+        try:
+            sample = parse_sample(record, index, self.source, self.folder, self.version.chat.system_allowed)
+            if self.verify_images:
+                encoded = self._tensors(sample)[0]
+            else:
+                encoded = self.encode(sample, [_image_size(sample, p) for p in sample.image_paths])
+        except DataError as error:
+            return SampleReport(index, sample_id, "failed", error.reason), None
+        report = SampleReport(index, sample_id, "ok", tokens=encoded.length_before_truncation,
+                              image_tokens=sum(last - first + 1 for first, last in encoded.blocks),
+                              views_per_image=[1 + plan.num_slices for plan in encoded.all_plans])
+        if encoded.drop_reason:
+            report.status, report.reason = "dropped", encoded.drop_reason
+            return report, None
+        if encoded.length_before_truncation > len(encoded.input_ids):
+            report.status = "truncated"
+        return report, sample
 
     def _log_summary(self):
         reasons = Counter(reason for _, _, reason in self.dropped)
         logger.info(
-            "%s: %d samples, %d kept, %d dropped%s (llm_type=%s, max_slice_nums=%d, model_max_length=%d)",
-            self.source, len(self.samples), len(self.kept), len(self.dropped),
-            "".join(f"; {n} {r}" for r, n in reasons.items()), self.version.llm_type,
+            "%s: %d samples, %d kept, %d dropped%s, %d failed and skipped (llm_type=%s, max_slice_nums=%d, "
+            "model_max_length=%d)", self.source, len(self.records), len(self.kept), len(self.dropped),
+            "".join(f"; {n} {r}" for r, n in reasons.items()), len(self.failed), self.version.llm_type,
             self.settings.max_slice_nums, self.model_max_length,
         )
-        for index, sample_id, reason in self.dropped[:20]:
-            logger.warning("%s: dropped sample %d (id %r): %s", self.source, index, sample_id, reason)
+        for kind, entries in (("dropped", self.dropped), ("skipped failing", self.failed)):
+            for index, sample_id, reason in entries[:20]:
+                logger.warning("%s: %s sample %d (id %r): %s", self.source, kind, index, sample_id, reason)
 
     def __len__(self):
         return len(self.kept)
@@ -107,14 +149,14 @@ class SupervisedDataset(Dataset):
                 f"tokens, found {len(spans)}: the text contains image special tokens "
                 f"({self.tokenizer.im_start}, {self.tokenizer.slice_start}, {self.tokenizer.unk_token}, ...)"
             )
-        encoded = EncodedSample(ids, labels, spans, plans)
+        encoded = EncodedSample(ids, labels, spans, plans, plans, self._image_blocks(ids, spans, plans), len(ids))
         if len(ids) > self.model_max_length:
             self._truncate(encoded)
         return encoded
 
     def _truncate(self, encoded: EncodedSample):
         cut = self.model_max_length
-        for start, end in self._image_blocks(encoded):
+        for start, end in encoded.blocks:
             if start < cut <= end:
                 encoded.drop_reason = f"model_max_length {cut} cuts an image span"
                 return
@@ -125,12 +167,12 @@ class SupervisedDataset(Dataset):
         encoded.spans = [(s, e) for s, e in encoded.spans if e < cut]
         encoded.plans = encoded.plans[: _images_within(encoded.plans, len(encoded.spans))]
 
-    def _image_blocks(self, encoded: EncodedSample):
+    def _image_blocks(self, ids, spans, plans):
         """(first, last) token index of each image's whole placeholder, image id included."""
-        tok, ids, blocks, k = self.tokenizer, encoded.input_ids, [], 0
-        for plan in encoded.plans:
+        tok, blocks, k = self.tokenizer, [], 0
+        for plan in plans:
             n = 1 + plan.num_slices
-            first, last = encoded.spans[k][0] - 1, encoded.spans[k + n - 1][1]
+            first, last = spans[k][0] - 1, spans[k + n - 1][1]
             if self.settings.placeholder_scheme == "wrapped" and plan.grid is not None:
                 last += 1  # the closing slice token around the grid
             if self.settings.use_image_id and first > 0 and ids[first - 1] == tok.im_id_end_id:
@@ -141,16 +183,7 @@ class SupervisedDataset(Dataset):
         return blocks
 
     def __getitem__(self, i):
-        sample = self.samples[self.kept[i]]
-        images = [_open_image(sample, path) for path in sample.image_paths]
-        encoded = self.encode(sample, [image.size for image in images])
-        pixel_values, tgt_sizes = [], []
-        for image, plan in zip(images, encoded.plans):
-            views, _ = slice_image(image, self.settings)
-            for view in views:
-                tensor, tgt = view_to_model_input(view, self.settings)
-                pixel_values.append(tensor)
-                tgt_sizes.append(tgt)
+        encoded, pixel_values, tgt_sizes = self._tensors(self.samples[self.kept[i]])
         bounds = torch.tensor(encoded.spans, dtype=torch.long).reshape(-1, 2)
         length = len(encoded.input_ids)
         return {
@@ -163,6 +196,54 @@ class SupervisedDataset(Dataset):
             "image_bound": bounds,
             "image_bounds": bounds,
         }
+
+    def _tensors(self, sample: Sample):
+        """(encoded sample, pixel tensors of every kept view, their tgt_sizes) from the image files."""
+        images = [_open_image(sample, path) for path in sample.image_paths]
+        encoded = self.encode(sample, [image.size for image in images])
+        pixel_values, tgt_sizes = [], []
+        for image in images[: len(encoded.plans)]:
+            views, _ = slice_image(image, self.settings)
+            for view in views:
+                tensor, tgt = view_to_model_input(view, self.settings)
+                pixel_values.append(tensor)
+                tgt_sizes.append(tgt)
+        return encoded, pixel_values, tgt_sizes
+
+
+def _run_checks(dataset: SupervisedDataset, count: int, num_workers: int, progress: bool):
+    """dataset.check(i) for every sample, in worker processes when num_workers > 1."""
+    indices = range(count)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=count, desc=f"checking {dataset.source}", unit="sample")
+    results = []
+    if num_workers > 1 and count > 1:
+        global _CHECKED
+        _CHECKED = dataset  # inherited by the forked workers, not pickled per task
+        with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+            for result in pool.imap(_check_in_worker, indices, chunksize=max(1, min(64, count // (4 * num_workers)))):
+                results.append(result)
+                if bar:
+                    bar.update()
+        _CHECKED = None
+    else:
+        for index in indices:
+            results.append(dataset.check(index))
+            if bar:
+                bar.update()
+    if bar:
+        bar.close()
+    return results
+
+
+_CHECKED = None
+
+
+def _check_in_worker(index):
+    return _CHECKED.check(index)
 
 
 def _images_within(plans, n_spans: int) -> int:

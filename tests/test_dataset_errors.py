@@ -160,3 +160,41 @@ def test_truncation_keeps_text_drops_cut_images_and_untrained(tiny, tmp_path, im
     assert len(item["input_ids"]) == 60 and (item["labels"] != -100).sum() > 0
     assert "4 samples, 2 kept, 2 dropped" in caplog.text
     assert "dropped sample 2 (id 'img')" in caplog.text
+
+
+def test_all_failures_counted_and_skippable(tiny, tmp_path, image_file, caplog):
+    image_file("a.png", (300, 300))
+    bad_roles = {"id": "r", "conversations": conv(("assistant", "x"), ("user", "y"))}
+    bad_image = {"id": "m", "image": "gone.png", "conversations": conv(("user", "<image>"), ("assistant", "x"))}
+    good_image = {"id": "g", "image": "a.png", "conversations": conv(("user", "<image>"), ("assistant", "x"))}
+    samples = [GOOD, bad_roles, good_image, bad_image]
+    with pytest.raises(DataError, match=r"sample 1 \(id 'r'\): .*\(and 1 more failing samples: run check_data.py"):
+        build(tiny, tmp_path, samples)
+    with caplog.at_level(logging.INFO, logger="dataset"):
+        ds, _ = build(tiny, tmp_path, samples, skip_bad_samples=True)
+    assert ds.kept == [0, 2] and len(ds) == 2
+    assert ds.failed == [(1, "r", "turn 0 is 'assistant' but 'user' was expected: turns must be an optional "
+                                  "system turn, then user and assistant alternating, starting with user"),
+                         (3, "m", f"image not found: {tmp_path / 'gone.png'}")]
+    assert "4 samples, 2 kept, 0 dropped, 2 failed and skipped" in caplog.text
+    assert len(ds[1]["pixel_values"]) == 1  # item 1 is sample 2, not a replacement
+
+
+def test_verify_images_decodes_every_image_up_front(tiny, tmp_path, image_file):
+    whole = open(image_file("full.png", (300, 300)), "rb").read()
+    (tmp_path / "cut.png").write_bytes(whole[:2000])
+    bad = {"id": "t", "image": "cut.png", "conversations": conv(("user", "<image>"), ("assistant", "x"))}
+    with pytest.raises(DataError, match=r"sample 1 \(id 't'\): cannot read image .*cut.png"):
+        build(tiny, tmp_path, [GOOD, bad], verify_images=True)
+
+
+def test_parallel_check_gives_the_same_reports(tiny, tmp_path, image_file):
+    image_file("a.png", (900, 300))
+    samples = [GOOD, {"id": "i", "image": "a.png", "conversations": conv(("user", "hi"), ("assistant", "x"))},
+               {"id": "bad", "conversations": conv(("user", "x"))}] * 5
+    serial, _ = build(tiny, tmp_path, samples, skip_bad_samples=True)
+    parallel, _ = build(tiny, tmp_path, samples, skip_bad_samples=True, num_workers=2)
+    assert parallel.reports == serial.reports
+    assert [r.status for r in serial.reports[:3]] == ["ok", "ok", "failed"]
+    # 2.6: <image_id>0</image_id> then 4 blocks of <image>/<slice> + 64 unk + closer
+    assert serial.reports[1].views_per_image == [4] and serial.reports[1].image_tokens == 3 + 4 * 66
