@@ -223,7 +223,7 @@ def _run_checks(dataset: SupervisedDataset, count: int, num_workers: int, progre
     if num_workers > 1 and count > 1:
         global _CHECKED
         _CHECKED = dataset  # inherited by the forked workers, not pickled per task
-        with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+        with multiprocessing.get_context("fork").Pool(num_workers, initializer=_single_threaded) as pool:
             for result in pool.imap(_check_in_worker, indices, chunksize=max(1, min(64, count // (4 * num_workers)))):
                 results.append(result)
                 if bar:
@@ -240,6 +240,12 @@ def _run_checks(dataset: SupervisedDataset, count: int, num_workers: int, progre
 
 
 _CHECKED = None
+
+
+def _single_threaded():
+    # OpenMP is not fork-safe: a forked child entering a parallel region that the parent
+    # already used can hang. One thread per worker, as torch's DataLoader workers do.
+    torch.set_num_threads(1)
 
 
 def _check_in_worker(index):

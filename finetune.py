@@ -46,6 +46,12 @@ class DataArguments:
     model_max_length: int = field(default=2048, metadata={
         "help": "tokens per sample, images included; longer samples are truncated, or dropped (and "
                 "counted) when the cut would split an image or leave no trained token"})
+    skip_bad_samples: bool = field(default=False, metadata={
+        "help": "train without the samples that fail the data check (they are counted in the log); "
+                "default: any failing sample stops the run before training"})
+    verify_images: bool = field(default=False, metadata={
+        "help": "decode every image before training (as check_data.py does); default: read headers only, "
+                "and an undecodable image stops training when it is reached"})
 
 
 @dataclass
@@ -130,9 +136,10 @@ def model_dtype(train_args) -> torch.dtype:
     return torch.bfloat16 if train_args.bf16 else torch.float16 if train_args.fp16 else torch.float32
 
 
-def load_datasets(model_args, data_args, tokenizer, config):
+def load_datasets(model_args, data_args, tokenizer, config, num_workers=1):
     common = {"llm_type": model_args.llm_type, "max_slice_nums": data_args.max_slice_nums,
-              "model_max_length": data_args.model_max_length}
+              "model_max_length": data_args.model_max_length, "skip_bad_samples": data_args.skip_bad_samples,
+              "verify_images": data_args.verify_images, "num_workers": max(1, num_workers)}
     train_set = SupervisedDataset(data_args.data_path, tokenizer, config, **common)
     eval_set = SupervisedDataset(data_args.eval_data_path, tokenizer, config, **common) if data_args.eval_data_path else None
     return train_set, eval_set
@@ -195,7 +202,8 @@ def log_settings(model, version, train_set, eval_set, data_args, config):
                 settings.max_slice_nums, settings.scale_resolution, settings.use_image_id, data_args.model_max_length)
     for name, ds in (("train", train_set), ("eval", eval_set)):
         if ds is not None:
-            logger.info("%s data: %d samples used, %d dropped", name, len(ds), len(ds.dropped))
+            logger.info("%s data: %d samples used, %d dropped, %d failing samples skipped", name, len(ds),
+                        len(ds.dropped), len(ds.failed))
 
 
 def finish_distributed(exit_code: int = 0):
@@ -219,7 +227,7 @@ def train(argv=None, callbacks=None):
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     version = detect_version(config, tokenizer, model_args.llm_type)
-    train_set, eval_set = load_datasets(model_args, data_args, tokenizer, config)
+    train_set, eval_set = load_datasets(model_args, data_args, tokenizer, config, train_args.dataloader_num_workers)
     model = load_model(model_args, train_args, lora_args, model_dtype(train_args))
     model = configure_trainable(model, version, train_args, lora_args)
     log_settings(model, version, train_set, eval_set, data_args, config)

@@ -100,3 +100,20 @@ def test_bad_data_fails_before_weights_load(tiny_model_dir, tmp_path, monkeypatc
     with pytest.raises(DataError, match=r"sample 0 \(id 'q'\): no assistant turn"):
         finetune.train(["--model_name_or_path", str(tiny_model_dir("qwen")), "--data_path", str(tmp_path / "bad.json"),
                         "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
+
+
+def test_skip_bad_samples_trains_on_the_rest_and_counts_them(tiny_model_dir, sample_data, tmp_path, caplog):
+    samples = json.loads((sample_data / "train.json").read_text())
+    samples.insert(2, {"id": "lost", "image": "images/gone.png",
+                       "conversations": [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]})
+    data = sample_data / "with_bad.json"
+    data.write_text(json.dumps(samples))
+    base = ["--model_name_or_path", str(tiny_model_dir("qwen")), "--data_path", str(data), "--max_steps", "1"]
+    from minicpmv_ft.samples import DataError
+
+    with pytest.raises(DataError, match=rf"{data}, sample 2 \(id 'lost'\): image not found: .*gone.png"):
+        finetune.train(base + cpu_flags(tmp_path / "a", 1, 1e-3))
+    trainer = finetune.train(base + cpu_flags(tmp_path / "b", 1, 1e-3) + ["--skip_bad_samples", "true"])
+    assert trainer.train_dataset.failed == [(2, "lost", f"image not found: {sample_data / 'images' / 'gone.png'}")]
+    assert len(trainer.train_dataset) == len(samples) - 1
+    assert "train data: 14 samples used, 0 dropped, 1 failing samples skipped" in caplog.text

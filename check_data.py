@@ -1,0 +1,172 @@
+"""Check a dataset with exactly the preprocessing training uses, before spending GPU hours.
+
+    python check_data.py --model_name_or_path M --data_path D [--eval_data_path E] [--llm_type T]
+        [--max_slice_nums N] [--model_max_length L] [--num_workers W] [--show N] [--json FILE]
+
+Every image is decoded and sliced, every conversation tokenized. Prints each problem (file,
+sample index, id, reason), the OK / truncated / dropped / failed counts, token lengths split
+into text and image tokens, the model_max_length that keeps all (or 99%) of the samples
+intact, and slices per image. Only the tokenizer and config are loaded, no weights.
+Exit code 0 only when no sample failed (dropped samples are reported, not failures).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from collections import Counter
+
+from transformers import AutoConfig, AutoTokenizer
+
+from dataset import SupervisedDataset
+from minicpmv_ft.chat_tokens import IGNORE_INDEX
+
+TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", required=True, help="checkpoint whose tokenizer/config to use")
+    parser.add_argument("--data_path", required=True, help="training data (JSON or JSON Lines)")
+    parser.add_argument("--eval_data_path", default=None, help="evaluation data, checked the same way")
+    parser.add_argument("--llm_type", default=None, help="minicpm, llama3 or qwen; default: from the checkpoint")
+    parser.add_argument("--max_slice_nums", type=int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--model_max_length", type=int, default=2048, help="as in training (default 2048)")
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    parser.add_argument("--show", type=int, default=0, metavar="N", help="print N samples with trained spans marked")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    return parser.parse_args(argv)
+
+
+def percentile(sorted_values, fraction):
+    """Smallest value that at least `fraction` of the values do not exceed."""
+    if not sorted_values:
+        return 0
+    return sorted_values[max(0, math.ceil(fraction * len(sorted_values)) - 1)]
+
+
+def summarise(ds: SupervisedDataset) -> dict:
+    reports = ds.reports
+    measured = [r for r in reports if r.status != "failed"]
+    status = Counter(r.status for r in reports)
+    total = sorted(r.tokens for r in measured)
+    columns = {"total": total, "text": sorted(r.tokens - r.image_tokens for r in measured),
+               "image": sorted(r.image_tokens for r in measured)}
+    return {
+        "file": ds.source, "llm_type": ds.version.llm_type, "max_slice_nums": ds.settings.max_slice_nums,
+        "model_max_length": ds.model_max_length,
+        "counts": {"samples": len(reports), "ok": status["ok"] + status["truncated"],
+                   "truncated": status["truncated"], "dropped": status["dropped"], "failed": status["failed"]},
+        "problems": [{"index": r.index, "id": r.sample_id, "status": r.status, "reason": r.reason}
+                     for r in reports if r.status in ("failed", "dropped")],
+        "tokens": {name: {"p50": percentile(v, 0.5), "p90": percentile(v, 0.9), "p99": percentile(v, 0.99),
+                          "max": v[-1] if v else 0} for name, v in columns.items()},
+        "histogram": histogram(total),
+        "model_max_length_to_keep": {"all": percentile(total, 1.0), "99%": percentile(total, 0.99)},
+        "views_per_image": dict(sorted(Counter(n for r in measured for n in r.views_per_image).items())),
+    }
+
+
+def histogram(values, bins=10):
+    """[[low, high, count], ...] over equal-width bins of the sorted values."""
+    if not values:
+        return []
+    width = max(1, math.ceil((values[-1] + 1) / bins))
+    counts = Counter(v // width for v in values)
+    return [[b * width, (b + 1) * width - 1, counts[b]] for b in range(values[-1] // width + 1)]
+
+
+def format_report(report: dict) -> str:
+    c = report["counts"]
+    lines = [f"{report['file']} (llm_type {report['llm_type']}, max_slice_nums {report['max_slice_nums']}, "
+             f"model_max_length {report['model_max_length']})",
+             f"  samples {c['samples']}: ok {c['ok']} (of which truncated {c['truncated']}), "
+             f"dropped {c['dropped']}, failed {c['failed']}",
+             "  tokens per sample    p50     p90     p99     max"]
+    for name, row in report["tokens"].items():
+        lines.append(f"    {name:<16}{row['p50']:>7} {row['p90']:>7} {row['p99']:>7} {row['max']:>7}")
+    lines.append("  total tokens per sample:")
+    peak = max((count for _, _, count in report["histogram"]), default=1)
+    for low, high, count in report["histogram"]:
+        lines.append(f"    {low:>6}-{high:<6} {'#' * math.ceil(40 * count / peak):<40} {count}")
+    keep = report["model_max_length_to_keep"]
+    lines.append(f"  model_max_length that keeps every sample intact: {keep['all']}; 99% of samples: {keep['99%']}")
+    views = ", ".join(f"{n}: {count}" for n, count in report["views_per_image"].items()) or "no images"
+    lines.append(f"  views per image (1 + slices) -> images: {views}")
+    for p in report["problems"]:
+        lines.append(f"  {p['status'].upper()} {report['file']}, sample {p['index']} (id {p['id']!r}): {p['reason']}")
+    return "\n".join(lines)
+
+
+def render_trained(ds: SupervisedDataset, index: int) -> str:
+    """A sample's text with trained tokens between [[ and ]]; query blocks shortened."""
+    sample, tok = ds.samples[index], ds.tokenizer
+    encoded = ds.encode(sample, [_size(path) for path in sample.image_paths])
+    pieces, group, trained = [], [], False
+
+    def flush():
+        if group:
+            text = tok.decode(group, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            text = _shorten_unks(text, tok.unk_token)
+            pieces.append(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text)
+            group.clear()
+
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        if label not in (IGNORE_INDEX, token):  # 2.0: end of an answer learnt at the next turn's token
+            flush()
+            pieces.append(TRAINED_OPEN + tok.decode([label], skip_special_tokens=False) + TRAINED_CLOSE)
+        is_trained = label == token
+        if is_trained != trained:
+            flush()
+            trained = is_trained
+        group.append(token)
+    flush()
+    header = f"--- sample {index} (id {sample.sample_id!r}): {len(encoded.input_ids)} tokens, " \
+             f"{sum(label != IGNORE_INDEX for label in encoded.labels)} trained"
+    return header + "\n" + "".join(pieces)
+
+
+def _shorten_unks(text: str, unk: str) -> str:
+    """'<unk><unk><unk>' -> '<unk>x3': a query block reads as one item."""
+    return re.sub(f"(?:{re.escape(unk)}){{2,}}", lambda m: f"{unk}x{len(m.group(0)) // len(unk)}", text)
+
+
+def _size(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+def check_file(path, tokenizer, config, args) -> tuple[SupervisedDataset, dict]:
+    ds = SupervisedDataset(path, tokenizer, config, llm_type=args.llm_type, max_slice_nums=args.max_slice_nums,
+                           model_max_length=args.model_max_length, skip_bad_samples=True, verify_images=True,
+                           num_workers=args.num_workers, progress=True)
+    return ds, summarise(ds)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    reports, failed = [], 0
+    for path in filter(None, (args.data_path, args.eval_data_path)):
+        ds, report = check_file(path, tokenizer, config, args)
+        reports.append(report)
+        failed += report["counts"]["failed"]
+        print(format_report(report))
+        for index in ds.kept[: args.show]:
+            print(render_trained(ds, index))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"files": reports, "failed": failed}, handle, indent=1, default=str)
+    print("OK: no sample failed" if not failed else f"FAILED: {failed} sample(s) cannot be trained on as written")
+    return 0 if not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

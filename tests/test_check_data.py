@@ -1,0 +1,102 @@
+"""check_data.py reports every bad sample exactly, the length statistics, and marks trained spans."""
+import json
+
+import pytest
+
+import check_data
+from conftest import LLM_TYPES, make_image
+from dataset import SupervisedDataset
+
+
+def conv(*turns):
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+def write_dataset(folder):
+    make_image(folder / "ok.png", (300, 300))
+    make_image(folder / "wide.png", (1000, 400))
+    whole = (folder / "ok.png").read_bytes()
+    (folder / "cut.png").write_bytes(whole[:1500])  # header fine, pixels missing
+    samples = [
+        {"id": "good", "image": "ok.png", "conversations": conv(("user", "<image>\nWhat?"), ("assistant", "Noise."))},
+        {"id": "text", "conversations": conv(("user", "Hi"), ("assistant", "Hello there."))},
+        {"id": "missing", "image": "nope.png", "conversations": conv(("user", "x"), ("assistant", "y"))},
+        {"id": "cut", "image": "cut.png", "conversations": conv(("user", "x"), ("assistant", "y"))},
+        {"id": "count", "image": {"<image_00>": "ok.png", "<image_01>": "ok.png"},
+         "conversations": conv(("user", "<image_00>"), ("assistant", "y"))},
+        {"id": "unknown", "image": {"<image_00>": "ok.png"},
+         "conversations": conv(("user", "<image_00><image_03>"), ("assistant", "y"))},
+        {"id": "roles", "conversations": conv(("user", "a"), ("user", "b"), ("assistant", "c"))},
+        {"id": "noanswer", "conversations": conv(("user", "a"))},
+        {"id": "long-prompt", "conversations": conv(("user", "word " * 300), ("assistant", "y"))},
+        {"id": "cut-image", "image": "wide.png", "conversations": conv(("user", "a " * 100 + "<image>"), ("assistant", "y"))},
+    ]
+    (folder / "data.json").write_text(json.dumps(samples))
+    return folder / "data.json"
+
+
+EXPECTED_PROBLEMS = [
+    (2, "missing", "failed", "image not found: {folder}/nope.png"),
+    (3, "cut", "failed", "cannot read image {folder}/cut.png: image file is truncated"),
+    (4, "count", "failed", "image count mismatch: <image_01> appears 0 times in the text (must be once)"),
+    (5, "unknown", "failed", 'unknown image placeholder(s) <image_03>: not keys of "image"'),
+    (6, "roles", "failed", "turn 1 is 'user' but 'assistant' was expected: turns must be an optional system turn, "
+                           "then user and assistant alternating, starting with user"),
+    (7, "noanswer", "failed", "no assistant turn: nothing to train on"),
+    (8, "long-prompt", "dropped", "no trained token within model_max_length 200"),
+    (9, "cut-image", "dropped", "model_max_length 200 cuts an image span"),
+]
+
+
+@pytest.mark.parametrize("llm_type", LLM_TYPES)
+def test_reports_every_problem_and_the_lengths(tiny_model_dir, tiny, tmp_path, capsys, llm_type):
+    data = write_dataset(tmp_path)
+    report_file = tmp_path / "report.json"
+    code = check_data.main(["--model_name_or_path", str(tiny_model_dir(llm_type)), "--data_path", str(data),
+                            "--model_max_length", "200", "--num_workers", "2", "--json", str(report_file)])
+    assert code == 1
+    report = json.loads(report_file.read_text())
+    assert report["failed"] == 6
+    (file_report,) = report["files"]
+    assert file_report["counts"] == {"samples": 10, "ok": 2, "truncated": 0, "dropped": 2, "failed": 6}
+    problems = [(p["index"], p["id"], p["status"], p["reason"]) for p in file_report["problems"]]
+    expected = [(i, sid, status, reason.format(folder=tmp_path)) for i, sid, status, reason in EXPECTED_PROBLEMS]
+    assert [p[:3] for p in problems] == [p[:3] for p in expected]
+    for got, want in zip(problems, expected):
+        assert got[3].startswith(want[3]), (got, want)
+
+    # lengths, measured independently through the dataset's own items
+    tok, model = tiny(llm_type)
+    full = SupervisedDataset(str(data), tok, model.config, skip_bad_samples=True, verify_images=True,
+                             model_max_length=10**6)
+    lengths = {full.samples[i].sample_id: len(full[k]["input_ids"]) for k, i in enumerate(full.kept)}
+    assert file_report["model_max_length_to_keep"]["all"] == max(lengths.values())
+    assert file_report["tokens"]["total"]["max"] == max(lengths.values())
+    assert file_report["views_per_image"] == {"1": 1, "4": 1}  # ok.png whole; wide.png 1 + 3 slices (3 x 1 grid)
+    out = capsys.readouterr().out
+    assert f"FAILED {data}, sample 2 (id 'missing'): image not found" in out
+    assert "FAILED: 6 sample(s) cannot be trained on as written" in out
+
+
+def test_clean_data_exits_zero_and_shows_trained_spans(tiny_model_dir, tmp_path, capsys):
+    make_image(tmp_path / "ok.png", (300, 300))
+    samples = [{"id": "a", "image": "ok.png", "conversations": conv(("user", "<image>\nWhat?"), ("assistant", "Noise."))},
+               {"id": "b", "conversations": conv(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hey."))}]
+    (tmp_path / "d.json").write_text(json.dumps(samples))
+    code = check_data.main(["--model_name_or_path", str(tiny_model_dir("qwen")), "--data_path", str(tmp_path / "d.json"),
+                            "--show", "2", "--num_workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "OK: no sample failed" in out
+    assert ("<|im_start|>user\n<image_id>0</image_id><image><unk>x64</image>\nWhat?<|im_end|>\n"
+            "<|im_start|>assistant\n[[Noise.<|im_end|>]]\n") in out
+    assert "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n" \
+           "[[Hey.<|im_end|>]]\n" in out
+
+
+def test_minicpm_shows_the_end_of_answer_trained_at_the_next_turn(tiny_model_dir, tmp_path, capsys):
+    samples = [{"id": "m", "conversations": conv(("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2"))}]
+    (tmp_path / "d.json").write_text(json.dumps(samples))
+    check_data.main(["--model_name_or_path", str(tiny_model_dir("minicpm")), "--data_path", str(tmp_path / "d.json"),
+                     "--show", "1", "--num_workers", "1"])
+    out = capsys.readouterr().out
+    assert "A1]][[</s>]]<用户>Q2<AI>[[" in out and out.count("</s>]]") == 2
