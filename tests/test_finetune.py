@@ -1,5 +1,6 @@
 """finetune.py end to end on the tiny models: loss falls, outputs reload with the same logits."""
 import json
+import logging
 import subprocess
 import sys
 
@@ -103,6 +104,7 @@ def test_bad_data_fails_before_weights_load(tiny_model_dir, tmp_path, monkeypatc
 
 
 def test_skip_bad_samples_trains_on_the_rest_and_counts_them(tiny_model_dir, sample_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     samples = json.loads((sample_data / "train.json").read_text())
     samples.insert(2, {"id": "lost", "image": "images/gone.png",
                        "conversations": [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]})
