@@ -7,7 +7,6 @@ option is accepted too.
 """
 from __future__ import annotations
 
-import builtins
 import importlib.util
 import json
 import logging
@@ -19,10 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModel, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 
 from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume
+from minicpmv_ft.loading import load_model as load_checkpoint
+from minicpmv_ft.loading import local_dir
 from minicpmv_ft.versions import detect_version, image_settings
 from trainer import MiniCPMVTrainer
 
@@ -147,15 +148,12 @@ def load_datasets(model_args, data_args, tokenizer, config, num_workers=1):
 
 def load_model(model_args, train_args, lora_args, dtype):
     """The checkpoint, with the known load problems of the real ones worked around."""
-    # The real 2.5/2.6 resampler.py uses `List` without importing it; torch >= 2.7 no longer
-    # leaks it into builtins, so the import fails with NameError.
-    builtins.List = typing.List
-    kwargs = {"trust_remote_code": True, "dtype": dtype}
+    kwargs = {}
     if lora_args.q_lora:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=["vpm", "resampler", "lm_head"])
-    model = AutoModel.from_pretrained(model_args.model_name_or_path, **kwargs)
+    model = load_checkpoint(model_args.model_name_or_path, dtype, **kwargs)
     if not lora_args.q_lora:
         model = model.to(dtype)  # 2.0 loads its resampler position embedding in fp32 otherwise
     # Training needs no KV cache, and 2.0's remote code breaks with one on transformers >= 4.50.
@@ -235,7 +233,7 @@ def train(argv=None, callbacks=None):
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=data_collator, processing_class=tokenizer,
                               callbacks=[MarkCompleteCheckpoints(), stop_on_signal] + list(callbacks or []),
-                              source_model_dir=_local_dir(model_args.model_name_or_path))
+                              source_model_dir=local_dir(model_args.model_name_or_path))
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
     if stop_on_signal.received:
@@ -251,19 +249,6 @@ def train(argv=None, callbacks=None):
 def main(argv=None):
     trainer = train(argv)
     finish_distributed(128 + trainer.interrupted_by if trainer.interrupted_by else 0)
-
-
-def _local_dir(name_or_path: str) -> str | None:
-    """Folder holding the checkpoint's files (for copying processor files into outputs)."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name_or_path, allow_patterns=["*.py", "*.json"])
-    except Exception as exc:  # offline or gated: the checkpoint still trains and saves
-        logger.warning("could not fetch %s's processor files to copy into outputs: %s", name_or_path, exc)
-        return None
 
 
 if __name__ == "__main__":

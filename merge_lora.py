@@ -1,0 +1,44 @@
+"""Merge a LoRA adapter, and the modules trained fully beside it, into its base model.
+
+    python merge_lora.py --adapter output/minicpmv_lora --out output/minicpmv_merged [--base MODEL]
+
+The output loads with AutoModel/AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+and no PEFT: weights, config, the base's remote code, tokenizer (with the original inference
+chat template) and processor files.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from minicpmv_ft.checkpoints import copy_missing_checkpoint_files
+from minicpmv_ft.loading import AdapterBaseError, is_adapter, load_for_inference, local_dir
+
+
+def merge(adapter: str, out: str, base: str | None = None, dtype=None) -> str:
+    if not is_adapter(adapter):
+        raise ValueError(f"{adapter} has no adapter_config.json: not a LoRA adapter folder")
+    tokenizer, model, _, base_path = load_for_inference(adapter, base, dtype, merge=True)
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    source = local_dir(base_path)
+    if source:
+        copy_missing_checkpoint_files(source, out)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", required=True, help="LoRA output folder (adapter_config.json inside)")
+    parser.add_argument("--out", required=True, help="folder for the merged model")
+    parser.add_argument("--base", default=None, help="base model (default: the one the adapter records)")
+    args = parser.parse_args(argv)
+    try:
+        print(f"merged model written to {merge(args.adapter, args.out, args.base)}")
+    except (AdapterBaseError, ValueError) as exc:
+        parser.exit(2, f"merge_lora.py: {exc}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""merge_lora.py and chat.py on adapters trained on each tiny model."""
+import io
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import chat
+import finetune
+import merge_lora
+from conftest import LLM_TYPES, ROOT, make_image
+from dataset import SupervisedDataset, data_collator
+from minicpmv_ft.loading import AdapterBaseError, load_for_inference
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    """llm_type -> (base copy, adapter folder, data file), trained for a few steps."""
+    import subprocess
+    import sys
+
+    data = tmp_path_factory.mktemp("data")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(data)], check=True)
+    made = {}
+
+    def get(llm_type):
+        if llm_type not in made:
+            root = tmp_path_factory.mktemp(f"adapter-{llm_type}")
+            base = shutil.copytree(tiny_model_dir(llm_type), root / "base")
+            finetune.train(["--model_name_or_path", str(base), "--data_path", str(data / "train.json"),
+                            "--output_dir", str(root / "adapter"), "--use_cpu", "true", "--report_to", "none",
+                            "--save_strategy", "no", "--max_steps", "6", "--learning_rate", "1e-2",
+                            "--use_lora", "true", "--lora_r", "4", "--lora_dropout", "0", "--disable_tqdm", "true",
+                            "--max_slice_nums", "1"])
+            made[llm_type] = (base, root / "adapter", data / "train.json")
+        return made[llm_type]
+
+    return get
+
+
+def batch_for(tokenizer, config, data):
+    ds = SupervisedDataset(str(data), tokenizer, config, max_slice_nums=1)
+    batch = data_collator([ds[0], ds[1], ds[len(ds) - 1]])
+    batch.pop("labels")
+    return batch
+
+
+@pytest.mark.parametrize("llm_type", LLM_TYPES)
+def test_merged_model_equals_adapter_model(adapters, tmp_path, llm_type):
+    base, adapter, data = adapters(llm_type)
+    tokenizer, peft_model, _, _ = load_for_inference(str(adapter))
+    out = merge_lora.merge(str(adapter), str(tmp_path / "merged"))
+    from transformers import AutoModel, AutoTokenizer
+
+    merged = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(merged).__name__ == "MiniCPMV"
+    assert AutoTokenizer.from_pretrained(out, trust_remote_code=True).chat_template == tokenizer.chat_template
+    batch = batch_for(tokenizer, merged.config, data)
+    with torch.no_grad():
+        expected = peft_model(data=batch, attention_mask=batch["attention_mask"]).logits
+        got = merged(data=batch, attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "merged" / "model.safetensors")
+    assert before.keys() == after.keys() and not any("lora" in k for k in after)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    llm_q = {k for k in before if k.startswith("llm.") and k.endswith("q_proj.weight")}
+    assert llm_q and {k for k in changed if k.startswith("llm.") and "q_proj" in k} == llm_q
+    assert any(k.startswith("resampler.") for k in changed) and any(k.startswith("vpm.") for k in changed)
+    assert not any(k.startswith("llm.") and ("mlp" in k or "embed_tokens" in k or "lm_head" in k) for k in changed)
+
+
+@pytest.mark.parametrize("llm_type", LLM_TYPES)
+def test_chat_answers_alike_from_adapter_and_merged_model(adapters, tmp_path, llm_type):
+    base, adapter, data = adapters(llm_type)
+    merged = merge_lora.merge(str(adapter), str(tmp_path / "merged"))
+    image = make_image(tmp_path / "q.png", (500, 400))
+    answers = {}
+    for name, path in (("adapter", adapter), ("merged", merged)):
+        out = io.StringIO()
+        tok, model, version, _ = load_for_inference(str(path))
+        from PIL import Image
+
+        history = chat.converse(model, tok, version, [Image.open(image).convert("RGB")],
+                                ["What is in the picture?", "And the colour?"], out=out, max_new_tokens=6)
+        assert [role for role, _ in history] == ["user", "assistant", "user", "assistant"]
+        answers[name] = out.getvalue()
+    assert answers["adapter"] == answers["merged"]
+    assert answers["adapter"].count("\n") == 2
+
+
+def test_chat_command_line(adapters, tmp_path, capsys):
+    base, adapter, _ = adapters("qwen")
+    image = make_image(tmp_path / "q.png", (300, 300))
+    chat.main(["--model", str(adapter), "--image", image, "--question", "What?", "--max_new_tokens", "4"])
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_adapter_whose_base_moved_says_how_to_pass_base(adapters, tmp_path, capsys):
+    base, adapter, _ = adapters("llama3")
+    moved = tmp_path / "moved-base"
+    shutil.move(str(base), moved)
+    try:
+        with pytest.raises(AdapterBaseError, match=rf"trained on '{base}', which is not there .*pass .* --base"):
+            load_for_inference(str(adapter))
+        with pytest.raises(SystemExit) as exit_info:
+            chat.main(["--model", str(adapter), "--question", "hi"])
+        assert exit_info.value.code == 2 and "--base" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            merge_lora.main(["--adapter", str(adapter), "--out", str(tmp_path / "m")])
+        assert "pass the base model's folder" in capsys.readouterr().err
+        _, model, version, used = load_for_inference(str(adapter), base=str(moved))
+        assert used == str(moved) and version.llm_type == "llama3"
+    finally:
+        shutil.move(str(moved), base)
