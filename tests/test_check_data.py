@@ -100,3 +100,22 @@ def test_minicpm_shows_the_end_of_answer_trained_at_the_next_turn(tiny_model_dir
                      "--show", "1", "--num_workers", "1"])
     out = capsys.readouterr().out
     assert "A1]][[</s>]]<用户>Q2<AI>[[" in out and out.count("</s>]]") == 2
+
+
+@pytest.mark.parametrize("index,sample_id,status,reason", [p for p in EXPECTED_PROBLEMS if p[2] == "failed"],
+                         ids=[p[1] for p in EXPECTED_PROBLEMS if p[2] == "failed"])
+def test_finetune_refuses_the_same_samples(tiny_model_dir, tmp_path, index, sample_id, status, reason):
+    """finetune.py runs the same checks before loading weights and stops on the same sample."""
+    import finetune
+    from minicpmv_ft.samples import DataError
+
+    data = write_dataset(tmp_path)
+    samples = json.loads(data.read_text())
+    (tmp_path / "one_bad.json").write_text(json.dumps([samples[0], samples[index]]))
+    args = ["--model_name_or_path", str(tiny_model_dir("llama3")), "--data_path", str(tmp_path / "one_bad.json"),
+            "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--verify_images", "true"]
+    with pytest.raises(DataError) as info:
+        finetune.train(args)
+    assert (info.value.index, info.value.sample_id) == (1, sample_id)
+    assert info.value.reason.startswith(reason.format(folder=tmp_path))
+    assert not (tmp_path / "out").exists()
