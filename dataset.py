@@ -83,7 +83,6 @@ class SupervisedDataset(Dataset):
         self.kept = [r.index for r in self.reports if r.status in ("ok", "truncated")]
         self.dropped = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "dropped"]
         self.failed = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "failed"]
-        self.token_lengths = [r.tokens for r in self.reports]
         if self.failed and not skip_bad_samples:
             index, sample_id, reason = self.failed[0]
             more = f" (and {len(self.failed) - 1} more failing samples: run check_data.py for all of them)" \
@@ -281,7 +280,7 @@ def _image_size(sample: Sample, path: str):
     try:
         with Image.open(path) as image:
             return image.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise sample.error(f"cannot read image {path}: {exc}") from None
 
 
@@ -291,7 +290,7 @@ def _open_image(sample: Sample, path: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise sample.error(f"cannot read image {path}: {exc}") from None
 
 

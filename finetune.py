@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume
@@ -95,7 +96,8 @@ def parse_arguments(argv=None):
 def _init_cpu_deepspeed(argv):
     """DeepSpeed on CPU (tests, CI) needs the gloo process group before TrainingArguments is
     built; otherwise ZeRO-3's zero.Init inside from_pretrained sees a world of one."""
-    if "--deepspeed" in argv and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+    uses_deepspeed = any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in argv)
+    if uses_deepspeed and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
@@ -154,8 +156,10 @@ def load_model(model_args, train_args, lora_args, dtype):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=["vpm", "resampler", "lm_head"])
     model = load_checkpoint(model_args.model_name_or_path, dtype, **kwargs)
-    if not lora_args.q_lora:
-        model = model.to(dtype)  # 2.0 loads its resampler position embedding in fp32 otherwise
+    if not lora_args.q_lora and not is_deepspeed_zero3_enabled():
+        # 2.0 loads its resampler position embedding in fp32 otherwise. Under ZeRO-3 the
+        # weights are already partitioned in `dtype` and DeepSpeed owns their casting.
+        model = model.to(dtype)
     # Training needs no KV cache, and 2.0's remote code breaks with one on transformers >= 4.50.
     model.config.use_cache = False
     model.llm.config.use_cache = False
