@@ -6,7 +6,7 @@ the real checkpoints' published files, summarised in ../shared/minicpmv-interfac
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ class ModelVersion:
     chat_takes_context: bool = False
     # Regex of LLM module names that LoRA adapts by default (q, k, v, o projections).
     lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-    extra_from_pretrained_kwargs: dict = field(default_factory=dict)
 
 
 MINICPM_CHAT = ChatFormat(
