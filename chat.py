@@ -21,15 +21,18 @@ from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_infere
 def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256) -> str:
     """One answer to `question` after earlier (role, content) turns; images go with the first question."""
     msgs = [{"role": r, "content": c} for r, c in history]
-    first = not msgs
+    images = list(images) if not msgs else []
+    if len(images) > 1 and not version.chat_images_in_messages:
+        raise ValueError(f"{version.checkpoints}: its chat() takes one image, got {len(images)}")
     with torch.no_grad():
-        if version.chat_takes_context:  # 2.0: one image, passed beside the messages
-            msgs.append({"role": "user", "content": question})
-            image = images[0] if images and first else None
+        if version.chat_images_in_messages:  # 2.6: images inside the message content
+            msgs.append({"role": "user", "content": images + [question] if images else question})
+            return model.chat(None, msgs, tokenizer, max_new_tokens=max_new_tokens, sampling=False)
+        msgs.append({"role": "user", "content": question})
+        image = images[0] if images else None
+        if version.chat_takes_context:  # 2.0: chat(image, msgs, context, tokenizer) -> (answer, ...)
             return model.chat(image, msgs, None, tokenizer, max_new_tokens=max_new_tokens)[0]
-        content = list(images) + [question] if images and first else question
-        msgs.append({"role": "user", "content": content})
-        return model.chat(None, msgs, tokenizer, max_new_tokens=max_new_tokens, sampling=False)
+        return model.chat(image, msgs, tokenizer, max_new_tokens=max_new_tokens, sampling=False)
 
 
 def converse(model, tokenizer, version, images, questions, out=None, max_new_tokens=256):
@@ -64,7 +67,10 @@ def main(argv=None):
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     images = [Image.open(path).convert("RGB") for path in args.image]
     questions = iter(sys.stdin.readline, "") if args.interactive else [args.question]
-    converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens)
+    try:
+        converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens)
+    except ValueError as exc:
+        parser.exit(2, f"chat.py: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ class ModelVersion:
     # 2.0's chat() is chat(image, msgs, context, tokenizer) -> (answer, context, config);
     # later versions take chat(image, msgs, tokenizer) -> answer.
     chat_takes_context: bool = False
+    # 2.6 takes images inside message content lists; 2.0/2.5 take one image beside the messages.
+    chat_images_in_messages: bool = False
     # Regex of LLM module names that LoRA adapts by default (q, k, v, o projections).
     lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 
@@ -126,6 +128,7 @@ VERSIONS: dict[str, ModelVersion] = {
         slice_config_field="slice_config",
         pixel_layout="patch_major",
         default_query_num=64,
+        chat_images_in_messages=True,
     ),
 }
 

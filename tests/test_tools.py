@@ -114,3 +114,27 @@ def test_adapter_whose_base_moved_says_how_to_pass_base(adapters, tmp_path, caps
         assert used == str(moved) and version.llm_type == "llama3"
     finally:
         shutil.move(str(moved), base)
+
+
+@pytest.mark.parametrize("llm_type,expected", [
+    ("minicpm", ("IMG", [{"role": "user", "content": "Q"}], None, "TOK")),
+    ("llama3", ("IMG", [{"role": "user", "content": "Q"}], "TOK")),
+    ("qwen", (None, [{"role": "user", "content": ["IMG", "Q"]}], "TOK")),
+])
+def test_chat_calls_each_versions_chat_signature(llm_type, expected):
+    """2.0: chat(image, msgs, context, tokenizer) -> tuple; 2.5: chat(image, msgs, tokenizer);
+    2.6: images inside the message content."""
+    from minicpmv_ft.versions import VERSIONS
+
+    calls = []
+
+    class Recorder:
+        def chat(self, *args, **kwargs):
+            calls.append(args)
+            return ("A", [], {}) if llm_type == "minicpm" else "A"
+
+    assert chat.answer(Recorder(), "TOK", VERSIONS[llm_type], ["IMG"], "Q") == "A"
+    assert calls == [expected]
+    if llm_type != "qwen":
+        with pytest.raises(ValueError, match="takes one image, got 2"):
+            chat.answer(Recorder(), "TOK", VERSIONS[llm_type], ["IMG", "IMG2"], "Q")
