@@ -135,6 +135,16 @@ def check_arguments(data_args, train_args, lora_args):
         train_args.tune_llm = not lora_args.use_lora
 
 
+def check_version_supported(version, config, train_args, world_size: int):
+    """Combinations that would hang rather than fail, refused before any weight is loaded."""
+    per_image = version.vision_call_per_image or not getattr(config, "batch_vision_input", True)
+    if per_image and zero_stage(train_args) == 3 and world_size > 1:
+        raise ValueError(
+            f"{version.checkpoints} runs its vision tower once per image; under ZeRO-3 every run is a "
+            "collective weight gather, so processes holding different numbers of images deadlock. "
+            "Use ds_config_zero2.json (optimizer offload saves memory there too)")
+
+
 def model_dtype(train_args) -> torch.dtype:
     return torch.bfloat16 if train_args.bf16 else torch.float16 if train_args.fp16 else torch.float32
 
@@ -229,6 +239,7 @@ def train(argv=None, callbacks=None):
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     version = detect_version(config, tokenizer, model_args.llm_type)
+    check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     train_set, eval_set = load_datasets(model_args, data_args, tokenizer, config, train_args.dataloader_num_workers)
     model = load_model(model_args, train_args, lora_args, model_dtype(train_args))
     model = configure_trainable(model, version, train_args, lora_args)

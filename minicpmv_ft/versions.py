@@ -51,6 +51,10 @@ class ModelVersion:
     chat_takes_context: bool = False
     # 2.6 takes images inside message content lists; 2.0/2.5 take one image beside the messages.
     chat_images_in_messages: bool = False
+    # 2.0's get_vllm_embedding calls the vision tower once per image (and, in training, once per
+    # text-only sample); 2.5/2.6 (batch_vision_input) call it once per batch. Under ZeRO-3 each
+    # call is a collective weight gather, so ranks holding different image counts deadlock.
+    vision_call_per_image: bool = False
     # Regex of LLM module names that LoRA adapts by default (q, k, v, o projections).
     lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
 
@@ -104,6 +108,7 @@ VERSIONS: dict[str, ModelVersion] = {
         pixel_layout="chw",
         default_query_num=64,
         chat_takes_context=True,
+        vision_call_per_image=True,
     ),
     "llama3": ModelVersion(
         llm_type="llama3",

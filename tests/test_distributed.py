@@ -65,10 +65,13 @@ def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samp
             torch.testing.assert_close(grad, reference_grads[key], rtol=1e-4, atol=1e-7, msg=f"{name}: {key}")
 
 
-@pytest.mark.parametrize("config,stage,lora", [("ds_config_zero2.json", 2, False), ("ds_config_zero3.json", 3, False),
-                                               ("ds_config_zero3.json", 3, True)], ids=["zero2", "zero3", "zero3-lora"])
-def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, config, stage, lora):
-    source = tiny_model_dir("llama3")
+@pytest.mark.parametrize("llm_type,config,stage,lora", [
+    ("llama3", "ds_config_zero2.json", 2, False), ("llama3", "ds_config_zero3.json", 3, False),
+    ("llama3", "ds_config_zero3.json", 3, True),
+    ("minicpm", "ds_config_zero2.json", 2, False),  # ranks hold different image counts each step
+], ids=["zero2", "zero3", "zero3-lora", "zero2-minicpm"])
+def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, llm_type, config, stage, lora):
+    source = tiny_model_dir(llm_type)
     flags = ["--deepspeed", ROOT / config, "--max_steps", "3", "--per_device_train_batch_size", "1",
              "--learning_rate", "1e-3", "--save_strategy", "no"] + (["--use_lora", "true", "--lora_r", "4"] if lora else [])
     run(common(source, four_samples, tmp_path) + flags, nproc=2)

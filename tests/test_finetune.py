@@ -119,3 +119,20 @@ def test_skip_bad_samples_trains_on_the_rest_and_counts_them(tiny_model_dir, sam
     assert trainer.train_dataset.failed == [(2, "lost", f"image not found: {sample_data / 'images' / 'gone.png'}")]
     assert len(trainer.train_dataset) == len(samples) - 1
     assert "train data: 14 samples used, 0 dropped, 1 failing samples skipped" in caplog.text
+
+
+@pytest.mark.parametrize("llm_type,stage,world,refused", [
+    ("minicpm", 3, 2, True), ("minicpm", 3, 1, False), ("minicpm", 2, 2, False), ("llama3", 3, 2, False),
+])
+def test_per_image_vision_tower_with_zero3_is_refused(tiny, llm_type, stage, world, refused):
+    """MiniCPM-V 2.0 under ZeRO-3 on several processes hangs (measured: a 2-rank CPU run
+    deadlocks at the first step where the ranks hold different numbers of images)."""
+    from minicpmv_ft.versions import VERSIONS
+
+    config = tiny(llm_type)[1].config
+    args = type("Args", (), {"deepspeed": {"zero_optimization": {"stage": stage}}})()
+    if refused:
+        with pytest.raises(ValueError, match="runs its vision tower once per image.*ds_config_zero2.json"):
+            finetune.check_version_supported(VERSIONS[llm_type], config, args, world)
+    else:
+        finetune.check_version_supported(VERSIONS[llm_type], config, args, world)

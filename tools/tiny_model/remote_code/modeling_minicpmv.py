@@ -89,11 +89,11 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         """Features of a blank 224x224 image, so the vision tower runs for text-only batches."""
         side = 224 // self.config.patch_size if hasattr(self.config, "patch_size") else 16
         if self.uses_timm:
-            return self._timm_embedding([torch.zeros((3, 224, 224), device=device, dtype=dtype)])
+            return self.get_vision_embedding([torch.zeros((3, 224, 224), device=device, dtype=dtype)])
         features = self.vpm(torch.zeros((1, 3, 224, 224), device=device, dtype=dtype)).last_hidden_state
         return self.resampler(features, torch.tensor([[side, side]], dtype=torch.int32))
 
-    def _timm_embedding(self, images):
+    def get_vision_embedding(self, images):
         out = []
         dtype = self.vpm.pos_embed.data.dtype
         for image in images:
@@ -135,7 +135,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
                 vision_hidden_states = [dummy for _ in pixel_values_list]
             else:
                 if self.uses_timm:
-                    features = self._timm_embedding([p for sample in pixel_values_list for p in sample])
+                    features = self.get_vision_embedding([p for sample in pixel_values_list for p in sample])
                 else:
                     features = self._navit_embedding(pixel_values_list, data["tgt_sizes"], dtype, device)
                 vision_hidden_states, start = [], 0
