@@ -104,7 +104,7 @@ def format_report(report: dict) -> str:
 def render_trained(ds: SupervisedDataset, index: int) -> str:
     """A sample's text with trained tokens between [[ and ]]; query blocks shortened."""
     sample, tok = ds.samples[index], ds.tokenizer
-    encoded = ds.encode(sample, [_size(path) for path in sample.image_paths])
+    encoded = ds.encode_from_headers(sample)
     pieces, group, trained = [], [], False
 
     def flush():
@@ -132,13 +132,6 @@ def render_trained(ds: SupervisedDataset, index: int) -> str:
 def _shorten_unks(text: str, unk: str) -> str:
     """'<unk><unk><unk>' -> '<unk>x3': a query block reads as one item."""
     return re.sub(f"(?:{re.escape(unk)}){{2,}}", lambda m: f"{unk}x{len(m.group(0)) // len(unk)}", text)
-
-
-def _size(path):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.size
 
 
 def check_file(path, tokenizer, config, args) -> tuple[SupervisedDataset, dict]:

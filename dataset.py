@@ -99,7 +99,7 @@ class SupervisedDataset(Dataset):
             if self.verify_images:
                 encoded = self._tensors(sample)[0]
             else:
-                encoded = self.encode(sample, [_image_size(sample, p) for p in sample.image_paths])
+                encoded = self.encode_from_headers(sample)
         except DataError as error:
             return SampleReport(index, sample_id, "failed", error.reason), None
         report = SampleReport(index, sample_id, "ok", tokens=encoded.length_before_truncation,
@@ -153,6 +153,10 @@ class SupervisedDataset(Dataset):
             self._truncate(encoded)
         return encoded
 
+    def encode_from_headers(self, sample: Sample) -> EncodedSample:
+        """encode() with image sizes read from the files' headers (no pixel decoding)."""
+        return self.encode(sample, [_read_image(sample, path, decode=False) for path in sample.image_paths])
+
     def _truncate(self, encoded: EncodedSample):
         cut = self.model_max_length
         for start, end in encoded.blocks:
@@ -198,7 +202,7 @@ class SupervisedDataset(Dataset):
 
     def _tensors(self, sample: Sample):
         """(encoded sample, pixel tensors of every kept view, their tgt_sizes) from the image files."""
-        images = [_open_image(sample, path) for path in sample.image_paths]
+        images = [_read_image(sample, path, decode=True) for path in sample.image_paths]
         encoded = self.encode(sample, [image.size for image in images])
         pixel_values, tgt_sizes = [], []
         for image in images[: len(encoded.plans)]:
@@ -274,22 +278,13 @@ def _substitute(sample: Sample, placeholders: dict[str, str]):
     return [tuple(t) for t in turns]
 
 
-def _image_size(sample: Sample, path: str):
+def _read_image(sample: Sample, path: str, decode: bool):
+    """The decoded RGB image (decode=True) or just its (W, H) from the header; DataError if unreadable."""
     if not os.path.isfile(path):
         raise sample.error(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise sample.error(f"cannot read image {path}: {exc}") from None
-
-
-def _open_image(sample: Sample, path: str) -> Image.Image:
-    if not os.path.isfile(path):
-        raise sample.error(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+            return image.convert("RGB") if decode else image.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise sample.error(f"cannot read image {path}: {exc}") from None
 

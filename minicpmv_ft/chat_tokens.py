@@ -56,10 +56,10 @@ class ChatEncoder:
         self._prefix_ids = {role: self._encode(p) for role, p in self.format.turn_prefix.items()}
         # Tokens that give a conversation its structure; inside message content they would
         # silently change the turns, so content holding them is rejected.
+        vocab = tokenizer.get_vocab()
         structural = [self.end_of_turn, tokenizer.bos_token, tokenizer.eos_token]
-        structural += [p for p in self.format.turn_prefix.values() if p in tokenizer.get_vocab()]
         for prefix in self.format.turn_prefix.values():
-            structural += [t for t in re.findall(r"<\|[^|>]+\|>", prefix)]
+            structural += [prefix] if prefix in vocab else re.findall(r"<\|[^|>]+\|>", prefix)
         self.structural_ids = {tokenizer.convert_tokens_to_ids(t) for t in structural if t} - {None}
 
     def _encode(self, text: str) -> list[int]:
