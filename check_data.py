@@ -21,8 +21,10 @@ from collections import Counter
 
 from transformers import AutoConfig, AutoTokenizer
 
-from dataset import SupervisedDataset
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
+from minicpmv_ft.encoding import SampleEncoder, check_records
+from minicpmv_ft.samples import load_records
+from minicpmv_ft.versions import detect_version, image_settings
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 
@@ -32,9 +34,11 @@ def parse_args(argv=None):
     parser.add_argument("--model_name_or_path", required=True, help="checkpoint whose tokenizer/config to use")
     parser.add_argument("--data_path", required=True, help="training data (JSON or JSON Lines)")
     parser.add_argument("--eval_data_path", default=None, help="evaluation data, checked the same way")
-    parser.add_argument("--llm_type", default=None, help="minicpm, llama3 or qwen; default: from the checkpoint")
+    parser.add_argument("--llm_type", default=None, help="version or alias (2.6, qwen, ...); default: from the checkpoint")
     parser.add_argument("--max_slice_nums", type=int, default=None, help="default: the checkpoint's")
     parser.add_argument("--model_max_length", type=int, default=2048, help="as in training (default 2048)")
+    parser.add_argument("--keep_earlier_reasoning", action="store_true",
+                        help="as in training: keep and train the reasoning of earlier turns (4.5)")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     parser.add_argument("--show", type=int, default=0, metavar="N", help="print N samples with trained spans marked")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
@@ -48,16 +52,15 @@ def percentile(sorted_values, fraction):
     return sorted_values[max(0, math.ceil(fraction * len(sorted_values)) - 1)]
 
 
-def summarise(ds: SupervisedDataset) -> dict:
-    reports = ds.reports
+def summarise(source: str, encoder: SampleEncoder, reports) -> dict:
     measured = [r for r in reports if r.status != "failed"]
     status = Counter(r.status for r in reports)
     total = sorted(r.tokens for r in measured)
     columns = {"total": total, "text": sorted(r.tokens - r.image_tokens for r in measured),
                "image": sorted(r.image_tokens for r in measured)}
     return {
-        "file": ds.source, "llm_type": ds.version.llm_type, "max_slice_nums": ds.settings.max_slice_nums,
-        "model_max_length": ds.model_max_length,
+        "file": source, "version": encoder.version.name, "max_slice_nums": encoder.settings.max_slice_nums,
+        "model_max_length": encoder.model_max_length,
         "counts": {"samples": len(reports), "ok": status["ok"] + status["truncated"],
                    "truncated": status["truncated"], "dropped": status["dropped"], "failed": status["failed"]},
         "problems": [{"index": r.index, "id": r.sample_id, "status": r.status, "reason": r.reason}
@@ -81,7 +84,7 @@ def histogram(values, bins=10):
 
 def format_report(report: dict) -> str:
     c = report["counts"]
-    lines = [f"{report['file']} (llm_type {report['llm_type']}, max_slice_nums {report['max_slice_nums']}, "
+    lines = [f"{report['file']} (MiniCPM-V {report['version']}, max_slice_nums {report['max_slice_nums']}, "
              f"model_max_length {report['model_max_length']})",
              f"  samples {c['samples']}: ok {c['ok']} (of which truncated {c['truncated']}), "
              f"dropped {c['dropped']}, failed {c['failed']}",
@@ -101,10 +104,10 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def render_trained(ds: SupervisedDataset, index: int) -> str:
+def render_trained(encoder: SampleEncoder, sample) -> str:
     """A sample's text with trained tokens between [[ and ]]; query blocks shortened."""
-    sample, tok = ds.samples[index], ds.tokenizer
-    encoded = ds.encode_from_headers(sample)
+    tok = encoder.tokenizer
+    encoded = encoder.encode_from_headers(sample)
     pieces, group, trained = [], [], False
 
     def flush():
@@ -124,7 +127,7 @@ def render_trained(ds: SupervisedDataset, index: int) -> str:
             trained = is_trained
         group.append(token)
     flush()
-    header = f"--- sample {index} (id {sample.sample_id!r}): {len(encoded.input_ids)} tokens, " \
+    header = f"--- sample {sample.index} (id {sample.sample_id!r}): {len(encoded.input_ids)} tokens, " \
              f"{sum(label != IGNORE_INDEX for label in encoded.labels)} trained"
     return header + "\n" + "".join(pieces)
 
@@ -134,11 +137,12 @@ def _shorten_unks(text: str, unk: str) -> str:
     return re.sub(f"(?:{re.escape(unk)}){{2,}}", lambda m: f"{unk}x{len(m.group(0)) // len(unk)}", text)
 
 
-def check_file(path, tokenizer, config, args) -> tuple[SupervisedDataset, dict]:
-    ds = SupervisedDataset(path, tokenizer, config, llm_type=args.llm_type, max_slice_nums=args.max_slice_nums,
-                           model_max_length=args.model_max_length, skip_bad_samples=True, verify_images=True,
-                           num_workers=args.num_workers, progress=True)
-    return ds, summarise(ds)
+def check_file(path, encoder: SampleEncoder, num_workers: int):
+    """[(SampleReport, Sample or None)] for every record of the file, and the summary."""
+    records, source, folder = load_records(path)
+    results = check_records(encoder, records, source, folder, verify_images=True, num_workers=num_workers,
+                            progress=True)
+    return results, summarise(source, encoder, [report for report, _ in results])
 
 
 def main(argv=None) -> int:
@@ -146,14 +150,18 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    version = detect_version(config, tokenizer, args.llm_type)
+    encoder = SampleEncoder(tokenizer, version, image_settings(config, version, args.max_slice_nums),
+                            args.model_max_length, args.keep_earlier_reasoning)
     reports, failed = [], 0
     for path in filter(None, (args.data_path, args.eval_data_path)):
-        ds, report = check_file(path, tokenizer, config, args)
+        results, report = check_file(path, encoder, args.num_workers)
         reports.append(report)
         failed += report["counts"]["failed"]
         print(format_report(report))
-        for index in ds.kept[: args.show]:
-            print(render_trained(ds, index))
+        kept = [sample for _, sample in results if sample is not None]
+        for sample in kept[: args.show]:
+            print(render_trained(encoder, sample))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"files": reports, "failed": failed}, handle, indent=1, default=str)

@@ -12,20 +12,19 @@ import json
 import logging
 import os
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
+from transformers import HfArgumentParser
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume
 from minicpmv_ft.loading import load_model as load_checkpoint
-from minicpmv_ft.loading import local_dir
-from minicpmv_ft.versions import detect_version, image_settings
+from minicpmv_ft.loading import load_tokenizer_and_version, local_dir
+from minicpmv_ft.versions import image_settings
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
@@ -33,10 +32,10 @@ logger = logging.getLogger("finetune")
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "checkpoint directory or hub id, e.g. openbmb/MiniCPM-V-2_6"})
+    model_name_or_path: str = field(metadata={"help": "checkpoint directory or hub id, e.g. openbmb/MiniCPM-V-4_5"})
     llm_type: typing.Optional[str] = field(default=None, metadata={
-        "help": "chat format: minicpm (2.0), llama3 (2.5), qwen (2.6; alias qwen2). Default: read from the "
-                "checkpoint; a value contradicting it is an error"})
+        "help": "checkpoint version or its alias: 2.0 (minicpm), 2.5 (llama3), 2.6 (qwen, qwen2), 4.0 (llama), "
+                "4.5 (qwen3). Default: read from the checkpoint; a value contradicting it is an error"})
 
 
 @dataclass
@@ -54,10 +53,20 @@ class DataArguments:
     verify_images: bool = field(default=False, metadata={
         "help": "decode every image before training (as check_data.py does); default: read headers only, "
                 "and an undecodable image stops training when it is reached"})
+    keep_earlier_reasoning: bool = field(default=False, metadata={
+        "help": "thinking models (4.5): keep the reasoning of every assistant turn as a trained think block. "
+                "Default: as the chat template, only the last answer carries its reasoning"})
+
+    def __post_init__(self):
+        if self.max_slice_nums is not None and self.max_slice_nums < 1:
+            raise ValueError(f"--max_slice_nums must be >= 1, got {self.max_slice_nums}")
 
 
 @dataclass
-class LoraArguments:
+class TrainingArguments(transformers.TrainingArguments):
+    tune_vision: bool = field(default=True, metadata={"help": "train the vision tower (vpm)"})
+    tune_llm: typing.Optional[bool] = field(default=None, metadata={
+        "help": "train all LLM weights; default true for full fine-tuning, false with --use_lora"})
     use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM instead of its weights"})
     q_lora: bool = field(default=False, metadata={"help": "QLoRA: load the LLM in 4-bit (needs CUDA and bitsandbytes)"})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
@@ -68,13 +77,6 @@ class LoraArguments:
     lora_modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "extra modules trained fully and saved with the adapter (resampler always is; the vision "
                 "tower with --tune_vision). embed_tokens is trained only if listed here"})
-
-
-@dataclass
-class TrainingArguments(transformers.TrainingArguments):
-    tune_vision: bool = field(default=True, metadata={"help": "train the vision tower (vpm)"})
-    tune_llm: typing.Optional[bool] = field(default=None, metadata={
-        "help": "train all LLM weights; default true for full fine-tuning, false with --use_lora"})
     # MiniCPM-V's forward takes one `data` dict, so columns must not be filtered by signature.
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep False for MiniCPM-V"})
     label_names: typing.Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "label keys"})
@@ -83,14 +85,35 @@ class TrainingArguments(transformers.TrainingArguments):
     gradient_checkpointing_kwargs: typing.Optional[dict] = field(
         default_factory=lambda: {"use_reentrant": False}, metadata={"help": "kwargs for gradient checkpointing"})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.use_lora and self.tune_llm:
+            raise ValueError("--use_lora true with --tune_llm true would train all LLM weights as well as the "
+                             "adapters; use --tune_llm false (the LoRA default) or drop --use_lora")
+        if self.q_lora and not self.use_lora:
+            raise ValueError("--q_lora true needs --use_lora true")
+        if self.q_lora and not torch.cuda.is_available():
+            raise ValueError("--q_lora true needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora without --q_lora on CPU")
+        if self.q_lora and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("--q_lora true needs bitsandbytes: pip install bitsandbytes")
+        if self.q_lora and zero_stage(self) == 3:
+            raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
+                             "use ds_config_zero2.json")
+
+    @property
+    def trains_llm(self) -> bool:
+        """--tune_llm, defaulting to true for full fine-tuning and false with LoRA."""
+        return (not self.use_lora) if self.tune_llm is None else self.tune_llm
+
 
 def parse_arguments(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     _init_cpu_deepspeed(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, LoraArguments))
-    model_args, data_args, train_args, lora_args = parser.parse_args_into_dataclasses(argv)
-    check_arguments(data_args, train_args, lora_args)
-    return model_args, data_args, train_args, lora_args
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, train_args = parser.parse_args_into_dataclasses(argv)
+    if data_args.eval_data_path and train_args.eval_strategy == "no":
+        logger.warning("--eval_data_path given but --eval_strategy is 'no': the eval set is only checked")
+    return model_args, data_args, train_args
 
 
 def _init_cpu_deepspeed(argv):
@@ -113,28 +136,6 @@ def zero_stage(train_args) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
-def check_arguments(data_args, train_args, lora_args):
-    """Contradictory flags fail here, before any weight is loaded."""
-    if lora_args.use_lora and train_args.tune_llm:
-        raise ValueError("--use_lora true with --tune_llm true would train all LLM weights as well as the "
-                         "adapters; use --tune_llm false (the LoRA default) or drop --use_lora")
-    if lora_args.q_lora and not lora_args.use_lora:
-        raise ValueError("--q_lora true needs --use_lora true")
-    if lora_args.q_lora and not torch.cuda.is_available():
-        raise ValueError("--q_lora true needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora without --q_lora on CPU")
-    if lora_args.q_lora and importlib.util.find_spec("bitsandbytes") is None:
-        raise ValueError("--q_lora true needs bitsandbytes: pip install bitsandbytes")
-    if lora_args.q_lora and zero_stage(train_args) == 3:
-        raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
-                         "use ds_config_zero2.json")
-    if data_args.max_slice_nums is not None and data_args.max_slice_nums < 1:
-        raise ValueError(f"--max_slice_nums must be >= 1, got {data_args.max_slice_nums}")
-    if data_args.eval_data_path and train_args.eval_strategy == "no":
-        logger.warning("--eval_data_path given but --eval_strategy is 'no': the eval set is only checked")
-    if train_args.tune_llm is None:
-        train_args.tune_llm = not lora_args.use_lora
-
-
 def check_version_supported(version, config, train_args, world_size: int):
     """Combinations that would hang rather than fail, refused before any weight is loaded."""
     per_image = version.vision_call_per_image or not getattr(config, "batch_vision_input", True)
@@ -149,54 +150,52 @@ def model_dtype(train_args) -> torch.dtype:
     return torch.bfloat16 if train_args.bf16 else torch.float16 if train_args.fp16 else torch.float32
 
 
-def load_datasets(model_args, data_args, tokenizer, config, num_workers=1):
-    common = {"llm_type": model_args.llm_type, "max_slice_nums": data_args.max_slice_nums,
+def load_datasets(version, data_args, tokenizer, config, num_workers=1):
+    common = {"version": version, "max_slice_nums": data_args.max_slice_nums,
               "model_max_length": data_args.model_max_length, "skip_bad_samples": data_args.skip_bad_samples,
-              "verify_images": data_args.verify_images, "num_workers": max(1, num_workers)}
+              "verify_images": data_args.verify_images, "num_workers": max(1, num_workers),
+              "keep_earlier_reasoning": data_args.keep_earlier_reasoning}
     train_set = SupervisedDataset(data_args.data_path, tokenizer, config, **common)
     eval_set = SupervisedDataset(data_args.eval_data_path, tokenizer, config, **common) if data_args.eval_data_path else None
     return train_set, eval_set
 
 
-def load_model(model_args, train_args, lora_args, dtype):
-    """The checkpoint, with the known load problems of the real ones worked around."""
+def load_model(model_args, train_args, version, dtype):
+    """The checkpoint, with its version's known load problems worked around."""
     kwargs = {}
-    if lora_args.q_lora:
+    if train_args.q_lora:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=["vpm", "resampler", "lm_head"])
-    model = load_checkpoint(model_args.model_name_or_path, dtype, **kwargs)
-    if not lora_args.q_lora and not is_deepspeed_zero3_enabled():
-        # 2.0 loads its resampler position embedding in fp32 otherwise. Under ZeRO-3 the
-        # weights are already partitioned in `dtype` and DeepSpeed owns their casting.
-        model = model.to(dtype)
+            bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=[version.vision_module, version.resampler_module,
+                                                                 "lm_head"])
+    # Under ZeRO-3 the weights are already partitioned in `dtype` and DeepSpeed owns their casting.
+    cast = not train_args.q_lora and not is_deepspeed_zero3_enabled()
+    model = load_checkpoint(model_args.model_name_or_path, version, dtype, cast=cast, **kwargs)
     # Training needs no KV cache, and 2.0's remote code breaks with one on transformers >= 4.50.
     model.config.use_cache = False
-    model.llm.config.use_cache = False
-    try:
-        model.get_input_embeddings()
-    except NotImplementedError:  # MiniCPM-V 2.0 lacks it; PEFT and gradient checkpointing call it
-        model.get_input_embeddings = types.MethodType(lambda self: self.llm.get_input_embeddings(), model)
+    getattr(model, version.llm_module).config.use_cache = False
     return model
 
 
-def configure_trainable(model, version, train_args, lora_args):
+def configure_trainable(model, version, train_args):
     """Freezes what is not trained, or wraps the model with LoRA adapters."""
+    llm, vision = getattr(model, version.llm_module), getattr(model, version.vision_module)
     model.requires_grad_(True)
     if not train_args.tune_vision:
-        model.vpm.requires_grad_(False)
-    if not lora_args.use_lora:
-        if not train_args.tune_llm:
-            model.llm.requires_grad_(False)
+        vision.requires_grad_(False)
+    if not train_args.use_lora:
+        if not train_args.trains_llm:
+            llm.requires_grad_(False)
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model.llm.requires_grad_(False)
-    if lora_args.q_lora:
+    llm.requires_grad_(False)
+    if train_args.q_lora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_args.gradient_checkpointing)
-    modules_to_save = ["resampler"] + (["vpm"] if train_args.tune_vision else []) + list(lora_args.lora_modules_to_save)
-    config = LoraConfig(r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
-                        target_modules=lora_args.lora_target_modules or version.lora_target_regex,
+    modules_to_save = [version.resampler_module] + ([version.vision_module] if train_args.tune_vision else []) \
+        + list(train_args.lora_modules_to_save)
+    config = LoraConfig(r=train_args.lora_r, lora_alpha=train_args.lora_alpha, lora_dropout=train_args.lora_dropout,
+                        target_modules=train_args.lora_target_modules or version.lora_target_regex,
                         modules_to_save=modules_to_save)
     return get_peft_model(model, config)
 
@@ -209,8 +208,8 @@ def log_settings(model, version, train_set, eval_set, data_args, config):
     total = sum(numel(p) for p in model.parameters())
     settings = image_settings(config, version, data_args.max_slice_nums)
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
-    logger.info("llm_type=%s (%s), query_num=%d, max_slice_nums=%d, scale_resolution=%d, image ids=%s, "
-                "model_max_length=%d", version.llm_type, version.checkpoints, settings.query_num,
+    logger.info("MiniCPM-V %s (%s), query_num=%d, max_slice_nums=%d, scale_resolution=%d, image ids=%s, "
+                "model_max_length=%d", version.name, version.checkpoints, settings.query_num,
                 settings.max_slice_nums, settings.scale_resolution, settings.use_image_id, data_args.model_max_length)
     for name, ds in (("train", train_set), ("eval", eval_set)):
         if ds is not None:
@@ -232,17 +231,15 @@ def finish_distributed(exit_code: int = 0):
 
 def train(argv=None, callbacks=None):
     """Runs the whole job and returns the Trainer (tests add callbacks)."""
-    model_args, data_args, train_args, lora_args = parse_arguments(argv)
+    model_args, data_args, train_args = parse_arguments(argv)
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if train_args.should_log else logging.WARNING)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
-    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
-    version = detect_version(config, tokenizer, model_args.llm_type)
+    tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
-    train_set, eval_set = load_datasets(model_args, data_args, tokenizer, config, train_args.dataloader_num_workers)
-    model = load_model(model_args, train_args, lora_args, model_dtype(train_args))
-    model = configure_trainable(model, version, train_args, lora_args)
+    train_set, eval_set = load_datasets(version, data_args, tokenizer, config, train_args.dataloader_num_workers)
+    model = load_model(model_args, train_args, version, model_dtype(train_args))
+    model = configure_trainable(model, version, train_args)
     log_settings(model, version, train_set, eval_set, data_args, config)
     stop_on_signal = StopOnSignal()
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=train_set, eval_dataset=eval_set,

@@ -1,160 +1,184 @@
-"""Conversation -> token ids and labels, in the chat format of the checkpoint's version.
+"""Conversation -> token ids and labels, exactly as the checkpoint's inference encodes it.
 
-Labels follow the Hugging Face convention: aligned with input_ids, shifted by the loss.
-A token is trained (label = its id) when it is assistant content or the end-of-turn token
-closing an assistant turn; everything else is -100. One exception, MiniCPM-V 2.0: its turns
-have no separator, so an assistant turn that is not the last one has no end-of-turn token
-in the text; the token that follows it gets the label eos, which trains the model to stop there.
+The version's chat format renders the whole conversation (image placeholders included) into
+one string with the trained character ranges recorded; the tokenizer encodes that string in
+one call, as the checkpoint's chat()/processor does, so the ids are the inference ids by
+construction. Each token is then labelled by the character it starts at: a token starting
+inside an answer (or its end-of-turn token) is trained (label = its id), every other one gets
+-100. A piece that straddles the end of an answer therefore counts as answer, one that
+straddles its start as prompt. Labels follow the Hugging Face convention: aligned with
+input_ids, shifted by the loss.
 
-Text is tokenized in chunks whose boundaries are special tokens, so the ids equal those of
-tokenizing the whole rendered conversation at once (as inference does); the only boundary
-inside plain text (turn header | content) is resolved by tokenizing header+content together.
+Image query blocks are located from the offsets recorded while the placeholders were built,
+never by searching the ids.
 """
 from __future__ import annotations
 
-import re
+from bisect import bisect_left
+from dataclasses import dataclass
 
+from .chat_formats import TextBuilder, Turn
 from .slicing import SlicePlan
 from .versions import ImageSettings, ModelVersion
 
 IGNORE_INDEX = -100
 
 
-def image_placeholder(plan: SlicePlan, settings: ImageSettings, tokenizer, image_index: int) -> str:
-    """The text an image is replaced by, exactly as the version's inference code writes it."""
+@dataclass(frozen=True)
+class Placeholder:
+    """The text an image is replaced by, with the character ranges of its query blocks."""
+
+    text: str
+    queries: tuple[tuple[int, int], ...]  # [start, end) of each run of unk tokens, in order
+
+
+def image_placeholder(plan: SlicePlan, settings: ImageSettings, tokenizer, image_index: int) -> Placeholder:
+    """An image's placeholder exactly as the version's inference code writes it."""
     unks = tokenizer.unk_token * settings.query_num
-    whole = tokenizer.im_start + unks + tokenizer.im_end
-    if settings.placeholder_scheme == "wrapped":
-        text = whole
-        if plan.grid is not None:
-            cols, rows = plan.grid
-            text += tokenizer.slice_start + "\n".join([whole * cols] * rows) + tokenizer.slice_end
-        return text
-    text = whole
-    if settings.use_image_id:
-        text = f"{tokenizer.im_id_start}{image_index}{tokenizer.im_id_end}" + text
+    pieces, queries = [], []
+    length = 0
+
+    def add(text, is_query=False):
+        nonlocal length
+        if is_query:
+            queries.append((length, length + len(text)))
+        pieces.append(text)
+        length += len(text)
+
+    def block(opener, closer):
+        add(opener), add(unks, True), add(closer)
+
+    per_slice = settings.placeholder_scheme == "per_slice"
+    if per_slice and settings.use_image_id:
+        add(f"{tokenizer.im_id_start}{image_index}{tokenizer.im_id_end}")
+    block(tokenizer.im_start, tokenizer.im_end)
     if plan.grid is not None:
         cols, rows = plan.grid
-        cell = tokenizer.slice_start + unks + tokenizer.slice_end
-        text += "\n".join([cell * cols] * rows)
-    return text
+        opener, closer = (tokenizer.slice_start, tokenizer.slice_end) if per_slice else (tokenizer.im_start, tokenizer.im_end)
+        if not per_slice:
+            add(tokenizer.slice_start)
+        for r in range(rows):
+            if r:
+                add("\n")
+            for _ in range(cols):
+                block(opener, closer)
+        if not per_slice:
+            add(tokenizer.slice_end)
+    return Placeholder("".join(pieces), tuple(queries))
+
+
+def tokenize_with_starts(tokenizer, text: str, add_special_tokens: bool) -> tuple[list[int], list[int]]:
+    """(ids, start character of each token) of `tokenizer(text)`; tokens the tokenizer adds
+    itself (a BOS) start at 0."""
+    if tokenizer.is_fast:
+        encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        return encoded["input_ids"], [start for start, _ in encoded["offset_mapping"]]
+    ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+    return ids, _sentencepiece_starts(tokenizer, text, ids)
+
+
+def _sentencepiece_starts(tokenizer, text: str, ids: list[int]) -> list[int]:
+    """Starts for a slow sentencepiece tokenizer (2.0): it splits the text at its added tokens
+    and encodes each run between them with sentencepiece, whose pieces carry byte offsets."""
+    pieces, starts, offset = [], [], 0
+    for chunk in tokenizer.tokens_trie.split(text):
+        if chunk in tokenizer.added_tokens_encoder:
+            pieces.append(tokenizer.added_tokens_encoder[chunk])
+            starts.append(offset)
+        elif chunk:
+            char_at_byte = [k for k, char in enumerate(chunk) for _ in char.encode("utf-8")] + [len(chunk)]
+            for piece in tokenizer.sp_model.encode(chunk, out_type="proto").pieces:
+                pieces.append(piece.id)
+                starts.append(offset + char_at_byte[piece.begin])
+        offset += len(chunk)
+    extra = len(ids) - len(pieces)
+    if extra < 0 or ids[extra:] != pieces:
+        raise RuntimeError(f"{type(tokenizer).__name__}: cannot align its tokens with the text; "
+                           "training labels would be unreliable")
+    return [0] * extra + starts
+
+
+@dataclass
+class Encoding:
+    """Token-level result of one conversation."""
+
+    input_ids: list[int]
+    labels: list[int]
+    queries: list[list[tuple[int, int]]]  # per image: (start, end) token span of each query block
+    blocks: list[tuple[int, int]]  # per image: (first, last) token of its whole placeholder
+    text: str  # the rendered conversation
 
 
 class ChatEncoder:
-    """Encodes (role, content) turns for one tokenizer and chat format."""
+    """Encodes turns for one tokenizer and version."""
 
-    def __init__(self, tokenizer, version: ModelVersion):
+    def __init__(self, tokenizer, version: ModelVersion, keep_earlier_reasoning: bool = False):
         self.tokenizer = tokenizer
+        self.version = version
         self.format = version.chat
-        fill = {"{bos}": tokenizer.bos_token or "", "{eos}": tokenizer.eos_token or ""}
-        self.begin = _fill(self.format.begin, fill)
-        self.end_of_turn = _fill(self.format.end_of_turn, fill)
-        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(self.end_of_turn)
-        if self.end_of_turn_id is None or self.end_of_turn_id == tokenizer.unk_token_id:
-            raise ValueError(f"tokenizer has no end-of-turn token {self.end_of_turn!r} for llm_type {version.llm_type}")
-        self.default_system = self._default_system() if self.format.default_system_from_template else None
-        self._prefix_ids = {role: self._encode(p) for role, p in self.format.turn_prefix.items()}
-        # Tokens that give a conversation its structure; inside message content they would
-        # silently change the turns, so content holding them is rejected.
-        vocab = tokenizer.get_vocab()
-        structural = [self.end_of_turn, tokenizer.bos_token, tokenizer.eos_token]
-        for prefix in self.format.turn_prefix.values():
-            structural += [prefix] if prefix in vocab else re.findall(r"<\|[^|>]+\|>", prefix)
-        self.structural_ids = {tokenizer.convert_tokens_to_ids(t) for t in structural if t} - {None}
+        self.context = self.format.context(tokenizer)
+        self.keep_earlier_reasoning = keep_earlier_reasoning
+        self.stop_label = tokenizer.convert_tokens_to_ids(self.format.end_of_turn_token(self.context))
+        # Typed into text, these would silently change the turns or the image blocks: the
+        # tokenizer's special and image tokens (not those that are ordinary characters, as 2.5's
+        # pad "!"), and the format's turn markers (plain text in 2.0's vocabulary).
+        image_tokens = [getattr(tokenizer, name, None) for name in
+                        ("im_start", "im_end", "slice_start", "slice_end", "im_id_start", "im_id_end")]
+        added_special = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+        special = [t for t in [*added_special, *tokenizer.all_special_tokens, *image_tokens]
+                   if t in tokenizer.added_tokens_encoder and len(t) > 1]
+        self.forbidden = sorted(set(special) | set(self.format.structural), key=lambda t: (-len(t), t))
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    def check_text(self, turns: list[Turn]):
+        """ValueError naming the turn when content holds a special or chat-control token."""
+        for turn in turns:
+            texts = [p for p in turn.parts if isinstance(p, str)] + [turn.reasoning or ""]
+            for token in self.forbidden:
+                if any(token in text for text in texts):
+                    raise ValueError(f"{turn.role} turn {turn.index} contains {token!r}, a special token of this "
+                                     "model, in its text; write it differently (images go in through their markers)")
 
-    def _default_system(self) -> str | None:
-        """The system turn the checkpoint's own chat template adds when there is none."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            return None
-        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
-        opening = self.begin + self.format.turn_prefix["system"]
-        if not rendered.startswith(opening):
-            return None
-        end = rendered.find(self.end_of_turn, len(opening))
-        return rendered[len(opening):end] if end >= 0 else None
+    def prepare(self, turns: list[Turn]) -> list[Turn]:
+        """Reasoning taken out of `<think>...</think>` content (thinking formats), or refused."""
+        prepared = []
+        for turn in turns:
+            if turn.role == "assistant" and self.format.thinking and turn.reasoning is None:
+                reasoning, answer = self.format.split_reasoning("".join(turn.parts))
+                turn = Turn(turn.role, [answer], turn.index, reasoning)
+            elif turn.reasoning is not None and not self.format.thinking:
+                raise ValueError(f"turn {turn.index} has reasoning_content, but MiniCPM-V {self.version.name} has "
+                                 "no thinking mode; put the text in the answer or drop it")
+            prepared.append(turn)
+        return prepared
 
-    def with_default_system(self, turns):
-        if self.default_system is not None and turns[0][0] != "system":
-            return [("system", self.default_system)] + list(turns)
-        return list(turns)
+    def render(self, turns: list[Turn]) -> TextBuilder:
+        out = TextBuilder()
+        self.format.render(self.prepare(turns), out, self.context, self.keep_earlier_reasoning)
+        return out
 
-    def render_text(self, turns) -> str:
-        """The conversation as one string (what the ids below decode to, save pending labels)."""
-        turns = self.with_default_system(turns)
-        parts = [self.begin]
-        for i, (role, content) in enumerate(turns):
-            parts.append(self.format.turn_prefix[role] + self._content(content))
-            if self._eot_written(i, len(turns)):
-                parts.append(self.end_of_turn + self.format.after_turn)
-        return "".join(parts)
-
-    def _content(self, content: str) -> str:
-        return content.strip() if self.format.strip_content else content
-
-    def _eot_written(self, i: int, n_turns: int) -> bool:
-        return self.format.end_of_turn_in_text == "every" or i == n_turns - 1
-
-    def encode(self, turns) -> tuple[list[int], list[int]]:
-        """(input_ids, labels) for the turns; content containing chat-control tokens raises ValueError."""
-        turns = self.with_default_system(turns)
-        ids = self._encode(self.begin)
+    def encode(self, turns: list[Turn]) -> Encoding:
+        self.check_text(turns)
+        rendered = self.render(turns)
+        text = rendered.text
+        ids, starts = tokenize_with_starts(self.tokenizer, text, self.version.encode_adds_special_tokens)
         labels = [IGNORE_INDEX] * len(ids)
-        pending_label = None  # 2.0: eos label for the token after a non-final assistant turn
-        for i, (role, content) in enumerate(turns):
-            prefix_ids = self._prefix_ids[role]
-            chunk = self._encode(self.format.turn_prefix[role] + self._content(content))
-            n = _common_prefix(chunk, prefix_ids)
-            bad = self.structural_ids.intersection(chunk[n:])
-            if bad:
-                token = self.tokenizer.convert_ids_to_tokens(sorted(bad)[0])
-                raise ValueError(f"{role} turn {i} contains the chat-control token {token!r} in its text")
-            trained = role == "assistant"
-            chunk_labels = [IGNORE_INDEX] * n + (chunk[n:] if trained else [IGNORE_INDEX] * (len(chunk) - n))
-            if pending_label is not None and chunk_labels:
-                chunk_labels[0] = pending_label
-                pending_label = None
-            ids += chunk
-            labels += chunk_labels
-            if self._eot_written(i, len(turns)):
-                ids.append(self.end_of_turn_id)
-                labels.append(self.end_of_turn_id if trained else IGNORE_INDEX)
-                after = self._encode(self.format.after_turn)
-                ids += after
-                labels += [IGNORE_INDEX] * len(after)
-            elif trained:
-                pending_label = self.end_of_turn_id
-        return ids, labels
+        for begin, end in rendered.trained:
+            for i in range(bisect_left(starts, begin), bisect_left(starts, end)):
+                labels[i] = ids[i]
+        for position in rendered.stops:  # 2.0: the token after a non-final answer learns "stop here"
+            i = bisect_left(starts, position)
+            if i < len(ids):
+                labels[i] = self.stop_label
+        queries, blocks = [], []
+        for offset, placeholder in rendered.images:
+            queries.append([self._query_span(ids, starts, offset + a, offset + b) for a, b in placeholder.queries])
+            blocks.append((bisect_left(starts, offset), bisect_left(starts, offset + len(placeholder.text)) - 1))
+        return Encoding(ids, labels, queries, blocks, text)
 
-
-def _fill(template: str, values: dict) -> str:
-    for key, value in values.items():
-        template = template.replace(key, value)
-    return template
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < len(a) and n < len(b) and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def image_spans(ids, tokenizer, settings: ImageSettings) -> list[tuple[int, int]]:
-    """(start, end) of every image/slice query block: start after the opening token, end at
-    the closing token (so end - start == query_num), in order of appearance."""
-    openers = {tokenizer.im_start_id}
-    closers = {tokenizer.im_end_id}
-    if settings.placeholder_scheme == "per_slice":
-        openers.add(tokenizer.slice_start_id)
-        closers.add(tokenizer.slice_end_id)
-    spans, start = [], None
-    for pos, token in enumerate(ids):
-        if token in openers:
-            start = pos + 1
-        elif token in closers and start is not None:
-            spans.append((start, pos))
-            start = None
-    return spans
+    def _query_span(self, ids, starts, begin: int, end: int) -> tuple[int, int]:
+        first, last = bisect_left(starts, begin), bisect_left(starts, end)
+        unk = self.tokenizer.unk_token_id
+        if any(t != unk for t in ids[first:last]) or last - first != (end - begin) // len(self.tokenizer.unk_token):
+            raise ValueError(f"an image placeholder did not encode as {self.tokenizer.unk_token} tokens "
+                             "(text next to an image marker merged with it)")
+        return first, last

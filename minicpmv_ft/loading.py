@@ -1,28 +1,20 @@
 """Loading checkpoints and LoRA adapters the way the real MiniCPM-V checkpoints need."""
 from __future__ import annotations
 
-import builtins
 import json
 import logging
 import os
-import typing
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from .versions import detect_version
+from .versions import ModelVersion, detect_version
 
 logger = logging.getLogger(__name__)
 
 
 class AdapterBaseError(ValueError):
     """The base model an adapter was trained on cannot be found."""
-
-
-def allow_remote_code_list():
-    """The real 2.5/2.6 resampler.py uses `List` without importing it; torch >= 2.7 no longer
-    leaks it into builtins, so importing the remote code fails with NameError."""
-    builtins.List = typing.List
 
 
 def is_adapter(path: str) -> bool:
@@ -49,27 +41,37 @@ def adapter_base(adapter_dir: str, base: str | None = None) -> str:
     raise AdapterBaseError(how)
 
 
-def load_model(path: str, dtype=None, **kwargs):
-    allow_remote_code_list()
-    return AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype or "auto", **kwargs)
+def load_model(path: str, version: ModelVersion, dtype=None, cast: bool = True, **kwargs):
+    """The checkpoint with its version's load fixes applied; cast=False leaves dtype casting to
+    someone else (ZeRO-3, 4-bit quantisation)."""
+    for fix in version.before_load:
+        fix()
+    model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype or "auto", **kwargs)
+    for fix in version.after_load:
+        model = fix(model, dtype if cast else None)
+    return model
+
+
+def load_tokenizer_and_version(path: str, llm_type: str | None = None):
+    """(tokenizer, config, version) of a checkpoint: the one version detection of a run."""
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    return tokenizer, config, detect_version(config, tokenizer, llm_type)
 
 
 def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merge: bool = False):
     """(tokenizer, model, version, base path or None) for a full checkpoint or a LoRA adapter;
     with merge=True an adapter is merged into its base (a plain MiniCPM-V model)."""
-    base_path = None
-    if is_adapter(model_dir):
+    base_path = adapter_base(model_dir, base) if is_adapter(model_dir) else None
+    tokenizer, _, version = load_tokenizer_and_version(base_path or model_dir)
+    model = load_model(base_path or model_dir, version, dtype)
+    if base_path:
         from peft import PeftModel
 
-        base_path = adapter_base(model_dir, base)
-        model = PeftModel.from_pretrained(load_model(base_path, dtype), model_dir)
+        model = PeftModel.from_pretrained(model, model_dir)
         if merge:
             model = model.merge_and_unload()
-        tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=True)
-    else:
-        model = load_model(model_dir, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
-    return tokenizer, model.eval(), detect_version(model.config, tokenizer), base_path
+    return tokenizer, model.eval(), version, base_path
 
 
 def local_dir(name_or_path: str) -> str | None:

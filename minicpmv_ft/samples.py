@@ -1,7 +1,8 @@
 """Reading and validating training samples (JSON / JSON Lines), before any tokenization.
 
 A sample is {"id": ..., "image": path | {"<image_00>": path, ...} (optional),
-"conversations": [{"role": "system"|"user"|"assistant", "content": str}, ...]}.
+"conversations": [{"role": "system"|"user"|"assistant", "content": str,
+"reasoning_content": str (optional, assistant turns of thinking models)}, ...]}.
 Every problem raises DataError naming the data file, the sample index and id, and the reason.
 """
 from __future__ import annotations
@@ -11,8 +12,11 @@ import os
 import re
 from dataclasses import dataclass
 
+from .chat_formats import Turn
+
 SINGLE_IMAGE_MARKER = "<image>"
 MULTI_IMAGE_MARKER = re.compile(r"<image_\d+>")
+MARKERS = re.compile(r"<image>|<image_\d+>")
 
 
 class DataError(ValueError):
@@ -31,13 +35,30 @@ class Sample:
     index: int
     sample_id: object
     source: str
-    turns: list[tuple[str, str]]  # (role, content), markers still in the text
+    turns: list[Turn]  # content as one text part, image markers still in it
     markers: list[str]  # image markers in order of appearance
     image_paths: list[str]  # resolved paths, same order as markers
     marker_missing: bool  # single image with no <image> in the text: goes before the first user turn
 
     def error(self, reason: str) -> DataError:
         return DataError(self.source, self.index, self.sample_id, reason)
+
+    def with_placeholders(self, placeholders: dict) -> list[Turn]:
+        """The turns with each image marker replaced by its placeholder object (marker -> placeholder);
+        a single image without a marker goes in front of the first user turn, followed by a newline."""
+        turns = []
+        for turn in self.turns:
+            parts = []
+            for piece in re.split(f"({MARKERS.pattern})", turn.parts[0]):
+                if piece in placeholders:
+                    parts.append(placeholders[piece])
+                elif piece:
+                    parts.append(piece)
+            turns.append(Turn(turn.role, parts, turn.index, turn.reasoning))
+        if self.marker_missing:
+            first_user = next(t for t in turns if t.role == "user")
+            first_user.parts[:0] = [placeholders[SINGLE_IMAGE_MARKER], "\n"]
+        return turns
 
 
 def load_records(data, base_dir: str | None = None) -> tuple[list[dict], str, str]:
@@ -81,18 +102,22 @@ def _turns(record: dict, index: int, source: str, sample_id, system_allowed: boo
     for t, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             raise fail(f'turn {t} must be an object with "role" and "content"')
-        role, content = turn["role"], turn["content"]
+        role, content, reasoning = turn["role"], turn["content"], turn.get("reasoning_content")
         if role not in ("system", "user", "assistant"):
             raise fail(f"turn {t} has role {role!r}; allowed: system, user, assistant")
         if not isinstance(content, str) or not content.strip():
             raise fail(f"turn {t} ({role}) has empty or non-text content")
-        turns.append((role, content))
+        if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
+            raise fail(f"turn {t} ({role}): reasoning_content must be text on an assistant turn")
+        if role == "assistant" and MARKERS.search(content):
+            raise fail(f"turn {t} (assistant) has an image marker: images belong to user or system turns")
+        turns.append(Turn(role, [content], t, reasoning))
     body = turns
-    if turns[0][0] == "system":
+    if turns[0].role == "system":
         if not system_allowed:
             raise fail("this model's chat format has no system turn (MiniCPM-V 2.0); remove it")
         body = turns[1:]
-    for t, (role, _) in enumerate(body):
+    for t, role in enumerate(turn.role for turn in body):
         expected = "user" if t % 2 == 0 else "assistant"
         if role != expected:
             offset = len(turns) - len(body)
@@ -100,9 +125,9 @@ def _turns(record: dict, index: int, source: str, sample_id, system_allowed: boo
                 f"turn {t + offset} is {role!r} but {expected!r} was expected: turns must be "
                 "an optional system turn, then user and assistant alternating, starting with user"
             )
-    if not any(role == "assistant" for role, _ in body):
+    if not any(turn.role == "assistant" for turn in body):
         raise fail("no assistant turn: nothing to train on")
-    if body[-1][0] != "assistant":
+    if body[-1].role != "assistant":
         raise fail("the conversation ends with a user turn, which nothing is trained on; remove it")
     return turns
 
@@ -112,7 +137,7 @@ def parse_sample(record, index: int, source: str, folder: str, system_allowed: b
         raise DataError(source, index, None, f"sample must be a JSON object, got {type(record).__name__}")
     sample_id = record.get("id", index)
     turns = _turns(record, index, source, sample_id, system_allowed)
-    text = "".join(content for _, content in turns)
+    text = "".join(turn.parts[0] for turn in turns)
 
     def fail(reason):
         return DataError(source, index, sample_id, reason)

@@ -14,39 +14,54 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-LLM_TYPES = ["minicpm", "llama3", "qwen"]
+# Every checkpoint generation the tests run on: each has a registry entry
+# (minicpmv_ft/versions/) and a tiny-model recipe (tools/make_tiny_model.py).
+VERSIONS = ["2.0", "2.5", "2.6", "4.0", "4.5"]
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """llm_type -> path of a tiny model directory, built on first use."""
+    """version -> path of a tiny model directory, built on first use."""
     import make_tiny_model
 
     built = {}
 
-    def get(llm_type):
-        if llm_type not in built:
-            built[llm_type] = make_tiny_model.build(llm_type, tmp_path_factory.mktemp("models") / llm_type)
-        return built[llm_type]
+    def get(version):
+        if version not in built:
+            built[version] = make_tiny_model.build(version, tmp_path_factory.mktemp("models") / version)
+        return built[version]
 
     return get
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
-    """llm_type -> (tokenizer, model) loaded with trust_remote_code, as users load real ones."""
+    """version -> (tokenizer, model) loaded with trust_remote_code, as users load real ones."""
     from transformers import AutoModel, AutoTokenizer
 
     loaded = {}
 
-    def get(llm_type):
-        if llm_type not in loaded:
-            path = tiny_model_dir(llm_type)
-            loaded[llm_type] = (AutoTokenizer.from_pretrained(path, trust_remote_code=True),
-                                AutoModel.from_pretrained(path, trust_remote_code=True))
-        return loaded[llm_type]
+    def get(version):
+        if version not in loaded:
+            path = tiny_model_dir(version)
+            loaded[version] = (AutoTokenizer.from_pretrained(path, trust_remote_code=True),
+                               AutoModel.from_pretrained(path, trust_remote_code=True))
+        return loaded[version]
 
     return get
+
+
+def chat_call(model, version, image, msgs, tokenizer, **kwargs):
+    """model.chat() with the checkpoint's own signature (the registry says which)."""
+    from minicpmv_ft.versions import VERSIONS as REGISTRY
+
+    entry = REGISTRY[version]
+    if entry.chat_takes_context:
+        return model.chat(image, msgs, None, tokenizer, **kwargs)[0]
+    if entry.chat_images_in_messages and image is not None:
+        msgs = [{**msgs[0], "content": [image, msgs[0]["content"]]}] + list(msgs[1:])
+        image = None
+    return model.chat(image, msgs, tokenizer, **kwargs)
 
 
 def make_image(path, size, seed=0):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import check_data
-from conftest import LLM_TYPES, make_image
+from conftest import VERSIONS, make_image
 from dataset import SupervisedDataset
 
 
@@ -48,11 +48,11 @@ EXPECTED_PROBLEMS = [
 ]
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_reports_every_problem_and_the_lengths(tiny_model_dir, tiny, tmp_path, capsys, llm_type):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_reports_every_problem_and_the_lengths(tiny_model_dir, tiny, tmp_path, capsys, version):
     data = write_dataset(tmp_path)
     report_file = tmp_path / "report.json"
-    code = check_data.main(["--model_name_or_path", str(tiny_model_dir(llm_type)), "--data_path", str(data),
+    code = check_data.main(["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(data),
                             "--model_max_length", "200", "--num_workers", "2", "--json", str(report_file)])
     assert code == 1
     report = json.loads(report_file.read_text())
@@ -66,7 +66,7 @@ def test_reports_every_problem_and_the_lengths(tiny_model_dir, tiny, tmp_path, c
         assert got[3].startswith(want[3]), (got, want)
 
     # lengths, measured independently through the dataset's own items
-    tok, model = tiny(llm_type)
+    tok, model = tiny(version)
     full = SupervisedDataset(str(data), tok, model.config, skip_bad_samples=True, verify_images=True,
                              model_max_length=10**6)
     lengths = {full.samples[i].sample_id: len(full[k]["input_ids"]) for k, i in enumerate(full.kept)}
@@ -83,7 +83,7 @@ def test_clean_data_exits_zero_and_shows_trained_spans(tiny_model_dir, tmp_path,
     samples = [{"id": "a", "image": "ok.png", "conversations": conv(("user", "<image>\nWhat?"), ("assistant", "Noise."))},
                {"id": "b", "conversations": conv(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hey."))}]
     (tmp_path / "d.json").write_text(json.dumps(samples))
-    code = check_data.main(["--model_name_or_path", str(tiny_model_dir("qwen")), "--data_path", str(tmp_path / "d.json"),
+    code = check_data.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "d.json"),
                             "--show", "2", "--num_workers", "1"])
     out = capsys.readouterr().out
     assert code == 0 and "OK: no sample failed" in out
@@ -96,7 +96,7 @@ def test_clean_data_exits_zero_and_shows_trained_spans(tiny_model_dir, tmp_path,
 def test_minicpm_shows_the_end_of_answer_trained_at_the_next_turn(tiny_model_dir, tmp_path, capsys):
     samples = [{"id": "m", "conversations": conv(("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2"))}]
     (tmp_path / "d.json").write_text(json.dumps(samples))
-    check_data.main(["--model_name_or_path", str(tiny_model_dir("minicpm")), "--data_path", str(tmp_path / "d.json"),
+    check_data.main(["--model_name_or_path", str(tiny_model_dir("2.0")), "--data_path", str(tmp_path / "d.json"),
                      "--show", "1", "--num_workers", "1"])
     out = capsys.readouterr().out
     assert "A1]][[</s>]]<用户>Q2<AI>[[" in out and out.count("</s>]]") == 2
@@ -112,7 +112,7 @@ def test_finetune_refuses_the_same_samples(tiny_model_dir, tmp_path, index, samp
     data = write_dataset(tmp_path)
     samples = json.loads(data.read_text())
     (tmp_path / "one_bad.json").write_text(json.dumps([samples[0], samples[index]]))
-    args = ["--model_name_or_path", str(tiny_model_dir("llama3")), "--data_path", str(tmp_path / "one_bad.json"),
+    args = ["--model_name_or_path", str(tiny_model_dir("2.5")), "--data_path", str(tmp_path / "one_bad.json"),
             "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--verify_images", "true"]
     with pytest.raises(DataError) as info:
         finetune.train(args)

@@ -1,141 +1,125 @@
-"""Exact token ids and labels per version: the chat formats written out by hand from the
-specification (../shared/minicpmv-interface.md) and compared with what dataset.py builds."""
+"""Exact token ids and labels per version, against each checkpoint's own code: the ids equal
+the checkpoint's chat template (2.0: its chat() prompt builder) rendered with the inference
+processor's image placeholders and encoded in one call; the labels are exactly the answers
+and the token ending each of them."""
 import json
+import re
 
 import pytest
 import torch
+from PIL import Image
 
-from conftest import LLM_TYPES
+from conftest import VERSIONS
 from dataset import SupervisedDataset
-from minicpmv_ft.chat_tokens import ChatEncoder
-from minicpmv_ft.versions import VERSIONS
+from minicpmv_ft.samples import DataError
+from minicpmv_ft.versions import VERSIONS as REGISTRY
 
 IGNORE = -100
+END_OF_ANSWER = {"2.0": "</s>", "2.5": "<|eot_id|>", "2.6": "<|im_end|>", "4.0": "<|im_end|>", "4.5": "<|im_end|>"}
 
 
-class Literal:
-    """Builds expected (ids, labels) piece by piece."""
-
-    def __init__(self, tok):
-        self.tok, self.ids, self.labels = tok, [], []
-
-    def text(self, text, trained=False):
-        self.add(self.tok(text, add_special_tokens=False)["input_ids"], trained)
-
-    def token(self, token, trained=False, label=None):
-        token_id = self.tok.convert_tokens_to_ids(token)
-        self.add([token_id], trained)
-        if label is not None:
-            self.labels[-1] = label
-
-    def add(self, ids, trained):
-        self.ids += ids
-        self.labels += ids if trained else [IGNORE] * len(ids)
-
-    def image(self, llm_type, q, grid=None, index=0):
-        """Placeholder of one image, per the specification's placeholder section."""
-        tok = self.tok
-        if llm_type == "qwen":
-            self.token(tok.im_id_start), self.text(str(index)), self.token(tok.im_id_end)
-        self.token(tok.im_start), self.add([tok.unk_token_id] * q, False), self.token(tok.im_end)
-        if grid is None:
-            return
-        cols, rows = grid
-        if llm_type != "qwen":
-            self.token(tok.slice_start)
-        for r in range(rows):
-            if r:
-                self.text("\n")
-            for _ in range(cols):
-                opener, closer = (tok.slice_start, tok.slice_end) if llm_type == "qwen" else (tok.im_start, tok.im_end)
-                self.token(opener), self.add([tok.unk_token_id] * q, False), self.token(closer)
-        if llm_type != "qwen":
-            self.token(tok.slice_end)
+def conv(*turns):
+    return [{"role": r, "content": c} for r, c in turns]
 
 
-def write_turns(lit, llm_type, turns, system=None):
-    """turns: (role, [text | callable adding an image placeholder]) in order."""
-    if llm_type == "llama3":
-        lit.token("<|begin_of_text|>")
-    if llm_type == "qwen":
-        system = system or "You are a helpful assistant."
-    if system is not None:
-        turns = [("system", [system])] + turns
-    pending = None
-    for i, (role, parts) in enumerate(turns):
-        trained = role == "assistant"
-        if llm_type == "minicpm":
-            lit.token("<用户>" if role == "user" else "<AI>", label=pending)
-            pending = None
-        elif llm_type == "llama3":
-            lit.token("<|start_header_id|>"), lit.text(role), lit.token("<|end_header_id|>"), lit.text("\n\n")
-        else:
-            lit.token("<|im_start|>"), lit.text(role + "\n")
-        for part in parts:
-            part() if callable(part) else lit.text(part, trained)
-        if llm_type == "minicpm":
-            if i == len(turns) - 1:
-                lit.token(lit.tok.eos_token, trained)
-            elif trained:
-                pending = lit.tok.eos_token_id
-        elif llm_type == "llama3":
-            lit.token("<|eot_id|>", trained)
-        else:
-            lit.token("<|im_end|>", trained), lit.text("\n")
-    return lit.ids, lit.labels
+def reference_ids(tiny, version, messages, images=()):
+    """The checkpoint's own encoding of a whole conversation: image markers replaced by the
+    inference slicer's placeholders (numbered by appearance), rendered by the chat template
+    (2.0: chat()'s `<用户>`/`<AI>` concatenation, EOS at the end), encoded in one call."""
+    tok, model = tiny(version)
+    slicer = model._slicer()
+    paths, k = dict(images), 0
+    rendered = []
+    for message in messages:
+        content = message["content"]
+        for marker in re.findall(r"<image(?:_\d+)?>", content):
+            grid = slicer.slices(Image.open(paths[marker]).convert("RGB"))[1]
+            content = content.replace(marker, slicer.placeholder(tok, grid, k), 1)
+            k += 1
+        rendered.append({**message, "content": content})
+    if version == "2.0":
+        text = "".join({"user": "<用户>", "assistant": "<AI>"}[m["role"]] + m["content"] for m in rendered) + tok.eos_token
+    else:
+        text = tok.apply_chat_template(rendered, tokenize=False)
+        if version == "2.5":  # its template always appends a generation header; training must not
+            header = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+            assert text.endswith(header)
+            text = text[: -len(header)]
+    return tok(text, add_special_tokens=REGISTRY[version].encode_adds_special_tokens)["input_ids"]
 
 
-def dataset_item(tiny, llm_type, samples, **kwargs):
-    tok, model = tiny(llm_type)
-    ds = SupervisedDataset(samples, tok, model.config, **kwargs)
-    return ds, ds[0]
+def decode(tok, ids):
+    """The text of a run of ids. Sentencepiece-style pieces (2.0, 4.0) are joined directly: their
+    decoders add (2.0) or strip (4.0) a space at the start of a decoded run."""
+    pieces = tok.convert_ids_to_tokens(ids)
+    if tok.convert_tokens_to_ids("▁") in (None, tok.unk_token_id):
+        return tok.decode(ids)
+    out = bytearray()
+    for piece in pieces:
+        byte = re.fullmatch(r"<0x([0-9A-F]{2})>", piece)
+        out += bytes([int(byte.group(1), 16)]) if byte else piece.replace("▁", " ").encode()
+    return out.decode()
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_single_turn_text_only(tiny, llm_type):
-    sample = {"id": "t", "conversations": [{"role": "user", "content": "How are you?"},
-                                           {"role": "assistant", "content": "Fine, thanks."}]}
-    _, item = dataset_item(tiny, llm_type, [sample])
-    lit = Literal(tiny(llm_type)[0])
-    ids, labels = write_turns(lit, llm_type, [("user", ["How are you?"]), ("assistant", ["Fine, thanks."])])
-    assert item["input_ids"].tolist() == ids
-    assert item["labels"].tolist() == labels
-    assert item["position_ids"].tolist() == list(range(len(ids)))
+def trained_runs(tok, labels):
+    """Each maximal run of trained labels, decoded."""
+    runs, run = [], []
+    for label in labels + [IGNORE]:
+        if label != IGNORE:
+            run.append(label)
+        elif run:
+            runs.append(decode(tok, run))
+            run = []
+    return runs
+
+
+def item_of(tiny, version, sample, **kwargs):
+    tok, model = tiny(version)
+    return SupervisedDataset([sample], tok, model.config, **kwargs)[0]
+
+
+def assert_matches_checkpoint(tiny, version, sample, answers, images=()):
+    tok = tiny(version)[0]
+    item = item_of(tiny, version, sample)
+    ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
+    assert ids == reference_ids(tiny, version, sample["conversations"], images)
+    assert trained_runs(tok, labels) == [a + END_OF_ANSWER[version] for a in answers]
+    return item
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_single_turn_text_only(tiny, version):
+    sample = {"id": "t", "conversations": conv(("user", "How are you?"), ("assistant", "Fine, thanks."))}
+    item = assert_matches_checkpoint(tiny, version, sample, ["Fine, thanks."])
+    assert item["position_ids"].tolist() == list(range(len(item["input_ids"])))
     assert item["pixel_values"] == [] and item["tgt_sizes"].shape == (0, 2) and item["image_bound"].shape == (0, 2)
+    tok = tiny(version)[0]
+    assert (item["input_ids"][0] == tok.bos_token_id) == (version in ("2.0", "2.5", "4.0"))
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_multi_turn_with_image_in_second_turn(tiny, llm_type, image_file):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_multi_turn_with_image_in_second_turn(tiny, version, image_file):
     path = image_file(size=(300, 300))  # not sliced
-    turns = [("user", "Hi"), ("assistant", "Hello!"), ("user", "Look: <image> what is it?"), ("assistant", "Noise.")]
-    sample = {"id": 7, "image": path, "conversations": [{"role": r, "content": c} for r, c in turns]}
-    _, item = dataset_item(tiny, llm_type, [sample])
-    tok = tiny(llm_type)[0]
-    q = VERSIONS[llm_type].default_query_num
-    lit = Literal(tok)
-    ids, labels = write_turns(lit, llm_type, [
-        ("user", ["Hi"]), ("assistant", ["Hello!"]),
-        ("user", ["Look: ", lambda: lit.image(llm_type, q), " what is it?"]), ("assistant", ["Noise."])])
-    assert item["input_ids"].tolist() == ids
-    assert item["labels"].tolist() == labels
+    turns = conv(("user", "Hi"), ("assistant", "Hello!"), ("user", "Look: <image> what is it?"), ("assistant", "Noise."))
+    sample = {"id": 7, "image": path, "conversations": turns}
+    item = assert_matches_checkpoint(tiny, version, sample, ["Hello!", "Noise."], [("<image>", path)])
+    tok, q = tiny(version)[0], REGISTRY[version].default_query_num
+    ids = item["input_ids"].tolist()
     start = ids.index(tok.im_start_id) + 1
-    assert item["image_bound"].tolist() == [[start, start + q]]
+    assert item["image_bound"].tolist() == [[start, start + q]] and ids[start:start + q] == [tok.unk_token_id] * q
     assert item["tgt_sizes"].tolist() == [[32, 32]]  # 300x300 upscaled to 448x448
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_image_without_marker_goes_before_first_user_turn(tiny, llm_type, image_file):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_image_without_marker_goes_before_first_user_turn(tiny, version, image_file):
     path = image_file(size=(640, 480))  # sliced into a 2 x 1 grid
-    sample = {"image": path, "conversations": [{"role": "user", "content": "Describe."},
-                                               {"role": "assistant", "content": "Random pixels."}]}
-    _, item = dataset_item(tiny, llm_type, [sample])
-    tok = tiny(llm_type)[0]
-    q = VERSIONS[llm_type].default_query_num
-    lit = Literal(tok)
-    ids, labels = write_turns(lit, llm_type, [
-        ("user", [lambda: lit.image(llm_type, q, grid=(2, 1)), "\nDescribe."]), ("assistant", ["Random pixels."])])
-    assert item["input_ids"].tolist() == ids
-    assert item["labels"].tolist() == labels
+    sample = {"image": path, "conversations": conv(("user", "Describe."), ("assistant", "Random pixels."))}
+    tok = tiny(version)[0]
+    item = item_of(tiny, version, sample)
+    with_marker = conv(("user", "<image>\nDescribe."), ("assistant", "Random pixels."))
+    assert item["input_ids"].tolist() == reference_ids(tiny, version, with_marker, [("<image>", path)])
+    assert trained_runs(tok, item["labels"].tolist()) == ["Random pixels." + END_OF_ANSWER[version]]
+    q = REGISTRY[version].default_query_num
     bounds = item["image_bound"].tolist()
     assert len(bounds) == 3 and all(e - s == q for s, e in bounds)
     assert all(set(item["input_ids"][s:e].tolist()) == {tok.unk_token_id} for s, e in bounds)
@@ -143,79 +127,131 @@ def test_image_without_marker_goes_before_first_user_turn(tiny, llm_type, image_
     assert item["tgt_sizes"].tolist() == [[28, 37], [39, 26], [39, 26]]
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_multi_image_ids_bounds_and_pixel_order(tiny, llm_type, image_file):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_multi_image_ids_bounds_and_pixel_order(tiny, version, image_file):
     first, second = image_file("a.png", (640, 480), 1), image_file("b.png", (300, 300), 2)
     # <image_01> appears first in the text, so it is image 0 for ids, bounds and pixels
     sample = {"image": {"<image_00>": first, "<image_01>": second},
-              "conversations": [{"role": "user", "content": "<image_01> vs <image_00>: same?"},
-                                {"role": "assistant", "content": "No."}]}
-    _, item = dataset_item(tiny, llm_type, [sample])
-    tok = tiny(llm_type)[0]
-    q = VERSIONS[llm_type].default_query_num
-    lit = Literal(tok)
-    ids, labels = write_turns(lit, llm_type, [
-        ("user", [lambda: lit.image(llm_type, q, None, 0), " vs ", lambda: lit.image(llm_type, q, (2, 1), 1),
-                  ": same?"]), ("assistant", ["No."])])
-    assert item["input_ids"].tolist() == ids
-    assert item["labels"].tolist() == labels
+              "conversations": conv(("user", "<image_01> vs <image_00>: same?"), ("assistant", "No."))}
+    item = assert_matches_checkpoint(tiny, version, sample, ["No."], [("<image_00>", first), ("<image_01>", second)])
     assert item["tgt_sizes"].tolist() == [[32, 32], [28, 37], [39, 26], [39, 26]]
     assert len(item["pixel_values"]) == 4 and len(item["image_bound"]) == 4
-    patch_major = VERSIONS[llm_type].pixel_layout == "patch_major"
+    patch_major = REGISTRY[version].pixel_layout == "patch_major"
     expected_shape = (3, 14, 32 * 32 * 14) if patch_major else (3, 448, 448)
     assert tuple(item["pixel_values"][0].shape) == expected_shape
+    if REGISTRY[version].temporal_ids:
+        assert item["temporal_ids"] == [[-1]] * 4  # still images: one group per view
 
 
-@pytest.mark.parametrize("llm_type", ["llama3", "qwen"])
-def test_system_turn(tiny, llm_type):
-    turns = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hey.")]
-    sample = {"conversations": [{"role": r, "content": c} for r, c in turns]}
-    _, item = dataset_item(tiny, llm_type, [sample])
-    lit = Literal(tiny(llm_type)[0])
-    ids, labels = write_turns(lit, llm_type, [("user", ["Hi"]), ("assistant", ["Hey."])], system="Be brief.")
-    assert item["input_ids"].tolist() == ids
-    assert item["labels"].tolist() == labels
+@pytest.mark.parametrize("version", [v for v in VERSIONS if REGISTRY[v].chat.system_allowed])
+def test_system_turn(tiny, version):
+    sample = {"conversations": conv(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hey."))}
+    assert_matches_checkpoint(tiny, version, sample, ["Hey."])
 
 
-@pytest.mark.parametrize("llm_type", ["llama3", "qwen"])
-@pytest.mark.parametrize("system", [None, "Answer in French."])
-def test_rendering_equals_checkpoint_chat_template(tiny, llm_type, system):
-    """The text we train on is what the checkpoint's own template renders, and our chunked
-    tokenization equals tokenizing that text in one go (as inference does)."""
-    tok, _ = tiny(llm_type)
-    turns = [("user", "What is 2+2?"), ("assistant", " Four. "), ("user", "\nAnd 3+3?"), ("assistant", "Six!\n")]
-    if system:
-        turns = [("system", system)] + turns
-    messages = [{"role": r, "content": c} for r, c in turns]
-    encoder = ChatEncoder(tok, VERSIONS[llm_type])
-    template = tok.apply_chat_template(messages, tokenize=False)
-    ours = encoder.render_text(turns)
-    if llm_type == "llama3":  # the 2.5 template always appends a generation header; training must not
-        assert template == ours + "<|start_header_id|>assistant<|end_header_id|>\n\n"
-    else:
-        assert template == ours
-    ids, _ = encoder.encode(turns)
-    assert ids == tok(ours, add_special_tokens=False)["input_ids"]
+@pytest.mark.parametrize("version", [v for v in VERSIONS if REGISTRY[v].chat.system_allowed])
+def test_whitespace_and_multi_turn_exactly_as_the_template(tiny, version):
+    sample = {"conversations": conv(("system", "Answer in French."), ("user", "What is 2+2?"), ("assistant", " Four. "),
+                                    ("user", "\nAnd 3+3?"), ("assistant", "Six!\n"))}
+    strip = version == "2.5"  # its template trims content
+    assert_matches_checkpoint(tiny, version, sample, ["Four." if strip else " Four. ", "Six!" if strip else "Six!\n"])
 
 
-def test_minicpm_rendering_and_eos_label_between_turns(tiny):
-    tok, _ = tiny("minicpm")
-    turns = [("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")]
-    encoder = ChatEncoder(tok, VERSIONS["minicpm"])
-    assert encoder.render_text(turns) == "<用户>Q1<AI>A1<用户>Q2<AI>A2" + tok.eos_token
-    ids, labels = encoder.encode(turns)
-    second_user = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("<用户>")][1]
-    assert labels[second_user] == tok.eos_token_id  # the model learns to stop after A1
+# ---- MiniCPM-V 2.0: the whole prompt in one sentencepiece call, as its chat() does ----------
+
+def test_2_0_encodes_the_whole_conversation_in_one_call(tiny):
+    """Turn by turn, every later turn would start with an extra `▁` piece; in one call the
+    dummy prefix is only at the start, and <s> comes first."""
+    tok = tiny("2.0")[0]
+    sample = {"conversations": conv(("user", "Q1"), ("assistant", "There is a cat."), ("user", "What?"),
+                                    ("assistant", "There is one."))}
+    ids = item_of(tiny, "2.0", sample)["input_ids"].tolist()
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert pieces[0] == "<s>" and pieces[1].startswith("▁") and sum(p.startswith("▁<") for p in pieces) == 1
+    assert pieces[pieces.index("here") - 1] == "T"  # "<AI>There" splits as the whole string does, not "▁There"
+    assert ids == tok.encode("<用户>Q1<AI>There is a cat.<用户>What?<AI>There is one.</s>")
+
+
+def test_2_0_piece_straddling_the_end_of_an_answer_is_trained_by_where_it_starts(tiny):
+    """"?<" is one piece of the tiny 2.0 vocabulary: it starts inside the answer "Is it?", so it
+    is trained; the next token learns EOS (the model stops after that answer)."""
+    tok = tiny("2.0")[0]
+    sample = {"conversations": conv(("user", "Q"), ("assistant", "Is it?"), ("user", "Why?"), ("assistant", "No."))}
+    item = item_of(tiny, "2.0", sample)
+    ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
+    pieces = tok.convert_ids_to_tokens(ids)
+    straddle = pieces.index("?<")
+    assert labels[straddle] == ids[straddle] and labels[straddle + 1] == tok.eos_token_id
+    assert pieces[straddle + 1] == "用户" and ids[straddle + 1] != tok.eos_token_id
+    assert labels[:straddle - 3] == [IGNORE] * (straddle - 3)
     assert ids[-1] == labels[-1] == tok.eos_token_id
-    assert ids == tok(encoder.render_text(turns), add_special_tokens=False)["input_ids"]
+    assert all(label in (IGNORE, token) for k, (label, token) in enumerate(zip(labels, ids)) if k != straddle + 1)
 
+
+# ---- MiniCPM-V 4.5: thinking -----------------------------------------------------------------
+
+def template_ids(tok, messages, **kwargs):
+    return tok(tok.apply_chat_template(messages, tokenize=False, **kwargs), add_special_tokens=False)["input_ids"]
+
+
+def test_4_5_answer_without_reasoning_gets_an_untrained_empty_think_block(tiny):
+    tok = tiny("4.5")[0]
+    messages = conv(("user", "Hi"), ("assistant", "Hello!"))
+    item = item_of(tiny, "4.5", {"conversations": messages})
+    ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
+    assert ids == template_ids(tok, messages)
+    # what inference with thinking off feeds the model, followed by the trained answer
+    prompt = template_ids(tok, messages[:1], add_generation_prompt=True, enable_thinking=False)
+    assert ids[:len(prompt)] == prompt and labels[:len(prompt)] == [IGNORE] * len(prompt)
+    assert tok.decode(prompt).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert trained_runs(tok, labels) == ["Hello!<|im_end|>"]
+
+
+@pytest.mark.parametrize("written_as", ["reasoning_content", "think tags"])
+def test_4_5_reasoning_is_trained_after_the_thinking_prompt(tiny, written_as):
+    tok = tiny("4.5")[0]
+    if written_as == "reasoning_content":
+        answer = {"role": "assistant", "content": "It is 4.", "reasoning_content": "2 plus 2 makes 4."}
+    else:
+        answer = {"role": "assistant", "content": "<think>\n2 plus 2 makes 4.\n</think>\n\nIt is 4."}
+    messages = [{"role": "user", "content": "2+2?"}, answer]
+    item = item_of(tiny, "4.5", {"conversations": messages})
+    ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
+    assert ids == template_ids(tok, messages)
+    prompt = template_ids(tok, messages[:1], add_generation_prompt=True, enable_thinking=True)
+    assert ids[:len(prompt)] == prompt and labels[:len(prompt)] == [IGNORE] * len(prompt)
+    assert trained_runs(tok, labels) == ["2 plus 2 makes 4.\n</think>\n\nIt is 4.<|im_end|>"]
+
+
+def test_4_5_earlier_reasoning_dropped_as_the_template_does_unless_kept(tiny):
+    tok, model = tiny("4.5")
+    messages = [{"role": "user", "content": "A?"}, {"role": "assistant", "content": "Yes.", "reasoning_content": "Because."},
+                {"role": "user", "content": "B?"}, {"role": "assistant", "content": "No."}]
+    item = item_of(tiny, "4.5", {"conversations": messages})
+    assert item["input_ids"].tolist() == template_ids(tok, messages)
+    assert trained_runs(tok, item["labels"].tolist()) == ["Yes.<|im_end|>", "No.<|im_end|>"]
+    kept = item_of(tiny, "4.5", {"conversations": messages}, keep_earlier_reasoning=True)
+    text = tok.decode(kept["input_ids"])
+    assert "<|im_start|>assistant\n<think>\nBecause.\n</think>\n\nYes.<|im_end|>" in text
+    assert trained_runs(tok, kept["labels"].tolist()) == ["Because.\n</think>\n\nYes.<|im_end|>", "No.<|im_end|>"]
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if not REGISTRY[v].chat.thinking])
+def test_reasoning_on_a_model_without_thinking_is_an_error(tiny, version):
+    sample = {"id": "r", "conversations": [{"role": "user", "content": "Q"},
+                                           {"role": "assistant", "content": "A", "reasoning_content": "why"}]}
+    tok, model = tiny(version)
+    with pytest.raises(DataError, match=rf"turn 1 has reasoning_content, but MiniCPM-V {version} has no thinking mode"):
+        SupervisedDataset([sample], tok, model.config)
+
+
+# ---- files and options -----------------------------------------------------------------------
 
 def test_json_and_jsonl_files_with_relative_image_paths(tiny, tmp_path, image_file):
     image_file("pic.png", (200, 100))
-    samples = [{"id": "a", "image": "pic.png", "conversations": [{"role": "user", "content": "<image>"},
-                                                                 {"role": "assistant", "content": "x"}]},
-               {"id": "b", "conversations": [{"role": "user", "content": "y"}, {"role": "assistant", "content": "z"}]}]
-    tok, model = tiny("qwen")
+    samples = [{"id": "a", "image": "pic.png", "conversations": conv(("user", "<image>"), ("assistant", "x"))},
+               {"id": "b", "conversations": conv(("user", "y"), ("assistant", "z"))}]
+    tok, model = tiny("2.6")
     (tmp_path / "d.json").write_text(json.dumps(samples))
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(s) for s in samples) + "\n")
     from_json = SupervisedDataset(str(tmp_path / "d.json"), tok, model.config)
@@ -230,6 +266,6 @@ def test_json_and_jsonl_files_with_relative_image_paths(tiny, tmp_path, image_fi
 @pytest.mark.parametrize("max_slice_nums,views", [(1, 1), (4, 5), (9, 10)])
 def test_max_slice_nums_override(tiny, image_file, max_slice_nums, views):
     path = image_file(size=(1400, 1400))
-    sample = {"image": path, "conversations": [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]}
-    _, item = dataset_item(tiny, "llama3", [sample], max_slice_nums=max_slice_nums)
+    sample = {"image": path, "conversations": conv(("user", "?"), ("assistant", "!"))}
+    item = item_of(tiny, "2.5", sample, max_slice_nums=max_slice_nums)
     assert len(item["pixel_values"]) == views == len(item["image_bound"])

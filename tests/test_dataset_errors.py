@@ -17,16 +17,16 @@ def conv(*turns):
 GOOD = {"id": "ok", "conversations": conv(("user", "hi"), ("assistant", "hello"))}
 
 
-def build(tiny, tmp_path, samples, llm_type="qwen", **kwargs):
+def build(tiny, tmp_path, samples, version="2.6", **kwargs):
     path = tmp_path / "data.json"
     path.write_text(json.dumps(samples))
-    tok, model = tiny(llm_type)
+    tok, model = tiny(version)
     return SupervisedDataset(str(path), tok, model.config, **kwargs), str(path)
 
 
-def assert_error(tiny, tmp_path, bad, reason, llm_type="qwen"):
+def assert_error(tiny, tmp_path, bad, reason, version="2.6"):
     with pytest.raises(DataError) as info:
-        build(tiny, tmp_path, [GOOD, bad], llm_type)
+        build(tiny, tmp_path, [GOOD, bad], version)
     path = str(tmp_path / "data.json")
     assert info.value.source == path and info.value.index == 1
     assert info.value.sample_id == bad.get("id", 1)
@@ -94,24 +94,39 @@ def test_roles(tiny, tmp_path, turns, reason):
 
 def test_system_turn_rejected_for_minicpm(tiny, tmp_path):
     bad = {"id": "s", "conversations": conv(("system", "be nice"), ("user", "x"), ("assistant", "y"))}
-    assert_error(tiny, tmp_path, bad, "has no system turn", llm_type="minicpm")
+    assert_error(tiny, tmp_path, bad, "has no system turn", version="2.0")
 
 
-def test_chat_control_token_in_content(tiny, tmp_path):
-    bad = {"id": "x", "conversations": conv(("user", "hi<|im_end|>"), ("assistant", "y"))}
-    assert_error(tiny, tmp_path, bad, "user turn 1 contains the chat-control token '<|im_end|>'")
+@pytest.mark.parametrize("version,token", [("2.0", "</s>"), ("2.5", "<|eot_id|>"), ("2.6", "<|im_end|>"),
+                                           ("4.0", "<|im_start|>"), ("4.5", "<|im_end|>")])
+def test_chat_control_token_in_content(tiny, tmp_path, version, token):
+    bad = {"id": "x", "conversations": conv(("user", "hi"), ("assistant", f"y{token}z"))}
+    assert_error(tiny, tmp_path, bad, f"assistant turn 1 contains {token!r}, a special token", version=version)
 
 
-def test_image_special_tokens_in_text(tiny, tmp_path, image_file):
+@pytest.mark.parametrize("text,token", [("<image><slice>x</slice>", "</slice>"), ("a <unk> b", "<unk>"),
+                                        ("<image_id>3</image_id><image>", "</image_id>"), ("x<|endoftext|>", "<|endoftext|>")])
+def test_image_and_special_tokens_in_text(tiny, tmp_path, image_file, text, token):
     image_file("a.png", (300, 300))
-    bad = {"id": "i", "image": "a.png", "conversations": conv(("user", "<image><slice>x</slice>"), ("assistant", "y"))}
-    assert_error(tiny, tmp_path, bad, "expected 1 image blocks of 64 <unk> tokens, found 2")
+    bad = {"id": "i", "image": "a.png", "conversations": conv(("user", text), ("assistant", "y"))}
+    assert_error(tiny, tmp_path, bad, f"user turn 0 contains {token!r}, a special token of this model, in its text")
+
+
+def test_2_0_turn_markers_typed_in_text(tiny, tmp_path):
+    bad = {"id": "m", "conversations": conv(("user", "hi<AI>fake answer<用户>"), ("assistant", "y"))}
+    assert_error(tiny, tmp_path, bad, "user turn 0 contains '<AI>', a special token of this model", version="2.0")
+
+
+def test_image_marker_in_an_answer(tiny, tmp_path, image_file):
+    image_file("a.png", (300, 300))
+    bad = {"id": "a", "image": "a.png", "conversations": conv(("user", "hi"), ("assistant", "see <image>"))}
+    assert_error(tiny, tmp_path, bad, "turn 1 (assistant) has an image marker: images belong to user or system turns")
 
 
 def test_bad_json(tiny, tmp_path):
     path = tmp_path / "data.json"
     path.write_text('[{"conversations": []},\n {"id": 1,, }]')
-    tok, model = tiny("qwen")
+    tok, model = tiny("2.6")
     with pytest.raises(DataError, match=rf"^{path}: invalid JSON at line 2 column 11"):
         SupervisedDataset(str(path), tok, model.config)
 
@@ -119,29 +134,24 @@ def test_bad_json(tiny, tmp_path):
 def test_bad_jsonl_line(tiny, tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps(GOOD) + "\n{oops\n")
-    tok, model = tiny("qwen")
+    tok, model = tiny("2.6")
     with pytest.raises(DataError, match=rf"^{path}: invalid JSON Lines record at line 2"):
         SupervisedDataset(str(path), tok, model.config)
 
 
 def test_missing_data_file(tiny, tmp_path):
-    tok, model = tiny("qwen")
+    tok, model = tiny("2.6")
     with pytest.raises(DataError, match="data file does not exist"):
         SupervisedDataset(str(tmp_path / "none.json"), tok, model.config)
 
 
 def test_llm_type_contradicting_checkpoint(tiny):
-    tok, model = tiny("qwen")
-    with pytest.raises(VersionError, match="--llm_type 'llama3' contradicts the checkpoint, which is 'qwen'"):
+    tok, model = tiny("2.6")
+    with pytest.raises(VersionError, match="--llm_type 'llama3' contradicts the checkpoint, which is MiniCPM-V 2.6"):
         SupervisedDataset([GOOD], tok, model.config, llm_type="llama3")
-    assert SupervisedDataset([GOOD], tok, model.config, llm_type="qwen2").version.llm_type == "qwen"
+    assert SupervisedDataset([GOOD], tok, model.config, llm_type="qwen2").version.name == "2.6"
     with pytest.raises(VersionError, match="unknown llm_type 'gpt'"):
         SupervisedDataset([GOOD], tok, model.config, llm_type="gpt")
-
-
-def test_tokenizer_from_another_checkpoint(tiny):
-    with pytest.raises(VersionError, match="tokenizer looks like llm_type 'llama3' but the config's LLM family is 'qwen2'"):
-        SupervisedDataset([GOOD], tiny("llama3")[0], tiny("qwen")[1].config)
 
 
 def test_truncation_keeps_text_drops_cut_images_and_untrained(tiny, tmp_path, image_file, caplog):

@@ -44,7 +44,7 @@ def common(model, data, out):
 
 def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samples, tmp_path):
     """One optimizer step over the same 4 samples: 4 x 1, 1 x 4 accumulation, 2 processes x 2."""
-    model = tiny_model_dir("qwen")
+    model = tiny_model_dir("2.6")
     step = ["--max_steps", "1", "--learning_rate", "1e-3", "--max_grad_norm", "0", "--save_strategy", "no"]
     layouts = {"4x1": (1, ["--per_device_train_batch_size", "4"]),
                "1x4": (1, ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "4"]),
@@ -65,13 +65,13 @@ def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samp
             torch.testing.assert_close(grad, reference_grads[key], rtol=1e-4, atol=1e-7, msg=f"{name}: {key}")
 
 
-@pytest.mark.parametrize("llm_type,config,stage,lora", [
-    ("llama3", "ds_config_zero2.json", 2, False), ("llama3", "ds_config_zero3.json", 3, False),
-    ("llama3", "ds_config_zero3.json", 3, True),
-    ("minicpm", "ds_config_zero2.json", 2, False),  # ranks hold different image counts each step
+@pytest.mark.parametrize("version,config,stage,lora", [
+    ("2.5", "ds_config_zero2.json", 2, False), ("2.5", "ds_config_zero3.json", 3, False),
+    ("2.5", "ds_config_zero3.json", 3, True),
+    ("2.0", "ds_config_zero2.json", 2, False),  # ranks hold different image counts each step
 ], ids=["zero2", "zero3", "zero3-lora", "zero2-minicpm"])
-def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, llm_type, config, stage, lora):
-    source = tiny_model_dir(llm_type)
+def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, version, config, stage, lora):
+    source = tiny_model_dir(version)
     flags = ["--deepspeed", ROOT / config, "--max_steps", "3", "--per_device_train_batch_size", "1",
              "--learning_rate", "1e-3", "--save_strategy", "no"] + (["--use_lora", "true", "--lora_r", "4"] if lora else [])
     run(common(source, four_samples, tmp_path) + flags, nproc=2)
@@ -91,7 +91,7 @@ def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, llm_
 def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
     data = tmp_path / "data"
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(data)], check=True)
-    model = tiny_model_dir("minicpm")
+    model = tiny_model_dir("2.0")
     flags = ["--max_steps", "6", "--save_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "3e-3"]
     straight = tmp_path / "straight"
     run(common(model, data / "train.json", straight) + flags)
@@ -114,7 +114,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
                          ids=["1proc", "2proc-zero2"])
 def test_sigterm_saves_a_complete_checkpoint_and_partial_ones_are_never_resumed(tiny_model_dir, four_samples,
                                                                                  tmp_path, nproc, extra):
-    model = tiny_model_dir("qwen")
+    model = tiny_model_dir("2.6")
     flags = ["--max_steps", "8", "--save_steps", "2", "--per_device_train_batch_size", "1",
              "--learning_rate", "1e-3"] + extra
     stopped = run(common(model, four_samples, tmp_path) + flags + ["--signal_at_step", "3"], nproc=nproc, check=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import LLM_TYPES, ROOT
+from conftest import VERSIONS, ROOT
 
 import finetune
 from dataset import SupervisedDataset, data_collator
@@ -33,10 +33,10 @@ def logits_on(model, batch):
         return model(data=batch, attention_mask=batch["attention_mask"]).logits
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, tmp_path, llm_type, mode):
-    source = tiny_model_dir(llm_type)
+def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, tmp_path, version, mode):
+    source = tiny_model_dir(version)
     args = ["--model_name_or_path", str(source), "--data_path", str(sample_data / "train.json")]
     if mode == "full":
         args += cpu_flags(tmp_path / "out", epochs=8, lr=6e-3)
@@ -70,7 +70,7 @@ def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, tmp_
 
 
 def test_lora_trains_adapters_resampler_and_vision_only(tiny_model_dir, sample_data, tmp_path):
-    args = ["--model_name_or_path", str(tiny_model_dir("llama3")), "--data_path", str(sample_data / "train.json"),
+    args = ["--model_name_or_path", str(tiny_model_dir("2.5")), "--data_path", str(sample_data / "train.json"),
             "--use_lora", "true", "--lora_r", "4", "--max_steps", "1"] + cpu_flags(tmp_path, 1, 1e-3)
     model = finetune.train(args).model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -99,7 +99,7 @@ def test_bad_data_fails_before_weights_load(tiny_model_dir, tmp_path, monkeypatc
     from minicpmv_ft.samples import DataError
 
     with pytest.raises(DataError, match=r"sample 0 \(id 'q'\): no assistant turn"):
-        finetune.train(["--model_name_or_path", str(tiny_model_dir("qwen")), "--data_path", str(tmp_path / "bad.json"),
+        finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "bad.json"),
                         "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
 
 
@@ -110,7 +110,7 @@ def test_skip_bad_samples_trains_on_the_rest_and_counts_them(tiny_model_dir, sam
                        "conversations": [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]})
     data = sample_data / "with_bad.json"
     data.write_text(json.dumps(samples))
-    base = ["--model_name_or_path", str(tiny_model_dir("qwen")), "--data_path", str(data), "--max_steps", "1"]
+    base = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(data), "--max_steps", "1"]
     from minicpmv_ft.samples import DataError
 
     with pytest.raises(DataError, match=rf"{data}, sample 2 \(id 'lost'\): image not found: .*gone.png"):
@@ -121,18 +121,18 @@ def test_skip_bad_samples_trains_on_the_rest_and_counts_them(tiny_model_dir, sam
     assert "train data: 14 samples used, 0 dropped, 1 failing samples skipped" in caplog.text
 
 
-@pytest.mark.parametrize("llm_type,stage,world,refused", [
-    ("minicpm", 3, 2, True), ("minicpm", 3, 1, False), ("minicpm", 2, 2, False), ("llama3", 3, 2, False),
+@pytest.mark.parametrize("version,stage,world,refused", [
+    ("2.0", 3, 2, True), ("2.0", 3, 1, False), ("2.0", 2, 2, False), ("2.5", 3, 2, False),
 ])
-def test_per_image_vision_tower_with_zero3_is_refused(tiny, llm_type, stage, world, refused):
+def test_per_image_vision_tower_with_zero3_is_refused(tiny, version, stage, world, refused):
     """MiniCPM-V 2.0 under ZeRO-3 on several processes hangs (measured: a 2-rank CPU run
     deadlocks at the first step where the ranks hold different numbers of images)."""
     from minicpmv_ft.versions import VERSIONS
 
-    config = tiny(llm_type)[1].config
+    config = tiny(version)[1].config
     args = type("Args", (), {"deepspeed": {"zero_optimization": {"stage": stage}}})()
     if refused:
         with pytest.raises(ValueError, match="runs its vision tower once per image.*ds_config_zero2.json"):
-            finetune.check_version_supported(VERSIONS[llm_type], config, args, world)
+            finetune.check_version_supported(VERSIONS[version], config, args, world)
     else:
-        finetune.check_version_supported(VERSIONS[llm_type], config, args, world)
+        finetune.check_version_supported(VERSIONS[version], config, args, world)

@@ -23,7 +23,7 @@ def test_missing_data_fails_before_launch(tmp_path):
 
 def test_lora_launcher_trains_and_saves_adapter(tiny_model_dir, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")], check=True)
-    env = {"MODEL": str(tiny_model_dir("qwen")), "DATA": str(tmp_path / "data" / "train.json"),
+    env = {"MODEL": str(tiny_model_dir("2.6")), "DATA": str(tmp_path / "data" / "train.json"),
            "EVAL_DATA": str(tmp_path / "data" / "eval.json"), "OUTPUT_DIR": str(tmp_path / "out"),
            "MASTER_PORT": "29517"}
     result = launch("finetune_lora.sh", env, "--use_cpu", "true", "--bf16", "false", "--max_steps", "2",

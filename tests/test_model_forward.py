@@ -3,7 +3,7 @@ each tiny model, including batches that mix image and text-only samples."""
 import pytest
 import torch
 
-from conftest import LLM_TYPES
+from conftest import VERSIONS
 from dataset import SupervisedDataset, data_collator
 
 
@@ -27,10 +27,10 @@ def loss_of(model, batch):
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("picks", [[0, 1, 2], [1], [0, 2]], ids=["mixed", "text-only", "images"])
-def test_batch_forward_loss_backward(tiny, image_file, llm_type, picks):
-    tok, model = tiny(llm_type)
+def test_batch_forward_loss_backward(tiny, image_file, version, picks):
+    tok, model = tiny(version)
     ds = SupervisedDataset(samples(image_file), tok, model.config)
     batch = data_collator([ds[i] for i in picks])
     model.train()
@@ -46,9 +46,9 @@ def test_batch_forward_loss_backward(tiny, image_file, llm_type, picks):
         assert model.resampler.query.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_padding_does_not_change_a_samples_logits(tiny, image_file, llm_type):
-    tok, model = tiny(llm_type)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_padding_does_not_change_a_samples_logits(tiny, image_file, version):
+    tok, model = tiny(version)
     model.eval()
     ds = SupervisedDataset(samples(image_file), tok, model.config)
     items = [ds[i] for i in range(3)]
@@ -64,7 +64,7 @@ def test_padding_does_not_change_a_samples_logits(tiny, image_file, llm_type):
 def test_real_2_5_code_crashes_on_empty_list_tgt_sizes(tiny, image_file):
     """Like the real 2.5 remote code, the tiny one stacks every sample's tgt_sizes: a
     text-only sample must bring an empty [0, 2] tensor, which our collator does."""
-    tok, model = tiny("llama3")
+    tok, model = tiny("2.5")
     ds = SupervisedDataset(samples(image_file), tok, model.config)
     batch = data_collator([ds[0], ds[1]])
     assert batch["tgt_sizes"][1].shape == (0, 2)

@@ -5,12 +5,12 @@ import pytest
 import timm
 import torch
 
-from conftest import LLM_TYPES
+from conftest import VERSIONS
 from dataset import SupervisedDataset
 
 
 def test_config_fields(tiny):
-    v2, v25, v26 = (tiny(t)[1].config for t in LLM_TYPES)
+    v2, v25, v26 = (tiny(t)[1].config for t in VERSIONS)
     assert (v2.query_num, v25.query_num, v26.query_num) == (64, 96, 64)
     assert v2.max_slice_nums == 9 and v2.scale_resolution == 448 and v2.scale_emb == 12
     assert not hasattr(v2, "batch_vision_input") and not hasattr(v2, "slice_config")
@@ -22,7 +22,7 @@ def test_config_fields(tiny):
 
 
 def test_tokenizer_attributes(tiny):
-    v2, v25, v26 = (tiny(t)[0] for t in LLM_TYPES)
+    v2, v25, v26 = (tiny(t)[0] for t in VERSIONS)
     assert not v2.is_fast and v25.is_fast and v26.is_fast
     assert (v2.unk_id, v2.bos_id, v2.eos_id) == (0, 1, 2)
     for tok in (v2, v25, v26):
@@ -37,7 +37,7 @@ def test_tokenizer_attributes(tiny):
 
 
 def test_model_modules(tiny):
-    v2, v25, v26 = (tiny(t)[1] for t in LLM_TYPES)
+    v2, v25, v26 = (tiny(t)[1] for t in VERSIONS)
     assert isinstance(v2.vpm, timm.models.VisionTransformer)
     assert [type(m.llm).__name__ for m in (v2, v25, v26)] == ["MiniCPMForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM"]
     with pytest.raises(NotImplementedError):
@@ -46,26 +46,26 @@ def test_model_modules(tiny):
     assert v26.resampler.query.shape == (64, v26.llm.config.hidden_size)
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_chat_prompt_and_pixels_match_training(tiny, image_file, monkeypatch, llm_type):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_chat_prompt_and_pixels_match_training(tiny, image_file, monkeypatch, version):
     """chat() builds its prompt with its own processor code; for the same conversation our
     training ids start with exactly that prompt (2.0's inference adds a BOS that training,
     per the official format, does not) and the pixel tensors are identical."""
     from PIL import Image
 
-    tok, model = tiny(llm_type)
+    tok, model = tiny(version)
     path = image_file(size=(1000, 700))
     captured = {}
     monkeypatch.setattr(model, "_greedy", lambda data, tokenizer, n: captured.update(data) or "ok")
     msgs = [{"role": "user", "content": "What is it?"}]
     image = Image.open(path)
-    answer = model.chat(image, msgs, None, tok) if llm_type == "minicpm" else model.chat(image, msgs, tok)
-    assert answer == (("ok", msgs + [{"role": "assistant", "content": "ok"}], {}) if llm_type == "minicpm" else "ok")
+    answer = model.chat(image, msgs, None, tok) if version == "2.0" else model.chat(image, msgs, tok)
+    assert answer == (("ok", msgs + [{"role": "assistant", "content": "ok"}], {}) if version == "2.0" else "ok")
     item = SupervisedDataset([{"image": path, "conversations": msgs + [{"role": "assistant", "content": "A."}]}],
                              tok, model.config)[0]
     prompt = captured["input_ids"][0].tolist()
     train = item["input_ids"].tolist()
-    if llm_type == "minicpm":
+    if version == "2.0":
         assert prompt == [tok.bos_id] + train[: len(prompt) - 1]
         offset = 1
     else:
@@ -76,17 +76,17 @@ def test_chat_prompt_and_pixels_match_training(tiny, image_file, monkeypatch, ll
     assert torch.equal(captured["tgt_sizes"][0], item["tgt_sizes"])
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_chat_generates_text(tiny, image_file, llm_type):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_chat_generates_text(tiny, image_file, version):
     from PIL import Image
 
-    tok, model = tiny(llm_type)
+    tok, model = tiny(version)
     model.eval()
     image = Image.open(image_file(size=(300, 200)))
     msgs = [{"role": "user", "content": "Hi?"}]
-    out = model.chat(image, msgs, None, tok, max_new_tokens=4) if llm_type == "minicpm" else \
+    out = model.chat(image, msgs, None, tok, max_new_tokens=4) if version == "2.0" else \
         model.chat(image, msgs, tok, max_new_tokens=4)
-    answer = out[0] if llm_type == "minicpm" else out
+    answer = out[0] if version == "2.0" else out
     assert isinstance(answer, str)
 
 
@@ -94,9 +94,9 @@ def test_vocab_size_option(tmp_path):
     import make_tiny_model
     from transformers import AutoConfig
 
-    out = make_tiny_model.build("llama3", tmp_path / "big", vocab_size=1500, seed=3)
+    out = make_tiny_model.build("2.5", tmp_path / "big", vocab_size=1500, seed=3)
     assert AutoConfig.from_pretrained(out, trust_remote_code=True).vocab_size == 1500
     assert json.loads((out / "tokenizer_config.json").read_text())["auto_map"]["AutoTokenizer"][1] == \
         "tokenization_minicpmv_fast.MiniCPMVTokenizerFast"
     with pytest.raises(SystemExit, match="smaller than the tokenizer"):
-        make_tiny_model.build("llama3", tmp_path / "small", vocab_size=10)
+        make_tiny_model.build("2.5", tmp_path / "small", vocab_size=10)

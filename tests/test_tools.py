@@ -9,14 +9,14 @@ from safetensors.torch import load_file
 import chat
 import finetune
 import merge_lora
-from conftest import LLM_TYPES, ROOT, make_image
+from conftest import VERSIONS, ROOT, make_image
 from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.loading import AdapterBaseError, load_for_inference
 
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir, tmp_path_factory):
-    """llm_type -> (base copy, adapter folder, data file), trained for a few steps."""
+    """version -> (base copy, adapter folder, data file), trained for a few steps."""
     import subprocess
     import sys
 
@@ -24,17 +24,17 @@ def adapters(tiny_model_dir, tmp_path_factory):
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(data)], check=True)
     made = {}
 
-    def get(llm_type):
-        if llm_type not in made:
-            root = tmp_path_factory.mktemp(f"adapter-{llm_type}")
-            base = shutil.copytree(tiny_model_dir(llm_type), root / "base")
+    def get(version):
+        if version not in made:
+            root = tmp_path_factory.mktemp(f"adapter-{version}")
+            base = shutil.copytree(tiny_model_dir(version), root / "base")
             finetune.train(["--model_name_or_path", str(base), "--data_path", str(data / "train.json"),
                             "--output_dir", str(root / "adapter"), "--use_cpu", "true", "--report_to", "none",
                             "--save_strategy", "no", "--max_steps", "6", "--learning_rate", "1e-2",
                             "--use_lora", "true", "--lora_r", "4", "--lora_dropout", "0", "--disable_tqdm", "true",
                             "--max_slice_nums", "1"])
-            made[llm_type] = (base, root / "adapter", data / "train.json")
-        return made[llm_type]
+            made[version] = (base, root / "adapter", data / "train.json")
+        return made[version]
 
     return get
 
@@ -46,9 +46,9 @@ def batch_for(tokenizer, config, data):
     return batch
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_merged_model_equals_adapter_model(adapters, tmp_path, llm_type):
-    base, adapter, data = adapters(llm_type)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_merged_model_equals_adapter_model(adapters, tmp_path, version):
+    base, adapter, data = adapters(version)
     tokenizer, peft_model, _, _ = load_for_inference(str(adapter))
     out = merge_lora.merge(str(adapter), str(tmp_path / "merged"))
     from transformers import AutoModel, AutoTokenizer
@@ -71,9 +71,9 @@ def test_merged_model_equals_adapter_model(adapters, tmp_path, llm_type):
     assert not any(k.startswith("llm.") and ("mlp" in k or "embed_tokens" in k or "lm_head" in k) for k in changed)
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_chat_answers_alike_from_adapter_and_merged_model(adapters, tmp_path, llm_type):
-    base, adapter, data = adapters(llm_type)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_chat_answers_alike_from_adapter_and_merged_model(adapters, tmp_path, version):
+    base, adapter, data = adapters(version)
     merged = merge_lora.merge(str(adapter), str(tmp_path / "merged"))
     image = make_image(tmp_path / "q.png", (500, 400))
     answers = {}
@@ -91,14 +91,14 @@ def test_chat_answers_alike_from_adapter_and_merged_model(adapters, tmp_path, ll
 
 
 def test_chat_command_line(adapters, tmp_path, capsys):
-    base, adapter, _ = adapters("qwen")
+    base, adapter, _ = adapters("2.6")
     image = make_image(tmp_path / "q.png", (300, 300))
     chat.main(["--model", str(adapter), "--image", image, "--question", "What?", "--max_new_tokens", "4"])
     assert capsys.readouterr().out.count("\n") == 1
 
 
 def test_adapter_whose_base_moved_says_how_to_pass_base(adapters, tmp_path, capsys):
-    base, adapter, _ = adapters("llama3")
+    base, adapter, _ = adapters("2.5")
     moved = tmp_path / "moved-base"
     shutil.move(str(base), moved)
     try:
@@ -111,17 +111,17 @@ def test_adapter_whose_base_moved_says_how_to_pass_base(adapters, tmp_path, caps
             merge_lora.main(["--adapter", str(adapter), "--out", str(tmp_path / "m")])
         assert "pass the base model's folder" in capsys.readouterr().err
         _, model, version, used = load_for_inference(str(adapter), base=str(moved))
-        assert used == str(moved) and version.llm_type == "llama3"
+        assert used == str(moved) and version.version == "2.5"
     finally:
         shutil.move(str(moved), base)
 
 
-@pytest.mark.parametrize("llm_type,expected", [
-    ("minicpm", ("IMG", [{"role": "user", "content": "Q"}], None, "TOK")),
-    ("llama3", ("IMG", [{"role": "user", "content": "Q"}], "TOK")),
-    ("qwen", (None, [{"role": "user", "content": ["IMG", "Q"]}], "TOK")),
+@pytest.mark.parametrize("version,expected", [
+    ("2.0", ("IMG", [{"role": "user", "content": "Q"}], None, "TOK")),
+    ("2.5", ("IMG", [{"role": "user", "content": "Q"}], "TOK")),
+    ("2.6", (None, [{"role": "user", "content": ["IMG", "Q"]}], "TOK")),
 ])
-def test_chat_calls_each_versions_chat_signature(llm_type, expected):
+def test_chat_calls_each_versions_chat_signature(version, expected):
     """2.0: chat(image, msgs, context, tokenizer) -> tuple; 2.5: chat(image, msgs, tokenizer);
     2.6: images inside the message content."""
     from minicpmv_ft.versions import VERSIONS
@@ -131,10 +131,10 @@ def test_chat_calls_each_versions_chat_signature(llm_type, expected):
     class Recorder:
         def chat(self, *args, **kwargs):
             calls.append(args)
-            return ("A", [], {}) if llm_type == "minicpm" else "A"
+            return ("A", [], {}) if version == "2.0" else "A"
 
-    assert chat.answer(Recorder(), "TOK", VERSIONS[llm_type], ["IMG"], "Q") == "A"
+    assert chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG"], "Q") == "A"
     assert calls == [expected]
-    if llm_type != "qwen":
+    if version != "2.6":
         with pytest.raises(ValueError, match="takes one image, got 2"):
-            chat.answer(Recorder(), "TOK", VERSIONS[llm_type], ["IMG", "IMG2"], "Q")
+            chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG", "IMG2"], "Q")

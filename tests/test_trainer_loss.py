@@ -3,7 +3,7 @@ plain shifted cross-entropy over the full logits."""
 import pytest
 import torch
 
-from conftest import LLM_TYPES
+from conftest import VERSIONS
 from dataset import SupervisedDataset, data_collator
 from trainer import lm_head_on_positions, shifted_targets
 
@@ -16,9 +16,9 @@ def samples(image_file):
                                {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]}]
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_lm_head_runs_on_label_positions_only_and_loss_matches_full_logits(tiny, image_file, llm_type):
-    tok, model = tiny(llm_type)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_lm_head_runs_on_label_positions_only_and_loss_matches_full_logits(tiny, image_file, version):
+    tok, model = tiny(version)
     model.eval()
     batch = data_collator([SupervisedDataset(samples(image_file), tok, model.config)[i] for i in range(2)])
     labels = batch.pop("labels")

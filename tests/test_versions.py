@@ -1,45 +1,100 @@
-"""Version detection and config field locations come from the one table."""
+"""Version detection from the checkpoint's config, aliases, and config field locations."""
 import pytest
 
-from conftest import LLM_TYPES
-from minicpmv_ft.versions import VERSIONS, VersionError, detect_version, image_settings, llm_config_family
+from conftest import VERSIONS
+from minicpmv_ft.versions import VERSIONS as REGISTRY
+from minicpmv_ft.versions import VersionError, by_name, detect_version, image_settings, llm_config_family
+
+FAMILIES = {"2.0": "minicpm", "2.5": "llama", "2.6": "qwen2", "4.0": "llama", "4.5": "qwen3"}
 
 
-@pytest.mark.parametrize("llm_type", LLM_TYPES)
-def test_detected_from_checkpoint(tiny, llm_type):
-    tok, model = tiny(llm_type)
-    assert detect_version(model.config, tok).llm_type == llm_type
-    assert llm_config_family(model.config) == VERSIONS[llm_type].llm_config_family
+@pytest.mark.parametrize("version", VERSIONS)
+def test_detected_from_config(tiny, version):
+    tok, model = tiny(version)
+    assert detect_version(model.config, tok) is REGISTRY[version]
+    assert llm_config_family(model.config) == FAMILIES[version] == REGISTRY[version].llm_config_family
 
 
-def test_tokenizer_without_any_chat_tokens(tiny):
-    from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models
-
-    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")))
-    config = type("Config", (), {})()
-    with pytest.raises(VersionError, match="cannot tell the chat format of this checkpoint.*pass --llm_type"):
-        detect_version(config, bare)
-    assert detect_version(config, bare, "llama3").llm_type == "llama3"
+def test_registry_holds_every_tested_version():
+    assert list(REGISTRY) == VERSIONS
 
 
-@pytest.mark.parametrize("llm_type,expected", [
-    ("minicpm", (64, 14, 9, 448, False, "wrapped", "chw")),
-    ("llama3", (96, 14, 9, 448, False, "wrapped", "patch_major")),
-    ("qwen", (64, 14, 9, 448, True, "per_slice", "patch_major")),
+@pytest.mark.parametrize("alias,version", [
+    ("minicpm", "2.0"), ("llama3", "2.5"), ("qwen", "2.6"), ("qwen2", "2.6"), ("QWEN2", "2.6"), ("llama", "4.0"),
+    ("qwen3", "4.5"), ("4.5", "4.5"), ("2.0", "2.0"),
 ])
-def test_image_settings_read_from_each_versions_config(tiny, llm_type, expected):
-    config = tiny(llm_type)[1].config
-    s = image_settings(config, VERSIONS[llm_type])
+def test_aliases(alias, version):
+    assert by_name(alias) is REGISTRY[version]
+
+
+def test_explicit_llm_type_must_agree(tiny):
+    tok, model = tiny("4.0")
+    assert detect_version(model.config, tok, "llama") is REGISTRY["4.0"]
+    with pytest.raises(VersionError, match=r"--llm_type 'llama3' contradicts the checkpoint, which is MiniCPM-V 4.0.*"
+                                           r"set it to one of 4.0, llama, minicpm4"):
+        detect_version(model.config, tok, "llama3")
+    with pytest.raises(VersionError, match=r"unknown llm_type 'gpt'; supported: 2.0 = MiniCPM-V 2.0 .*4.5 = "):
+        detect_version(model.config, tok, "gpt")
+
+
+def test_real_2_0_vocabulary_has_no_chat_tokens(tiny):
+    """<用户>/<AI> are plain text in 2.0's vocabulary: detection must not rely on them."""
+    tok, model = tiny("2.0")
+    assert "<AI>" not in tok.get_vocab() and len(tok.tokenize("<AI>")) > 1
+    assert detect_version(model.config, tok).name == "2.0"
+
+
+def test_unknown_checkpoint_lists_the_supported_ones(tiny):
+    from transformers import GPT2Config, Qwen3Config
+
+    tok = tiny("4.5")[0]
+    with pytest.raises(VersionError, match=r"unsupported checkpoint \(GPT2Config: LLM family None\); supported: "
+                                           r"2.0 = MiniCPM-V 2.0.*4.5 = MiniCPM-V 4.5"):
+        detect_version(GPT2Config(), tok)
+    future = Qwen3Config()
+    future.version = 4.7
+    with pytest.raises(VersionError, match=r"LLM family 'qwen3', version 4.7"):
+        detect_version(future, tok)
+
+
+def test_tokenizer_from_another_checkpoint(tiny):
+    with pytest.raises(VersionError, match=r"config says MiniCPM-V 2.5 but the tokenizer lacks '<\|eot_id\|>'"):
+        detect_version(tiny("2.5")[1].config, tiny("2.6")[0])
+
+
+@pytest.mark.parametrize("version,expected", [
+    ("2.0", (64, 14, 9, 448, False, "wrapped", "chw")),
+    ("2.5", (96, 14, 9, 448, False, "wrapped", "patch_major")),
+    ("2.6", (64, 14, 9, 448, True, "per_slice", "patch_major")),
+    ("4.0", (64, 14, 9, 448, True, "per_slice", "patch_major")),
+    ("4.5", (64, 14, 9, 448, True, "per_slice", "patch_major")),
+])
+def test_image_settings_read_from_each_versions_config(tiny, version, expected):
+    config = tiny(version)[1].config
+    s = image_settings(config, REGISTRY[version])
     assert (s.query_num, s.patch_size, s.max_slice_nums, s.scale_resolution, s.use_image_id,
             s.placeholder_scheme, s.pixel_layout) == expected
-    assert image_settings(config, VERSIONS[llm_type], max_slice_nums=2).max_slice_nums == 2
+    assert image_settings(config, REGISTRY[version], max_slice_nums=2).max_slice_nums == 2
     with pytest.raises(ValueError, match="max_slice_nums must be >= 1"):
-        image_settings(config, VERSIONS[llm_type], max_slice_nums=0)
+        image_settings(config, REGISTRY[version], max_slice_nums=0)
 
 
 def test_slice_config_given_as_dict_without_scale_resolution():
     config = type("Config", (), {"slice_config": {"max_slice_nums": 4}, "vision_config": {"patch_size": 14},
                                  "query_num": 96})()
-    s = image_settings(config, VERSIONS["llama3"])
+    s = image_settings(config, REGISTRY["2.5"])
     assert (s.max_slice_nums, s.scale_resolution, s.patch_size, s.query_num) == (4, 448, 14, 96)
+
+
+def test_no_module_outside_the_registry_names_a_version():
+    """Version differences are fields of the registry entries; no other file branches on a name."""
+    import re
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    pattern = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](2\.0|2\.5|2\.6|4\.0|4\.5|minicpm|llama3|qwen2?|qwen3)["']""")
+    offenders = []
+    for path in [*ROOT.glob("*.py"), *(ROOT / "minicpmv_ft").glob("*.py")]:
+        offenders += [f"{path.name}: {line.strip()}" for line in path.read_text().splitlines() if pattern.search(line)]
+    assert offenders == []

@@ -68,7 +68,7 @@ def worker(mode: str, model_dir: str, steps: int):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--llm-type", default="qwen", choices=["minicpm", "llama3", "qwen"])
+    parser.add_argument("--version", default="2.6", choices=["2.0", "2.5", "2.6", "4.0", "4.5"])
     parser.add_argument("--vocab-size", type=int, default=151666, help="embedding rows (real 2.6: 151666)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (the fastest is reported)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -78,14 +78,14 @@ def main(argv=None):
         return worker(args.worker, args.model, args.steps)
     import make_tiny_model
 
-    model_dir = make_tiny_model.build(args.llm_type, Path(tempfile.mkdtemp()) / "model", vocab_size=args.vocab_size)
+    model_dir = make_tiny_model.build(args.version, Path(tempfile.mkdtemp()) / "model", vocab_size=args.vocab_size)
     results = {}
     for mode in ("label-positions", "full-logits"):
         out = subprocess.run([sys.executable, __file__, "--worker", mode, "--model", str(model_dir),
                               "--steps", str(args.steps)], capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     ours, full = results["label-positions"], results["full-logits"]
-    print(f"{args.llm_type}, vocab {args.vocab_size}: batch of 4 image samples, {ours['tokens']} token positions, "
+    print(f"{args.version}, vocab {args.vocab_size}: batch of 4 image samples, {ours['tokens']} token positions, "
           f"{ours['trained']} trained")
     for r in (ours, full):
         print(f"  {r['mode']:<16} extra peak memory {r['extra_peak_mib']:8.1f} MiB   "

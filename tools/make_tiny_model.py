@@ -1,6 +1,8 @@
 """Write a tiny, random-weight MiniCPM-V model directory that loads like a real checkpoint.
 
-    python tools/make_tiny_model.py --llm-type qwen --out /tmp/tiny-qwen [--vocab-size 151666] [--seed 0]
+    python tools/make_tiny_model.py --version 4.5 --out /tmp/tiny-4.5 [--vocab-size 151748] [--seed 0]
+
+--version is one of 2.0, 2.5, 2.6, 4.0, 4.5 (--llm-type minicpm / llama3 / qwen still name 2.x).
 
 The directory holds config.json (with auto_map), our own remote-code .py files, a small
 tokenizer with the real special tokens, attributes and chat template of that version, and
@@ -21,7 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REMOTE_CODE = HERE / "tiny_model" / "remote_code"
 SHARED_FILES = ["modeling_minicpmv.py", "modeling_minicpm.py", "modeling_navit_siglip.py",
-                "resampler.py", "image_processing_minicpmv.py"]
+                "resampler.py", "image_processing_minicpmv.py", "tokenizer_attributes.py"]
+LLM_TYPE_ALIASES = {"minicpm": "2.0", "llama3": "2.5", "qwen": "2.6"}
 
 MARKUP_TOKENS = ["<image>", "</image>", "<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>",
                  "<point>", "</point>", "<slice>", "</slice>"]
@@ -37,6 +40,36 @@ LLAMA3_TEMPLATE = (
     "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
     "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+)
+CHATML_PLAIN_TEMPLATE = (  # 4.0: ChatML without a default system turn
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# 4.5: Qwen3 hybrid thinking. Answers after the last user turn carry a think block (empty when
+# there is no reasoning); earlier ones lose theirs. The generation prompt opens the block
+# (thinking on) or writes it empty (enable_thinking=False).
+QWEN3_TEMPLATE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' -%}"
+    "{%- set content = m['content'] -%}"
+    "{%- set reasoning = m['reasoning_content'] if m['reasoning_content'] is string else '' -%}"
+    "{%- if m['reasoning_content'] is not string and '</think>' in content -%}"
+    "{%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') -%}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\n') -%}"
+    "{%- endif -%}"
+    "{%- if loop.index0 > ns.last_user -%}"
+    "{{- '<|im_start|>assistant\n<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n')"
+    " + '<|im_end|>\n' -}}"
+    "{%- else -%}{{- '<|im_start|>assistant\n' + content + '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- else -%}{{- '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\n\n</think>\n\n' -}}"
+    "{%- else -%}{{- '<think>\n' -}}{%- endif -%}{%- endif -%}"
 )
 CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -58,6 +91,7 @@ CORPUS = [
     "这是一张猫的图片。图片中有一只白色的猫坐在椅子上。",
     "请描述这张图片。天空是蓝色的，草地是绿色的。",
     "Yes. No. Maybe! Why? Because the answer is 42, and 7 + 8 = 15.",
+    "<用户>What is it?<AI>There is a cat. Let me think step by step: first, the shape.",
     "A tall building, a small house, a long river, and a bright moon at night.",
     "The model reads images and text, then writes an answer token by token.",
 ]
@@ -71,7 +105,12 @@ def _corpus():
     return lines
 
 
-def _byte_level_tokenizer(pattern: str, special_tokens: list[str], vocab_size: int = 700):
+def _byte_level_tokenizer(pattern: str, special_tokens: list[str], vocab_size: int = 700, base_tokens=(),
+                          plain_tokens=()):
+    """Byte-level BPE (Llama-3 / Qwen style). `base_tokens` become ids of the base vocabulary
+    (4.5's `<unk>` is such a remapped id), `plain_tokens` added tokens that are not special."""
+    import json
+
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -83,17 +122,51 @@ def _byte_level_tokenizer(pattern: str, special_tokens: list[str], vocab_size: i
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator(_corpus(), trainer)
+    if base_tokens:
+        state = json.loads(tokenizer.to_str())
+        vocab = state["model"]["vocab"]
+        for token in base_tokens:
+            vocab[token] = len(vocab)
+        tokenizer = Tokenizer.from_str(json.dumps(state))
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain_tokens])
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
     return tokenizer
 
 
-def _save_fast_tokenizer(out: Path, tokenizer_object, chat_template: str, **special):
+def _sentencepiece_style_tokenizer(special_tokens: list[str], vocab_size: int = 700):
+    """4.0's tokenizer: BPE over `▁`-joined words with byte fallback; the normaliser prepends `▁`
+    to every run of text between added tokens, and `<unk> <s> </s>` ... take the first ids."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
+                                  initial_alphabet=["\n", "▁"])
+    tokenizer.train_from_iterator(_corpus(), trainer)
+    state = json.loads(tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    return Tokenizer.from_str(json.dumps(state))
+
+
+def _save_fast_tokenizer(out: Path, tokenizer_object, chat_template: str, cls=None, **special):
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, **special)
+    tokenizer = (cls or PreTrainedTokenizerFast)(tokenizer_object=tokenizer_object, **special)
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(out)
     return len(tokenizer)
+
+
+FAST_TOKENIZER = {"class": "MiniCPMVTokenizerFast", "auto_map": [None, "tokenization_minicpmv_fast.MiniCPMVTokenizerFast"]}
+# Ids 3..100 of the 2.0 and 4.0 vocabularies hold other tokens; the image markup starts at 101.
+RESERVED = [f"<reserved_{i}>" for i in range(3, 101)]
 
 
 def build_llama3_tokenizer(out: Path) -> dict:
@@ -102,92 +175,146 @@ def build_llama3_tokenizer(out: Path) -> dict:
     size = _save_fast_tokenizer(out, _byte_level_tokenizer(LLAMA3_PATTERN, specials), LLAMA3_TEMPLATE,
                                 bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
                                 unk_token="<unk>", pad_token="!")
-    return {"size": size, "class": "MiniCPMVTokenizerFast", "file": "tokenization_minicpmv_fast",
-            "auto_map": [None, "tokenization_minicpmv_fast.MiniCPMVTokenizerFast"]}
+    return {"size": size, **FAST_TOKENIZER}
 
 
 def build_qwen_tokenizer(out: Path) -> dict:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"] + MARKUP_TOKENS + ["<image_id>", "</image_id>"]
     size = _save_fast_tokenizer(out, _byte_level_tokenizer(QWEN2_PATTERN, specials), CHATML_TEMPLATE,
                                 eos_token="<|im_end|>", unk_token="<unk>", pad_token="<|endoftext|>")
-    return {"size": size, "class": "MiniCPMVTokenizerFast", "file": "tokenization_minicpmv_fast",
-            "auto_map": [None, "tokenization_minicpmv_fast.MiniCPMVTokenizerFast"]}
+    return {"size": size, **FAST_TOKENIZER}
+
+
+def build_qwen3_tokenizer(out: Path) -> dict:
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"] + MARKUP_TOKENS + ["<image_id>", "</image_id>"]
+    tokenizer = _byte_level_tokenizer(QWEN2_PATTERN, specials, base_tokens=["<unk>"], plain_tokens=["<think>", "</think>"])
+    size = _save_fast_tokenizer(out, tokenizer, QWEN3_TEMPLATE, eos_token="<|im_end|>", unk_token="<unk>",
+                                pad_token="<|endoftext|>")
+    return {"size": size, **FAST_TOKENIZER}
+
+
+def build_minicpm4_tokenizer(out: Path) -> dict:
+    from tokenizers import AddedToken
+    from transformers import LlamaTokenizerFast
+
+    markup = MARKUP_TOKENS + ["<image_id>", "</image_id>", "<unit>", "</unit>"]  # ids 101..116
+    tokenizer = _sentencepiece_style_tokenizer(["<unk>", "<s>", "</s>"] + RESERVED + markup + ["<think>", "</think>"])
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in
+                                  ["<unk>", "<s>", "</s>"] + markup + ["<|im_end|>", "<|im_start|>"]])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in ["<think>", "</think>"]])
+    size = _save_fast_tokenizer(out, tokenizer, CHATML_PLAIN_TEMPLATE, cls=LlamaTokenizerFast, bos_token="<s>",
+                                eos_token="</s>", unk_token="<unk>", add_bos_token=True, add_eos_token=False,
+                                legacy=True)
+    return {"size": size, **FAST_TOKENIZER}
 
 
 def build_minicpm_tokenizer(out: Path) -> dict:
+    """2.0: a slow sentencepiece tokenizer with the legacy dummy prefix; `<用户>`/`<AI>` are plain
+    text, only `<unk> <s> </s>` and the image markup (ids 101-112) are special."""
     import sentencepiece as spm
 
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(_corpus()), model_prefix=str(out / "tokenizer"), vocab_size=700,
-        model_type="bpe", user_defined_symbols=["<用户>", "<AI>"] + MARKUP_TOKENS, byte_fallback=True,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        model_type="bpe", user_defined_symbols=RESERVED + MARKUP_TOKENS, byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, character_coverage=1.0,
         hard_vocab_limit=False, minloglevel=2,
     )
     os.remove(out / "tokenizer.vocab")
+    processor = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    special = {"content": None, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False,
+               "special": True}
+    added = {str(i): {**special, "content": processor.id_to_piece(i)} for i in [0, 1, 2] + list(range(101, 113))}
     config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
               "add_eos_token": False, "legacy": True, "clean_up_tokenization_spaces": False,
-              "model_max_length": 4096, "sp_model_kwargs": {}}
+              "model_max_length": 4096, "sp_model_kwargs": {}, "added_tokens_decoder": added}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    processor = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
-    return {"size": processor.get_piece_size(), "class": "MiniCPMVTokenizer", "file": "tokenization_minicpmv",
+    return {"size": processor.get_piece_size(), "class": "MiniCPMVTokenizer",
             "auto_map": ["tokenization_minicpmv.MiniCPMVTokenizer", None]}
 
 
 TINY_LLM = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4}
 TINY_NAVIT = {"hidden_size": 64, "image_size": 980, "intermediate_size": 128, "model_type": "idefics2",
               "num_attention_heads": 2, "num_hidden_layers": 2, "patch_size": 14}
+NAVIT_FIELDS = {"batch_vision_input": True, "drop_vision_last_layer": False, "slice_mode": True,
+                "vision_config": TINY_NAVIT, "patch_size": 14}
+IMAGE_ID_FIELDS = {"query_num": 64, "use_image_id": True, "vision_batch_size": 16,
+                   "slice_config": {"max_slice_nums": 9, "patch_size": 14, "model_type": "minicpmv"}}
 
 
-def version_spec(llm_type: str, out: Path) -> tuple[dict, dict, str]:
-    """(tokenizer info, config.json fields, remote-code folder) of one version."""
-    if llm_type == "minicpm":
-        tok = build_minicpm_tokenizer(out)
-        config = {**TINY_LLM, "num_key_value_heads": 4, "scale_emb": 12, "dim_model_base": 64,
-                  "scale_depth": 1.4, "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2,
-                  "max_position_embeddings": 4096,
-                  "vision_encoder": "vit_so400m_patch14_siglip_384.webli",
-                  "vision_encoder_kwargs": {"img_size": 448, "patch_size": 14, "embed_dim": 64, "depth": 3,
-                                            "num_heads": 2, "mlp_ratio": 2.0, "class_token": False,
-                                            "global_pool": "map"},
-                  "query_num": 64, "image_size": 448, "drop_vision_last_layer": True, "slice_mode": True,
-                  "patch_size": 14, "max_slice_nums": 9, "scale_resolution": 448}
-        return tok, config, "v2"
+def _token_ids(out: Path, *tokens):
     from transformers import AutoTokenizer  # only to read back the ids of the special tokens
 
-    if llm_type == "llama3":
-        tok = build_llama3_tokenizer(out)
-        ids = AutoTokenizer.from_pretrained(out)
-        config = {**TINY_LLM, "num_key_value_heads": 2, "rope_theta": 500000.0, "max_position_embeddings": 8192,
-                  "bos_token_id": ids.convert_tokens_to_ids("<|begin_of_text|>"),
-                  "eos_token_id": ids.convert_tokens_to_ids("<|end_of_text|>"),
-                  "query_num": 96, "batch_vision_input": True, "drop_vision_last_layer": False,
-                  "slice_config": {"max_slice_nums": 9, "model_type": "minicpmv"}, "slice_mode": True,
-                  "vision_config": TINY_NAVIT, "patch_size": 14}
-        return tok, config, "v2_5"
-    if llm_type == "qwen":
-        tok = build_qwen_tokenizer(out)
-        ids = AutoTokenizer.from_pretrained(out)
-        config = {**TINY_LLM, "num_key_value_heads": 2, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
-                  "bos_token_id": ids.convert_tokens_to_ids("<|im_start|>"),
-                  "eos_token_id": ids.convert_tokens_to_ids("<|im_end|>"), "tie_word_embeddings": False,
-                  "query_num": 64, "batch_vision_input": True, "drop_vision_last_layer": False,
-                  "use_image_id": True, "vision_batch_size": 16,
-                  "slice_config": {"max_slice_nums": 9, "patch_size": 14, "model_type": "minicpmv"},
-                  "slice_mode": True, "vision_config": TINY_NAVIT, "patch_size": 14}
-        return tok, config, "v2_6"
-    raise SystemExit(f"unknown --llm-type {llm_type!r}; choose minicpm, llama3 or qwen")
+    loaded = AutoTokenizer.from_pretrained(out)
+    return [loaded.convert_tokens_to_ids(t) for t in tokens]
 
 
-def build(llm_type: str, out: str | Path, vocab_size: int | None = None, seed: int = 0) -> Path:
+def recipe_2_0(out: Path):
+    tok = build_minicpm_tokenizer(out)
+    config = {**TINY_LLM, "num_key_value_heads": 4, "scale_emb": 12, "dim_model_base": 64,
+              "scale_depth": 1.4, "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2,
+              "max_position_embeddings": 4096,
+              "vision_encoder": "vit_so400m_patch14_siglip_384.webli",
+              "vision_encoder_kwargs": {"img_size": 448, "patch_size": 14, "embed_dim": 64, "depth": 3,
+                                        "num_heads": 2, "mlp_ratio": 2.0, "class_token": False,
+                                        "global_pool": "map"},
+              "query_num": 64, "image_size": 448, "drop_vision_last_layer": True, "slice_mode": True,
+              "patch_size": 14, "max_slice_nums": 9, "scale_resolution": 448}
+    return tok, config, "v2", {}
+
+
+def recipe_2_5(out: Path):
+    tok = build_llama3_tokenizer(out)
+    bos, eos, eot = _token_ids(out, "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>")
+    config = {**TINY_LLM, **NAVIT_FIELDS, "num_key_value_heads": 2, "rope_theta": 500000.0,
+              "max_position_embeddings": 8192, "bos_token_id": bos, "eos_token_id": eos, "query_num": 96,
+              "slice_config": {"max_slice_nums": 9, "model_type": "minicpmv"}}
+    return tok, config, "v2_5", {"eos_token_id": [eos, eot]}
+
+
+def recipe_2_6(out: Path):
+    tok = build_qwen_tokenizer(out)
+    start, end = _token_ids(out, "<|im_start|>", "<|im_end|>")
+    config = {**TINY_LLM, **NAVIT_FIELDS, **IMAGE_ID_FIELDS, "num_key_value_heads": 2, "rope_theta": 1000000.0,
+              "max_position_embeddings": 32768, "bos_token_id": start, "eos_token_id": end,
+              "tie_word_embeddings": False}
+    return tok, config, "v2_6", {}
+
+
+def recipe_4_0(out: Path):
+    tok = build_minicpm4_tokenizer(out)
+    end = _token_ids(out, "<|im_end|>")[0]
+    config = {**TINY_LLM, **NAVIT_FIELDS, **IMAGE_ID_FIELDS, "version": 4.0, "num_key_value_heads": 2,
+              "max_position_embeddings": 4096, "bos_token_id": 1, "eos_token_id": [2, end], "tie_word_embeddings": False}
+    return tok, config, "v4_0", {}
+
+
+def recipe_4_5(out: Path):
+    tok = build_qwen3_tokenizer(out)
+    end, pad = _token_ids(out, "<|im_end|>", "<|endoftext|>")
+    config = {**TINY_LLM, **NAVIT_FIELDS, **IMAGE_ID_FIELDS, "version": 4.5, "batch_3d_resampler": True,
+              "num_key_value_heads": 2, "head_dim": 32, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+              "bos_token_id": pad, "eos_token_id": end, "tie_word_embeddings": False}
+    # As the real 4.5: chat() and serving default to thinking off.
+    return tok, config, "v4_5", {"chat_template_kwargs": {"enable_thinking": False}}
+
+
+RECIPES = {"2.0": recipe_2_0, "2.5": recipe_2_5, "2.6": recipe_2_6, "4.0": recipe_4_0, "4.5": recipe_4_5}
+
+
+def build(version: str, out: str | Path, vocab_size: int | None = None, seed: int = 0) -> Path:
+    """Writes the tiny model of `version` (or a 2.x llm_type alias) to `out` (replaced)."""
     import torch
     from transformers import AutoConfig, AutoModel
 
+    version = LLM_TYPE_ALIASES.get(version, version)
+    if version not in RECIPES:
+        raise SystemExit(f"unknown version {version!r}; choose one of {', '.join(RECIPES)}")
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    tok, config, folder = version_spec(llm_type, out)
+    tok, config, folder, generation = RECIPES[version](out)
     if vocab_size is not None and vocab_size < tok["size"]:
         raise SystemExit(f"--vocab-size {vocab_size} is smaller than the tokenizer ({tok['size']} tokens)")
     for name in SHARED_FILES:
@@ -212,9 +339,8 @@ def build(llm_type: str, out: str | Path, vocab_size: int | None = None, seed: i
                      "AutoModelForCausalLM": "modeling_minicpmv.MiniCPMV"},
     })
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    eos = [config["eos_token_id"]] + ([tok_id for tok_id in [_token_id(out, "<|eot_id|>")] if tok_id is not None])
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": config["bos_token_id"], "eos_token_id": eos if len(eos) > 1 else eos[0]}, indent=2))
+    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], **generation}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
     torch.manual_seed(seed)
     model_config = AutoConfig.from_pretrained(out, trust_remote_code=True)
@@ -223,28 +349,21 @@ def build(llm_type: str, out: str | Path, vocab_size: int | None = None, seed: i
     return out
 
 
-def _token_id(out: Path, token: str):
-    path = out / "tokenizer.json"
-    if not path.exists():
-        return None
-    for added in json.loads(path.read_text())["added_tokens"]:
-        if added["content"] == token:
-            return added["id"]
-    return None
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--llm-type", required=True, choices=["minicpm", "llama3", "qwen"],
-                        help="minicpm = MiniCPM-V 2.0, llama3 = MiniCPM-Llama3-V 2.5, qwen = MiniCPM-V 2.6")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", choices=list(RECIPES), help="checkpoint generation to imitate")
+    which.add_argument("--llm-type", choices=list(LLM_TYPE_ALIASES),
+                       help="alias for the 2.x versions: minicpm = 2.0, llama3 = 2.5, qwen = 2.6")
     parser.add_argument("--out", required=True, help="output directory (replaced if it exists)")
     parser.add_argument("--vocab-size", type=int, default=None,
                         help="embedding rows (default: the tokenizer's size); e.g. 122753, 128256, 151666")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
-    out = build(args.llm_type, args.out, args.vocab_size, args.seed)
+    version = args.version or LLM_TYPE_ALIASES[args.llm_type]
+    out = build(version, args.out, args.vocab_size, args.seed)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
-    print(f"wrote tiny {args.llm_type} model to {out} ({size:.1f} MiB)")
+    print(f"wrote tiny MiniCPM-V {version} model to {out} ({size:.1f} MiB)")
 
 
 if __name__ == "__main__":

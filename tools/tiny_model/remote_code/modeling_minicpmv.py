@@ -2,16 +2,17 @@
 
 Which version a directory behaves as follows from its configuration_minicpm.py, as in the
 real checkpoints: the config class's LLM base picks the LLM (MiniCPM for 2.0, Llama for
-2.5, Qwen2 for 2.6); a `vision_encoder` field means 2.0's timm ViT taking [3, H, W] images,
-a `vision_config` the NaViT SigLIP taking patch-major pixels and `tgt_sizes`.
+2.5 and 4.0, Qwen2 for 2.6, Qwen3 for 4.5); a `vision_encoder` field means 2.0's timm ViT
+taking [3, H, W] images, a `vision_config` the NaViT SigLIP taking patch-major pixels and
+`tgt_sizes`; a `use_image_id` field (2.6+) the per-slice placeholders with image ids.
 """
 import math
 
 import timm
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
-from transformers import LlamaConfig
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from .configuration_minicpm import MiniCPMVConfig
 from .image_processing_minicpmv import MiniCPMVImageSlicer
@@ -24,7 +25,8 @@ class MiniCPMVPreTrainedModel(PreTrainedModel):
     config_class = MiniCPMVConfig
     base_model_prefix = "llm"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["LlamaDecoderLayer", "Qwen2DecoderLayer", "MiniCPMDecoderLayer", "Idefics2EncoderLayer"]
+    _no_split_modules = ["LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MiniCPMDecoderLayer",
+                         "Idefics2EncoderLayer"]
     _supports_sdpa = True
 
     def _init_weights(self, module):
@@ -42,6 +44,8 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             self.llm = LlamaForCausalLM(config)
         elif isinstance(config, Qwen2Config):
             self.llm = Qwen2ForCausalLM(config)
+        elif isinstance(config, Qwen3Config):
+            self.llm = Qwen3ForCausalLM(config)
         else:
             self.llm = MiniCPMForCausalLM(config)
         self.vpm = self.init_vision_module()
@@ -120,6 +124,18 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         features = self.vpm(pixels.type(dtype), patch_attention_mask=mask, tgt_sizes=tgt_sizes).last_hidden_state
         return self.resampler(features, tgt_sizes)
 
+    def _check_temporal_ids(self, temporal_ids, counts):
+        """4.5's 3-D resampler reads data["temporal_ids"]: per sample, one group of frame times per
+        view, [-1] for a still image. Only still images are implemented in the tiny models."""
+        if temporal_ids is None:
+            return
+        if not getattr(self.config, "batch_3d_resampler", False):
+            raise TypeError("temporal_ids given to a model without a 3-D resampler")
+        for groups, count in zip(temporal_ids, counts):
+            if len(groups) != count or any(list(group) != [-1] for group in groups):
+                raise NotImplementedError(f"tiny 4.5 model: temporal_ids {groups} for {count} views; only still "
+                                          "images ([-1] per view) are implemented")
+
     def get_vllm_embedding(self, data):
         """(inputs_embeds [B, L, H], per-sample vision features) with image features scattered
         into the positions of data["image_bound"]."""
@@ -130,6 +146,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         else:
             pixel_values_list = data["pixel_values"]
             counts = [len(sample) for sample in pixel_values_list]
+            self._check_temporal_ids(data.get("temporal_ids"), counts)
             if sum(counts) == 0:
                 dummy = self._dummy_vision(device, dtype) if self.training else []
                 vision_hidden_states = [dummy for _ in pixel_values_list]
@@ -175,19 +192,21 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         return MiniCPMVImageSlicer(
             cfg.query_num, cfg.patch_size,
             max_slice_nums or slicing.max_slice_nums, getattr(slicing, "scale_resolution", 448),
-            per_slice=isinstance(cfg, Qwen2Config), use_image_id=bool(getattr(cfg, "use_image_id", False)))
+            per_slice=hasattr(cfg, "use_image_id"), use_image_id=bool(getattr(cfg, "use_image_id", False)))
 
-    def _prompt(self, msgs, tokenizer, system_prompt):
+    def _prompt(self, msgs, tokenizer, system_prompt, enable_thinking):
+        """Prompt ids, encoded in one call as the real processors do (2.0, 4.0: <s> first)."""
         if self.uses_timm:
             names = {"user": "<用户>", "assistant": "<AI>"}
-            text = "".join(names[m["role"]] + m["content"] for m in msgs) + "<AI>"
-            return [tokenizer.bos_id] + tokenizer.encode(text, add_special_tokens=False)
+            return tokenizer.encode("".join(names[m["role"]] + m["content"] for m in msgs) + "<AI>")
         if system_prompt:
             msgs = [{"role": "system", "content": system_prompt}] + msgs
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return tokenizer.encode(text, add_special_tokens=False)
+        options = {"enable_thinking": enable_thinking} if getattr(self.config, "batch_3d_resampler", False) else {}
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **options)
+        return tokenizer.encode(text)
 
-    def _answer(self, image, msgs, tokenizer, max_new_tokens=64, system_prompt="", max_slice_nums=None):
+    def _answer(self, image, msgs, tokenizer, max_new_tokens=64, system_prompt="", max_slice_nums=None,
+                enable_thinking=False):
         slicer = self._slicer(max_slice_nums)
         images, prompt_msgs, image_count = [], [], 0
         for m, msg in enumerate(msgs):
@@ -204,7 +223,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
                 parts.append(slicer.placeholder(tokenizer, grid, image_count))
                 image_count += 1
             prompt_msgs.append({"role": msg["role"], "content": "\n".join(parts)})
-        ids = torch.tensor(self._prompt(prompt_msgs, tokenizer, system_prompt), dtype=torch.long)
+        ids = torch.tensor(self._prompt(prompt_msgs, tokenizer, system_prompt, enable_thinking), dtype=torch.long)
         openers = [tokenizer.im_start_id] + ([tokenizer.slice_start_id] if slicer.per_slice else [])
         closers = [tokenizer.im_end_id] + ([tokenizer.slice_end_id] if slicer.per_slice else [])
         starts = torch.where(torch.isin(ids, torch.tensor(openers)))[0] + 1
@@ -217,6 +236,8 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             "tgt_sizes": [torch.tensor([tgt for _, tgt in tensors], dtype=torch.int32).reshape(-1, 2)],
             "image_bound": [torch.stack([starts, ends], dim=1)],
         }
+        if getattr(self.config, "batch_3d_resampler", False):
+            data["temporal_ids"] = [[[-1] for _ in tensors]]
         return self._greedy(data, tokenizer, max_new_tokens)
 
     @torch.no_grad()
@@ -224,7 +245,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         """Greedy decoding without a KV cache (the models are tiny)."""
         embeds, _ = self.get_vllm_embedding(data)
         stop = {tokenizer.eos_token_id} | {
-            tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|im_end|>", "<|endoftext|>")
+            tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "</s>")
             if t in tokenizer.get_vocab()}
         scale = getattr(self.llm.config, "scale_emb", 1)
         generated = []
@@ -240,7 +261,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         return tokenizer.decode(generated, skip_special_tokens=True)
 
     def chat(self, image, msgs, *args, **kwargs):
-        """2.5/2.6: chat(image, msgs, tokenizer, ...) -> answer.
+        """2.5+: chat(image, msgs, tokenizer, ...) -> answer (4.5: enable_thinking, default False).
         2.0: chat(image, msgs, context, tokenizer, ...) -> (answer, context, generation_config)."""
         if self.uses_timm:
             context, tokenizer = (list(args) + [None, None])[:2]
@@ -248,7 +269,8 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             kwargs.pop("context", None)
         else:
             tokenizer = args[0] if args else kwargs.pop("tokenizer")
-        options = {k: kwargs[k] for k in ("max_new_tokens", "system_prompt", "max_slice_nums") if k in kwargs}
+        names = ("max_new_tokens", "system_prompt", "max_slice_nums", "enable_thinking")
+        options = {k: kwargs[k] for k in names if k in kwargs}
         answer = self._answer(image, msgs, tokenizer, **options)
         if self.uses_timm:
             return answer, list(msgs) + [{"role": "assistant", "content": answer}], {}

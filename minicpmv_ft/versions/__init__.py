@@ -1,0 +1,132 @@
+"""The registry of MiniCPM-V checkpoint generations: one module per generation, detection from
+the checkpoint's config, and the image settings read from wherever each version keeps them.
+
+Adding a version means one module here (a `ModelVersion`), a tiny-model recipe and its test
+parameters. The facts come from ../shared/minicpmv-interface.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import v2_0, v2_5, v2_6, v4_0, v4_5
+from .spec import ModelVersion
+
+VERSIONS: dict[str, ModelVersion] = {m.VERSION.name: m.VERSION for m in (v2_0, v2_5, v2_6, v4_0, v4_5)}
+
+LLM_FAMILIES = ("minicpm", "llama", "qwen2", "qwen3")
+
+
+class VersionError(ValueError):
+    """The checkpoint is not a supported MiniCPM-V, or --llm_type contradicts it."""
+
+
+def supported() -> str:
+    return "; ".join(f"{v.name} = {v.checkpoints} (--llm_type {' / '.join(v.names)})" for v in VERSIONS.values())
+
+
+def by_name(name: str) -> ModelVersion:
+    """The entry a version name or alias (`2.6`, `qwen`, `qwen2`, ...) refers to."""
+    for version in VERSIONS.values():
+        if name.lower() in version.names:
+            return version
+    raise VersionError(f"unknown llm_type {name!r}; supported: {supported()}")
+
+
+def llm_config_family(config) -> str | None:
+    """LLM family of a MiniCPM-V config, read from its class hierarchy: the remote MiniCPMVConfig
+    classes subclass the LLM's config (MiniCPMConfig, LlamaConfig, Qwen2Config, Qwen3Config) and
+    all report model_type "minicpmv", so their bases are what differ."""
+    for cls in type(config).__mro__:
+        if getattr(cls, "model_type", "") in LLM_FAMILIES:
+            return cls.model_type
+    return None
+
+
+def version_from_config(config) -> ModelVersion:
+    """The entry for a loaded config. Among the entries of its LLM family the config's `version`
+    field decides; a config without one is the family's oldest checkpoint (4.x always carry it)."""
+    family = llm_config_family(config)
+    number = getattr(config, "version", None)
+    candidates = [v for v in VERSIONS.values() if v.llm_config_family == family]
+    if number is not None:
+        candidates = [v for v in candidates if float(v.name) == float(number)]
+    if not candidates:
+        found = f"LLM family {family!r}" + (f", version {number}" if number is not None else "")
+        raise VersionError(f"unsupported checkpoint ({type(config).__name__}: {found}); supported: {supported()}")
+    return min(candidates, key=lambda v: float(v.name))
+
+
+def check_tokenizer(version: ModelVersion, tokenizer):
+    """The tokenizer must carry the chat and image tokens of the detected version."""
+    ctx = version.chat.context(tokenizer)
+    needed = [version.chat.end_of_turn_token(ctx), tokenizer.unk_token, "<image>", "</image>"]
+    if version.placeholder_scheme == "per_slice":
+        needed += ["<slice>", "</slice>"]
+    missing = [t for t in needed if not _in_vocabulary(tokenizer, t)]
+    if missing:
+        raise VersionError(f"the config says MiniCPM-V {version.name} but the tokenizer lacks {', '.join(map(repr, missing))}: "
+                           "is the tokenizer from another checkpoint?")
+
+
+def _in_vocabulary(tokenizer, token: str | None) -> bool:
+    if not token:
+        return False
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    return token_id is not None and (token_id != tokenizer.unk_token_id or token == tokenizer.unk_token)
+
+
+def detect_version(config, tokenizer, llm_type: str | None = None) -> ModelVersion:
+    """The entry for a loaded checkpoint, its tokenizer checked against it; an explicit llm_type
+    (a version name or alias) must agree."""
+    version = version_from_config(config)
+    check_tokenizer(version, tokenizer)
+    if llm_type is not None and by_name(llm_type) is not version:
+        raise VersionError(
+            f"--llm_type {llm_type!r} contradicts the checkpoint, which is MiniCPM-V {version.name} "
+            f"({version.checkpoints}); training with the wrong chat template teaches the model garbage. "
+            f"Drop --llm_type or set it to one of {', '.join(version.names)}.")
+    return version
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """The checkpoint's image settings, read from wherever its version keeps them."""
+
+    query_num: int
+    patch_size: int
+    max_slice_nums: int
+    scale_resolution: int
+    slice_mode: bool
+    use_image_id: bool
+    placeholder_scheme: str
+    pixel_layout: str
+
+
+def _field(obj, name, default=None):
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def image_settings(config, version: ModelVersion, max_slice_nums: int | None = None) -> ImageSettings:
+    """Slicing/placeholder settings of a loaded config; `max_slice_nums` overrides the config's."""
+    slicing = config if version.slice_config_field is None else _field(config, version.slice_config_field)
+    vision = _field(config, "vision_config")
+    patch_size = _field(config, "patch_size") or _field(vision, "patch_size") or _field(slicing, "patch_size", 14)
+    configured = _field(slicing, "max_slice_nums", 9)
+    chosen = configured if max_slice_nums is None else max_slice_nums
+    if int(chosen) < 1:
+        raise ValueError(f"max_slice_nums must be >= 1, got {chosen}")
+    use_image_id = _field(config, "use_image_id")
+    return ImageSettings(
+        query_num=int(_field(config, "query_num", version.default_query_num)),
+        patch_size=int(patch_size),
+        max_slice_nums=int(chosen),
+        scale_resolution=int(_field(slicing, "scale_resolution", 448)),
+        slice_mode=bool(_field(config, "slice_mode", True)),
+        use_image_id=version.use_image_id_default if use_image_id is None else bool(use_image_id),
+        placeholder_scheme=version.placeholder_scheme,
+        pixel_layout=version.pixel_layout,
+    )

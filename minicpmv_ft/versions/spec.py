@@ -1,0 +1,59 @@
+"""What one checkpoint generation is, as the rest of the code sees it: a `ModelVersion`.
+
+Each generation (2.0, 2.5, 2.6, 4.0, 4.5) fills one of these in its own module next to this
+one; nothing outside this package compares version names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..chat_formats import ChatFormat
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str  # "2.6"
+    checkpoints: str  # human-readable: which published checkpoints this entry covers
+    # Older names for the same format (`--llm_type`); each must agree with the detected version.
+    aliases: tuple[str, ...]
+    chat: ChatFormat
+    # The LLM family the checkpoint's config class derives from ("minicpm", "llama", "qwen2",
+    # "qwen3"); with the config's `version` field (when present) it identifies the checkpoint.
+    llm_config_family: str
+    # The checkpoint's processor encodes the rendered prompt with the tokenizer's special tokens
+    # (2.0 and 4.0 tokenizers add <s>); otherwise the template text carries them itself.
+    encode_adds_special_tokens: bool
+    # Placeholder scheme: "wrapped" (2.0/2.5: <slice> around rows of <image> cells) or
+    # "per_slice" (2.6+: each slice its own <slice>unk*q</slice>, optional image id).
+    placeholder_scheme: str
+    use_image_id_default: bool
+    # Where the slicing settings live in config.json: top level (None, 2.0) or a sub-config.
+    slice_config_field: str | None
+    # Pixel layout handed to the vision tower: "chw" [3, H, W] (2.0, timm ViT) or
+    # "patch_major" [3, patch, H*W/patch] (NaViT).
+    pixel_layout: str
+    default_query_num: int
+    # 4.5's 3-D resampler reads data["temporal_ids"] (one group per view; [-1] for a still image).
+    temporal_ids: bool = False
+    # chat() signatures: 2.0 is chat(image, msgs, context, tokenizer) -> (answer, context, config);
+    # later ones chat(image, msgs, tokenizer) -> answer; 2.6+ take images inside message content.
+    chat_takes_context: bool = False
+    chat_images_in_messages: bool = False
+    chat_kwargs: dict = field(default_factory=dict)  # extra chat() options this version understands
+    # 2.0 calls its vision tower once per image; under ZeRO-3 each call is a collective weight
+    # gather, so processes holding different image counts deadlock.
+    vision_call_per_image: bool = False
+    # Module names (attributes of the MiniCPMV model).
+    llm_module: str = "llm"
+    vision_module: str = "vpm"
+    resampler_module: str = "resampler"
+    # Regex of LLM module names that LoRA adapts by default (q, k, v, o projections).
+    lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    # Load fixes: called with no argument before from_pretrained, and with (model, dtype) after it.
+    before_load: tuple[Callable[[], None], ...] = ()
+    after_load: tuple[Callable, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,) + self.aliases

@@ -1,0 +1,20 @@
+"""MiniCPM-V 2.6 and o-2.6: Qwen2 7B, ChatML with the template's default system turn, image ids."""
+from ..chat_formats import ChatMLChat
+from . import load_fixes
+from .spec import ModelVersion
+
+VERSION = ModelVersion(
+    name="2.6",
+    checkpoints="MiniCPM-V 2.6 / o-2.6 (openbmb/MiniCPM-V-2_6)",
+    aliases=("qwen", "qwen2"),
+    chat=ChatMLChat(template_system=True),
+    llm_config_family="qwen2",
+    encode_adds_special_tokens=True,  # the Qwen2 tokenizer adds nothing
+    placeholder_scheme="per_slice",
+    use_image_id_default=True,
+    slice_config_field="slice_config",
+    pixel_layout="patch_major",
+    default_query_num=64,
+    chat_images_in_messages=True,
+    before_load=(load_fixes.list_builtin,),
+)

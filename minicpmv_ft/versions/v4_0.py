@@ -1,0 +1,20 @@
+"""MiniCPM-V 4.0: MiniCPM4-3B run as LlamaForCausalLM, SigLIP2 NaViT, plain ChatML, <s> first."""
+from ..chat_formats import ChatMLChat
+from . import load_fixes
+from .spec import ModelVersion
+
+VERSION = ModelVersion(
+    name="4.0",
+    checkpoints="MiniCPM-V 4.0 (openbmb/MiniCPM-V-4)",
+    aliases=("llama", "minicpm4", "minicpmv4"),
+    chat=ChatMLChat(template_system=False),
+    llm_config_family="llama",
+    encode_adds_special_tokens=True,  # its processor's encode() puts <s> first
+    placeholder_scheme="per_slice",
+    use_image_id_default=True,
+    slice_config_field="slice_config",
+    pixel_layout="patch_major",
+    default_query_num=64,
+    chat_images_in_messages=True,
+    before_load=(load_fixes.list_builtin,),
+)

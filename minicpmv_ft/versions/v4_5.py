@@ -1,0 +1,22 @@
+"""MiniCPM-V 4.5: Qwen3-8B, SigLIP2 NaViT + 3-D resampler, ChatML with Qwen3 thinking blocks."""
+from ..chat_formats import Qwen3ThinkingChat
+from . import load_fixes
+from .spec import ModelVersion
+
+VERSION = ModelVersion(
+    name="4.5",
+    checkpoints="MiniCPM-V 4.5 (openbmb/MiniCPM-V-4_5)",
+    aliases=("qwen3", "minicpmv4_5"),
+    chat=Qwen3ThinkingChat(),
+    llm_config_family="qwen3",
+    encode_adds_special_tokens=True,  # the Qwen3 tokenizer adds nothing
+    placeholder_scheme="per_slice",
+    use_image_id_default=True,
+    slice_config_field="slice_config",
+    pixel_layout="patch_major",
+    default_query_num=64,
+    temporal_ids=True,
+    chat_images_in_messages=True,
+    chat_kwargs={"enable_thinking": False},
+    before_load=(load_fixes.list_builtin,),
+)
