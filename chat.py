@@ -18,24 +18,29 @@ from PIL import Image
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
 
 
-def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256) -> str:
-    """One answer to `question` after earlier (role, content) turns; images go with the first question."""
+def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256,
+           thinking: bool = False) -> str:
+    """One answer to `question` after earlier (role, content) turns; images go with the first
+    question. `thinking` switches a thinking model (4.5) to reason before answering."""
     msgs = [{"role": r, "content": c} for r, c in history]
     images = list(images) if not msgs else []
     if len(images) > 1 and not version.chat_images_in_messages:
         raise ValueError(f"{version.checkpoints}: its chat() takes one image, got {len(images)}")
+    options = {"max_new_tokens": max_new_tokens}
+    if version.chat.thinking:
+        options["enable_thinking"] = thinking
     with torch.no_grad():
-        if version.chat_images_in_messages:  # 2.6: images inside the message content
+        if version.chat_images_in_messages:  # 2.6+: images inside the message content
             msgs.append({"role": "user", "content": images + [question] if images else question})
-            return model.chat(None, msgs, tokenizer, max_new_tokens=max_new_tokens, sampling=False)
+            return model.chat(None, msgs, tokenizer, sampling=False, **options)
         msgs.append({"role": "user", "content": question})
         image = images[0] if images else None
         if version.chat_takes_context:  # 2.0: chat(image, msgs, context, tokenizer) -> (answer, ...)
-            return model.chat(image, msgs, None, tokenizer, max_new_tokens=max_new_tokens)[0]
-        return model.chat(image, msgs, tokenizer, max_new_tokens=max_new_tokens, sampling=False)
+            return model.chat(image, msgs, None, tokenizer, **options)[0]
+        return model.chat(image, msgs, tokenizer, sampling=False, **options)
 
 
-def converse(model, tokenizer, version, images, questions, out=None, max_new_tokens=256):
+def converse(model, tokenizer, version, images, questions, out=None, max_new_tokens=256, thinking=False):
     """Answers each question in turn, keeping the conversation; returns the (role, text) history."""
     out = out or sys.stdout
     history = []
@@ -43,7 +48,7 @@ def converse(model, tokenizer, version, images, questions, out=None, max_new_tok
         question = question.strip()
         if not question:
             break
-        reply = answer(model, tokenizer, version, images, question, history, max_new_tokens)
+        reply = answer(model, tokenizer, version, images, question, history, max_new_tokens, thinking)
         print(reply, file=out, flush=True)
         history += [("user", question), ("assistant", reply)]
     return history
@@ -57,6 +62,8 @@ def main(argv=None):
     parser.add_argument("--question", default=None, help="the question (without --interactive)")
     parser.add_argument("--interactive", action="store_true", help="read questions from standard input")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
+    parser.add_argument("--thinking", action="store_true",
+                        help="thinking models (4.5): reason before answering (default off, as their generation config)")
     args = parser.parse_args(argv)
     if not args.interactive and not args.question:
         parser.error("give --question, or --interactive")
@@ -68,7 +75,8 @@ def main(argv=None):
     images = [Image.open(path).convert("RGB") for path in args.image]
     questions = iter(sys.stdin.readline, "") if args.interactive else [args.question]
     try:
-        converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens)
+        converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens,
+                 thinking=args.thinking)
     except ValueError as exc:
         parser.exit(2, f"chat.py: {exc}\n")
 

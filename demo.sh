@@ -2,19 +2,19 @@
 # README command 1. On a fresh machine: sets up .venv, builds a tiny MiniCPM-V 2.6-style
 # model, writes and checks the bundled sample data, runs finetune_lora.sh and a short full fine-tune
 # (finetune_ds.sh) on CPU, then loads each result and asks it about a sample image.
-# DEMO_LLM_TYPE=minicpm|llama3|qwen picks the tiny model's version.
+# DEMO_VERSION=2.0|2.5|2.6|4.0|4.5 picks the tiny model's version (default 2.6).
 set -euo pipefail
 cd "$(dirname "$0")"
 source tools/setup_venv.sh
 WORK=${WORK:-demo_output}
-LLM=${DEMO_LLM_TYPE:-qwen}
+VERSION=${DEMO_VERSION:-2.6}
 
-python tools/make_tiny_model.py --llm-type "$LLM" --out "$WORK/tiny-$LLM"
+python tools/make_tiny_model.py --version "$VERSION" --out "$WORK/tiny-$VERSION"
 python tools/make_sample_data.py --out "$WORK/data"
-python check_data.py --model_name_or_path "$WORK/tiny-$LLM" --data_path "$WORK/data/train.json" --show 1 --num_workers 2
+python check_data.py --model_name_or_path "$WORK/tiny-$VERSION" --data_path "$WORK/data/train.json" --show 1 --num_workers 2
 
 # CPU settings for the launchers: one process, no DeepSpeed, fp32.
-export MODEL="$WORK/tiny-$LLM" DATA="$WORK/data/train.json" EVAL_DATA="$WORK/data/eval.json"
+export MODEL="$WORK/tiny-$VERSION" DATA="$WORK/data/train.json" EVAL_DATA="$WORK/data/eval.json"
 export DS_CONFIG="" GPUS_PER_NODE=1 MASTER_PORT="${MASTER_PORT:-29531}" OMP_NUM_THREADS=2
 CPU_FLAGS=(--use_cpu true --bf16 false --gradient_checkpointing false --per_device_train_batch_size 2
            --logging_steps 10 --eval_steps 40 --save_strategy no --max_slice_nums 2 --disable_tqdm true)

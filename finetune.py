@@ -24,7 +24,6 @@ from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir
-from minicpmv_ft.versions import image_settings
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
@@ -200,13 +199,13 @@ def configure_trainable(model, version, train_args):
     return get_peft_model(model, config)
 
 
-def log_settings(model, version, train_set, eval_set, data_args, config):
+def log_settings(model, version, train_set, eval_set, data_args):
     def numel(p):
         return getattr(p, "ds_numel", p.numel())  # ZeRO-3 partitions parameters
 
     trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     total = sum(numel(p) for p in model.parameters())
-    settings = image_settings(config, version, data_args.max_slice_nums)
+    settings = train_set.settings
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     logger.info("MiniCPM-V %s (%s), query_num=%d, max_slice_nums=%d, scale_resolution=%d, image ids=%s, "
                 "model_max_length=%d", version.name, version.checkpoints, settings.query_num,
@@ -240,7 +239,7 @@ def train(argv=None, callbacks=None):
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, train_args.dataloader_num_workers)
     model = load_model(model_args, train_args, version, model_dtype(train_args))
     model = configure_trainable(model, version, train_args)
-    log_settings(model, version, train_set, eval_set, data_args, config)
+    log_settings(model, version, train_set, eval_set, data_args)
     stop_on_signal = StopOnSignal()
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=data_collator, processing_class=tokenizer,

@@ -5,10 +5,10 @@
 set -eu
 cd "$(dirname "$0")"
 
-MODEL=${MODEL:-openbmb/MiniCPM-V-2_6}   # or openbmb/MiniCPM-Llama3-V-2_5, openbmb/MiniCPM-V-2, a local folder
+MODEL=${MODEL:-openbmb/MiniCPM-V-4_5}   # or openbmb/MiniCPM-V-4, -2_6, MiniCPM-Llama3-V-2_5, MiniCPM-V-2, a local folder
 DATA=${DATA:-path/to/train.json}        # JSON list or JSON Lines, see README "Data format"
 EVAL_DATA=${EVAL_DATA:-}                # optional
-LLM_TYPE=${LLM_TYPE:-}                  # empty: read from the checkpoint (minicpm, llama3, qwen)
+LLM_TYPE=${LLM_TYPE:-}                  # empty: read from the checkpoint; else 2.0..4.5 or an alias (README)
 OUTPUT_DIR=${OUTPUT_DIR:-output/minicpmv_full}
 DS_CONFIG=${DS_CONFIG-ds_config_zero2.json}   # ds_config_zero3.json for large models; empty: no DeepSpeed
 

@@ -14,6 +14,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: multi-process runs (torchrun, DeepSpeed); deselect with -m 'not slow'")
+
+
 # Every checkpoint generation the tests run on: each has a registry entry
 # (minicpmv_ft/versions/) and a tiny-model recipe (tools/make_tiny_model.py).
 VERSIONS = ["2.0", "2.5", "2.6", "4.0", "4.5"]

@@ -69,7 +69,7 @@ def test_reports_every_problem_and_the_lengths(tiny_model_dir, tiny, tmp_path, c
     tok, model = tiny(version)
     full = SupervisedDataset(str(data), tok, model.config, skip_bad_samples=True, verify_images=True,
                              model_max_length=10**6)
-    lengths = {full.samples[i].sample_id: len(full[k]["input_ids"]) for k, i in enumerate(full.kept)}
+    lengths = {sample.sample_id: len(full[k]["input_ids"]) for k, sample in enumerate(full.samples)}
     assert file_report["model_max_length_to_keep"]["all"] == max(lengths.values())
     assert file_report["tokens"]["total"]["max"] == max(lengths.values())
     assert file_report["views_per_image"] == {"1": 1, "4": 1}  # ok.png whole; wide.png 1 + 3 slices (3 x 1 grid)

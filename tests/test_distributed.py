@@ -10,9 +10,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from conftest import ROOT
+from conftest import ROOT, VERSIONS
 from minicpmv_ft.checkpoints import resolve_resume
+from minicpmv_ft.versions import VERSIONS as REGISTRY
 
+pytestmark = pytest.mark.slow  # several processes each; `bash run_tests.sh -m "not slow"` skips them
 PROBE = str(ROOT / "tests" / "finetune_probe.py")
 
 
@@ -62,14 +64,20 @@ def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samp
         assert probe["losses"][0] == pytest.approx(reference_probe["losses"][0], rel=1e-4), name
         assert grads.keys() == reference_grads.keys(), name
         for key, grad in grads.items():
-            torch.testing.assert_close(grad, reference_grads[key], rtol=1e-4, atol=1e-7, msg=f"{name}: {key}")
+            # equal up to float32 summation order: elements near zero differ by ~1e-6 of the tensor's scale
+            scale = float(reference_grads[key].abs().max())
+            torch.testing.assert_close(grad, reference_grads[key], rtol=1e-4, atol=1e-5 * scale, msg=f"{name}: {key}")
 
 
-@pytest.mark.parametrize("version,config,stage,lora", [
-    ("2.5", "ds_config_zero2.json", 2, False), ("2.5", "ds_config_zero3.json", 3, False),
-    ("2.5", "ds_config_zero3.json", 3, True),
-    ("2.0", "ds_config_zero2.json", 2, False),  # ranks hold different image counts each step
-], ids=["zero2", "zero3", "zero3-lora", "zero2-minicpm"])
+# ZeRO-2 and ZeRO-3 for every version; 2.0 under ZeRO-3 on several processes is refused
+# (finetune.check_version_supported, tested in test_finetune.py) because it would deadlock.
+DEEPSPEED_CASES = [(v, "ds_config_zero2.json", 2, False) for v in VERSIONS] + [
+    (v, "ds_config_zero3.json", 3, False) for v in VERSIONS if not REGISTRY[v].vision_call_per_image] + [
+    ("2.5", "ds_config_zero3.json", 3, True)]
+
+
+@pytest.mark.parametrize("version,config,stage,lora", DEEPSPEED_CASES,
+                         ids=[f"{v}-zero{stage}" + ("-lora" if lora else "") for v, _, stage, lora in DEEPSPEED_CASES])
 def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, version, config, stage, lora):
     source = tiny_model_dir(version)
     flags = ["--deepspeed", ROOT / config, "--max_steps", "3", "--per_device_train_batch_size", "1",

@@ -12,6 +12,7 @@ from conftest import VERSIONS, ROOT
 
 import finetune
 from dataset import SupervisedDataset, data_collator
+from minicpmv_ft.versions import VERSIONS as REGISTRY
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,14 @@ def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, tmp_
         reloaded = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
         saved_tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
         assert saved_tokenizer.chat_template == tokenizer.chat_template  # the inference template
-        assert (out / "image_processing_minicpmv.py").exists() and (out / "generation_config.json").exists()
+        assert (out / "image_processing_minicpmv.py").exists()
+        source_generation = json.loads((source / "generation_config.json").read_text())
+        saved_generation = json.loads((out / "generation_config.json").read_text())
+        assert {k: saved_generation[k] for k in source_generation} == source_generation
+        if REGISTRY[version].chat.thinking:  # both modes of chat() work on the result
+            for thinking in (False, True):
+                assert isinstance(reloaded.chat(None, [{"role": "user", "content": "Hi"}], saved_tokenizer,
+                                                max_new_tokens=3, enable_thinking=thinking), str)
     else:
         from peft import PeftModel
 
@@ -136,3 +144,18 @@ def test_per_image_vision_tower_with_zero3_is_refused(tiny, version, stage, worl
             finetune.check_version_supported(VERSIONS[version], config, args, world)
     else:
         finetune.check_version_supported(VERSIONS[version], config, args, world)
+
+
+def test_2_0_revision_whose_get_input_embeddings_raises_attribute_error_trains(tiny, tiny_model_dir, sample_data,
+                                                                               tmp_path, monkeypatch):
+    """Some 2.0 remote-code revisions raise AttributeError instead of NotImplementedError."""
+    def missing(self):
+        raise AttributeError("'MiniCPMV' object has no attribute 'get_input_embeddings'")
+
+    monkeypatch.setattr(type(tiny("2.0")[1]), "get_input_embeddings", missing)
+    args = ["--model_name_or_path", str(tiny_model_dir("2.0")), "--data_path", str(sample_data / "train.json"),
+            "--use_lora", "true", "--lora_r", "4", "--max_steps", "2", "--gradient_checkpointing", "true"]
+    trainer = finetune.train(args + cpu_flags(tmp_path, 1, 1e-3))
+    assert trainer.state.global_step == 2 and all(torch.isfinite(torch.tensor(
+        [e["loss"] for e in trainer.state.log_history if "loss" in e] or [0.0])))
+    assert trainer.model.get_input_embeddings() is trainer.model.base_model.model.llm.get_input_embeddings()

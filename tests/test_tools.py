@@ -111,7 +111,7 @@ def test_adapter_whose_base_moved_says_how_to_pass_base(adapters, tmp_path, caps
             merge_lora.main(["--adapter", str(adapter), "--out", str(tmp_path / "m")])
         assert "pass the base model's folder" in capsys.readouterr().err
         _, model, version, used = load_for_inference(str(adapter), base=str(moved))
-        assert used == str(moved) and version.version == "2.5"
+        assert used == str(moved) and version.name == "2.5"
     finally:
         shutil.move(str(moved), base)
 
@@ -120,21 +120,27 @@ def test_adapter_whose_base_moved_says_how_to_pass_base(adapters, tmp_path, caps
     ("2.0", ("IMG", [{"role": "user", "content": "Q"}], None, "TOK")),
     ("2.5", ("IMG", [{"role": "user", "content": "Q"}], "TOK")),
     ("2.6", (None, [{"role": "user", "content": ["IMG", "Q"]}], "TOK")),
+    ("4.0", (None, [{"role": "user", "content": ["IMG", "Q"]}], "TOK")),
+    ("4.5", (None, [{"role": "user", "content": ["IMG", "Q"]}], "TOK")),
 ])
 def test_chat_calls_each_versions_chat_signature(version, expected):
     """2.0: chat(image, msgs, context, tokenizer) -> tuple; 2.5: chat(image, msgs, tokenizer);
-    2.6: images inside the message content."""
+    2.6+: images inside the message content; 4.5: thinking off unless asked."""
     from minicpmv_ft.versions import VERSIONS
 
     calls = []
 
     class Recorder:
         def chat(self, *args, **kwargs):
-            calls.append(args)
+            calls.append((args, kwargs.get("enable_thinking")))
             return ("A", [], {}) if version == "2.0" else "A"
 
     assert chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG"], "Q") == "A"
-    assert calls == [expected]
-    if version != "2.6":
+    thinking = False if version == "4.5" else None
+    assert calls == [(expected, thinking)]
+    if version == "4.5":
+        chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG"], "Q", thinking=True)
+        assert calls[-1][1] is True
+    if not VERSIONS[version].chat_images_in_messages:
         with pytest.raises(ValueError, match="takes one image, got 2"):
             chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG", "IMG2"], "Q")

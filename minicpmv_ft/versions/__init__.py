@@ -6,12 +6,22 @@ parameters. The facts come from ../shared/minicpmv-interface.md.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import re
 from dataclasses import dataclass
 
-from . import v2_0, v2_5, v2_6, v4_0, v4_5
 from .spec import ModelVersion
 
-VERSIONS: dict[str, ModelVersion] = {m.VERSION.name: m.VERSION for m in (v2_0, v2_5, v2_6, v4_0, v4_5)}
+
+def _discover() -> dict[str, ModelVersion]:
+    """Every module vX_Y.py of this package defines VERSION; a new module is a new version."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if re.fullmatch(r"v\d+_\d+", m.name))
+    entries = [importlib.import_module(f"{__name__}.{name}").VERSION for name in names]
+    return {entry.name: entry for entry in sorted(entries, key=lambda e: float(e.name))}
+
+
+VERSIONS: dict[str, ModelVersion] = _discover()
 
 LLM_FAMILIES = ("minicpm", "llama", "qwen2", "qwen3")
 

@@ -5,7 +5,7 @@ one; nothing outside this package compares version names.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..chat_formats import ChatFormat
@@ -40,7 +40,6 @@ class ModelVersion:
     # later ones chat(image, msgs, tokenizer) -> answer; 2.6+ take images inside message content.
     chat_takes_context: bool = False
     chat_images_in_messages: bool = False
-    chat_kwargs: dict = field(default_factory=dict)  # extra chat() options this version understands
     # 2.0 calls its vision tower once per image; under ZeRO-3 each call is a collective weight
     # gather, so processes holding different image counts deadlock.
     vision_call_per_image: bool = False

@@ -17,6 +17,5 @@ VERSION = ModelVersion(
     default_query_num=64,
     temporal_ids=True,
     chat_images_in_messages=True,
-    chat_kwargs={"enable_thinking": False},
     before_load=(load_fixes.list_builtin,),
 )
