@@ -64,9 +64,11 @@ def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samp
         assert probe["losses"][0] == pytest.approx(reference_probe["losses"][0], rel=1e-4), name
         assert grads.keys() == reference_grads.keys(), name
         for key, grad in grads.items():
-            # equal up to float32 summation order: elements near zero differ by ~1e-6 of the tensor's scale
+            # Equal up to float32 summation order: elements near zero differ by ~1e-6 of the tensor's
+            # scale, and gradients that are zero in exact arithmetic (attention key biases) are noise.
             scale = float(reference_grads[key].abs().max())
-            torch.testing.assert_close(grad, reference_grads[key], rtol=1e-4, atol=1e-5 * scale, msg=f"{name}: {key}")
+            torch.testing.assert_close(grad, reference_grads[key], rtol=1e-4, atol=1e-5 * scale + 1e-8,
+                                       msg=f"{name}: {key}")
 
 
 # ZeRO-2 and ZeRO-3 for every version; 2.0 under ZeRO-3 on several processes is refused

@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REMOTE_CODE = HERE / "tiny_model" / "remote_code"
 SHARED_FILES = ["modeling_minicpmv.py", "modeling_minicpm.py", "modeling_navit_siglip.py",
-                "resampler.py", "image_processing_minicpmv.py", "tokenizer_attributes.py"]
+                "resampler.py", "image_processing_minicpmv.py", "tokenizer_attributes.py", "configuration_fields.py"]
 LLM_TYPE_ALIASES = {"minicpm": "2.0", "llama3": "2.5", "qwen": "2.6"}
 
 MARKUP_TOKENS = ["<image>", "</image>", "<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>",

@@ -1,14 +1,7 @@
 """MiniCPM-V 2.5 config: the LLM's config class plus vision_config and slice_config."""
-from transformers import PretrainedConfig, LlamaConfig
-from transformers.models.idefics2.configuration_idefics2 import Idefics2VisionConfig
+from transformers import LlamaConfig
 
-
-class MiniCPMVSliceConfig(PretrainedConfig):
-    model_type = "minicpmv"
-
-    def __init__(self, patch_size=14, max_slice_nums=9, scale_resolution=448, **kwargs):
-        super().__init__(**kwargs)
-        self.patch_size, self.max_slice_nums, self.scale_resolution = patch_size, max_slice_nums, scale_resolution
+from .configuration_fields import set_vision_fields
 
 
 class MiniCPMVConfig(LlamaConfig):
@@ -17,16 +10,6 @@ class MiniCPMVConfig(LlamaConfig):
 
     def __init__(self, use_cache=True, query_num=96, image_size=448, drop_vision_last_layer=True,
                  batch_vision_input=True, slice_config=None, vision_config=None, **kwargs):
-        self.query_num, self.image_size = query_num, image_size
-        self.drop_vision_last_layer, self.batch_vision_input = drop_vision_last_layer, batch_vision_input
-        if isinstance(slice_config, PretrainedConfig):
-            self.slice_config = slice_config
-        else:
-            self.slice_config = MiniCPMVSliceConfig(**(slice_config or {"max_slice_nums": 1}))
-        self.slice_mode = True
-        if isinstance(vision_config, PretrainedConfig):
-            self.vision_config = vision_config
-        else:
-            self.vision_config = Idefics2VisionConfig(**(vision_config or {}))
-        self.patch_size = 14
+        set_vision_fields(self, query_num, image_size, drop_vision_last_layer, batch_vision_input, slice_config,
+                          vision_config)
         super().__init__(use_cache=use_cache, **kwargs)

@@ -1,14 +1,7 @@
-"""MiniCPM-V 4.5 config: Qwen3Config plus vision_config and slice_config."""
-from transformers import PretrainedConfig, Qwen3Config
-from transformers.models.idefics2.configuration_idefics2 import Idefics2VisionConfig
+"""MiniCPM-V 4.5 config: Qwen3Config plus vision_config, slice_config and the 3-D resampler switch."""
+from transformers import Qwen3Config
 
-
-class MiniCPMVSliceConfig(PretrainedConfig):
-    model_type = "minicpmv"
-
-    def __init__(self, patch_size=14, max_slice_nums=9, scale_resolution=448, **kwargs):
-        super().__init__(**kwargs)
-        self.patch_size, self.max_slice_nums, self.scale_resolution = patch_size, max_slice_nums, scale_resolution
+from .configuration_fields import set_vision_fields
 
 
 class MiniCPMVConfig(Qwen3Config):
@@ -18,18 +11,8 @@ class MiniCPMVConfig(Qwen3Config):
     def __init__(self, use_cache=True, query_num=64, image_size=448, drop_vision_last_layer=True,
                  batch_vision_input=True, slice_config=None, vision_config=None, use_image_id=True,
                  vision_batch_size=16, version=4.5, batch_3d_resampler=True, **kwargs):
-        self.query_num, self.image_size, self.version = query_num, image_size, version
+        set_vision_fields(self, query_num, image_size, drop_vision_last_layer, batch_vision_input, slice_config,
+                          vision_config)
+        self.use_image_id, self.vision_batch_size, self.version = use_image_id, vision_batch_size, version
         self.batch_3d_resampler = batch_3d_resampler
-        self.drop_vision_last_layer, self.batch_vision_input = drop_vision_last_layer, batch_vision_input
-        self.use_image_id, self.vision_batch_size = use_image_id, vision_batch_size
-        if isinstance(slice_config, PretrainedConfig):
-            self.slice_config = slice_config
-        else:
-            self.slice_config = MiniCPMVSliceConfig(**(slice_config or {"max_slice_nums": 1}))
-        self.slice_mode = True
-        if isinstance(vision_config, PretrainedConfig):
-            self.vision_config = vision_config
-        else:
-            self.vision_config = Idefics2VisionConfig(**(vision_config or {}))
-        self.patch_size = 14
         super().__init__(use_cache=use_cache, **kwargs)
