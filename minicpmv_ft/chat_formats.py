@@ -175,11 +175,11 @@ class Qwen3ThinkingChat(ChatMLChat):
 
     @staticmethod
     def split_reasoning(content: str) -> tuple[str | None, str]:
-        """(reasoning, answer) of content written as `<think>...</think>answer`, as the template splits it."""
-        if not content.lstrip().startswith("<think>") or "</think>" not in content:
+        """(reasoning, answer) of content written as `<think>...</think>answer`, split as the template does."""
+        if "</think>" not in content:
             return None, content
-        head, answer = content.split("</think>", 1)
-        return head.split("<think>", 1)[1].strip("\n"), answer.lstrip("\n")
+        parts = content.split("</think>")
+        return parts[0].rstrip("\n").split("<think>")[-1].lstrip("\n"), parts[-1].lstrip("\n")
 
     def render_answer(self, turn, out, final, keep_reasoning):
         reasoning = (turn.reasoning or "").strip("\n")

@@ -89,7 +89,6 @@ def test_slice_config_given_as_dict_without_scale_resolution():
 def test_no_module_outside_the_registry_names_a_version():
     """Version differences are fields of the registry entries; no other file branches on a name."""
     import re
-    from pathlib import Path
 
     from conftest import ROOT
 
