@@ -2,10 +2,10 @@
 puts <s> first; a normaliser puts `▁` before every run of text) with MiniCPM-V's attributes."""
 from transformers import LlamaTokenizerFast
 
-from .tokenizer_attributes import MiniCPMVTokenizerAttributes
+from .tokenizer_attributes import ImageIdTokenizerAttributes
 
 
-class MiniCPMVTokenizerFast(MiniCPMVTokenizerAttributes, LlamaTokenizerFast):
+class MiniCPMVTokenizerFast(ImageIdTokenizerAttributes, LlamaTokenizerFast):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._set_minicpmv_attributes()

@@ -2,10 +2,10 @@
 its `<unk>` is a remapped id of the base vocabulary, not a token of its own."""
 from transformers import Qwen2TokenizerFast
 
-from .tokenizer_attributes import MiniCPMVTokenizerAttributes
+from .tokenizer_attributes import ImageIdTokenizerAttributes
 
 
-class MiniCPMVTokenizerFast(MiniCPMVTokenizerAttributes, Qwen2TokenizerFast):
+class MiniCPMVTokenizerFast(ImageIdTokenizerAttributes, Qwen2TokenizerFast):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._set_minicpmv_attributes()
