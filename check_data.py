@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records
-from minicpmv_ft.samples import load_records
+from minicpmv_ft.samples import DataError, load_records
 from minicpmv_ft.versions import detect_version, image_settings
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
@@ -153,20 +153,33 @@ def main(argv=None) -> int:
     version = detect_version(config, tokenizer, args.llm_type)
     encoder = SampleEncoder(tokenizer, version, image_settings(config, version, args.max_slice_nums),
                             args.model_max_length, args.keep_earlier_reasoning)
-    reports, failed = [], 0
+    reports, failed, unusable = [], 0, []
     for path in filter(None, (args.data_path, args.eval_data_path)):
-        results, report = check_file(path, encoder, args.num_workers)
+        try:
+            results, report = check_file(path, encoder, args.num_workers)
+        except DataError as error:  # the file itself: missing, not UTF-8, not JSON, empty
+            print(f"FAILED {error}")
+            unusable.append(path)
+            continue
         reports.append(report)
         failed += report["counts"]["failed"]
         print(format_report(report))
+        if report["counts"]["ok"] == 0:
+            print(f"FAILED {path}: no sample left to train on")
+            unusable.append(path)
         kept = [sample for _, sample in results if sample is not None]
         for sample in kept[: args.show]:
             print(render_trained(encoder, sample))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"files": reports, "failed": failed}, handle, indent=1, default=str)
-    print("OK: no sample failed" if not failed else f"FAILED: {failed} sample(s) cannot be trained on as written")
-    return 0 if not failed else 1
+            json.dump({"files": reports, "failed": failed, "unusable_files": unusable}, handle, indent=1, default=str)
+    if failed:
+        print(f"FAILED: {failed} sample(s) cannot be trained on as written")
+    if unusable:
+        print(f"FAILED: nothing to train on in {', '.join(unusable)}")
+    if not failed and not unusable:
+        print("OK: no sample failed")
+    return 1 if failed or unusable else 0
 
 
 if __name__ == "__main__":

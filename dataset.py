@@ -55,6 +55,10 @@ class SupervisedDataset(Dataset):
             more = f" (and {len(self.failed) - 1} more failing samples: run check_data.py for all of them)" \
                 if len(self.failed) > 1 else ""
             raise DataError(self.source, index, sample_id, reason + more)
+        if not self.samples:
+            reasons = Counter(reason for _, _, reason in self.dropped + self.failed)
+            raise DataError(self.source, None, None, "no sample left to train on: " + "; ".join(
+                f"{n} {reason}" for reason, n in reasons.most_common(3)))
         self._log_summary()
 
     @property

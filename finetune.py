@@ -23,7 +23,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume
 from minicpmv_ft.loading import load_model as load_checkpoint
-from minicpmv_ft.loading import load_tokenizer_and_version, local_dir
+from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
@@ -35,6 +35,11 @@ class ModelArguments:
     llm_type: typing.Optional[str] = field(default=None, metadata={
         "help": "checkpoint version or its alias: 2.0 (minicpm), 2.5 (llama3), 2.6 (qwen, qwen2), 4.0 (llama), "
                 "4.5 (qwen3). Default: read from the checkpoint; a value contradicting it is an error"})
+
+    def __post_init__(self):
+        path = self.model_name_or_path
+        if not looks_like_hub_id(path) and not os.path.isdir(path):
+            raise ValueError(f"--model_name_or_path {path}: no such folder (and not a hub id like openbmb/MiniCPM-V-4_5)")
 
 
 @dataclass
@@ -86,6 +91,14 @@ class TrainingArguments(transformers.TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        for flag in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, flag) < 1:
+                raise ValueError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"--num_train_epochs {self.num_train_epochs} trains nothing; give a positive "
+                             "--num_train_epochs or --max_steps")
+        if self.output_dir:
+            check_output_dir(self.output_dir)
         if self.use_lora and self.tune_llm:
             raise ValueError("--use_lora true with --tune_llm true would train all LLM weights as well as the "
                              "adapters; use --tune_llm false (the LoRA default) or drop --use_lora")
@@ -103,6 +116,17 @@ class TrainingArguments(transformers.TrainingArguments):
     def trains_llm(self) -> bool:
         """--tune_llm, defaulting to true for full fine-tuning and false with LoRA."""
         return (not self.use_lora) if self.tune_llm is None else self.tune_llm
+
+
+def check_output_dir(path: str):
+    """ValueError unless `path` is, or can be created as, a writable folder."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output_dir {path} is a file, not a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise ValueError(f"--output_dir {path}: {existing} is not a writable folder")
 
 
 def parse_arguments(argv=None):
@@ -237,6 +261,7 @@ def train(argv=None, callbacks=None):
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, train_args.dataloader_num_workers)
+    transformers.set_seed(train_args.seed)  # LoRA adapters are initialised before the Trainer seeds
     model = load_model(model_args, train_args, version, model_dtype(train_args))
     model = configure_trainable(model, version, train_args)
     log_settings(model, version, train_set, eval_set, data_args)

@@ -21,6 +21,11 @@ def is_adapter(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "adapter_config.json"))
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """"org/name" is a hub id; an absolute, ./ or ~ path or any other shape is a local folder."""
+    return not os.path.isabs(name) and not name.startswith((".", "~")) and name.count("/") == 1
+
+
 def adapter_base(adapter_dir: str, base: str | None = None) -> str:
     """The base model folder or hub id of a LoRA adapter: `base` if given, else the recorded one."""
     with open(os.path.join(adapter_dir, "adapter_config.json")) as handle:
@@ -28,8 +33,7 @@ def adapter_base(adapter_dir: str, base: str | None = None) -> str:
     chosen = base or recorded
     if chosen and os.path.isdir(chosen):
         return chosen
-    looks_local = not chosen or os.path.isabs(chosen) or chosen.startswith((".", "~")) or chosen.count("/") != 1
-    if not looks_local:
+    if chosen and looks_like_hub_id(chosen):
         try:
             AutoConfig.from_pretrained(chosen, trust_remote_code=True)
             return chosen

@@ -17,6 +17,8 @@ from .chat_formats import Turn
 SINGLE_IMAGE_MARKER = "<image>"
 MULTI_IMAGE_MARKER = re.compile(r"<image_\d+>")
 MARKERS = re.compile(r"<image>|<image_\d+>")
+# Keys other tools use for images; silently ignored they would train the sample as text-only.
+IMAGE_LIKE_KEY = re.compile(r"images|imgs?|image_(path|paths|file|files|url|urls)|pictures?|photos?", re.IGNORECASE)
 
 
 class DataError(ValueError):
@@ -62,22 +64,37 @@ class Sample:
 
 
 def load_records(data, base_dir: str | None = None) -> tuple[list[dict], str, str]:
-    """(records, source name for messages, folder that relative image paths start from)."""
+    """(records, source name for messages, folder that relative image paths start from).
+
+    A JSON list or JSON Lines, told apart by the first non-blank character; UTF-8, with or
+    without a byte-order mark."""
     if isinstance(data, (list, tuple)):
         return list(data), "<in-memory data>", base_dir or os.getcwd()
     path = os.fspath(data)
     if not os.path.isfile(path):
         raise DataError(path, None, None, "data file does not exist")
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(path, None, None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                                          "save the file as UTF-8") from None
     folder = base_dir or os.path.dirname(os.path.abspath(path))
     stripped = text.lstrip()
-    if stripped.startswith("["):
+    if not stripped:
+        raise DataError(path, None, None, "no samples: the file is empty")
+    if stripped[0] == "[":
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(path, None, None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        if not records:
+            raise DataError(path, None, None, "no samples: the JSON list is empty")
         return records, path, folder
+    if stripped[0] != "{":
+        raise DataError(path, None, None, "neither a JSON list of samples ([...]) nor JSON Lines (one {...} per line)")
+    _refuse_single_object(text, path)
     records = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -86,9 +103,20 @@ def load_records(data, base_dir: str | None = None) -> tuple[list[dict], str, st
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise DataError(path, None, None, f"invalid JSON Lines record at line {line_no}: {exc.msg}") from None
-    if not records:
-        raise DataError(path, None, None, "no samples (expected a JSON list or JSON Lines objects)")
     return records, path, folder
+
+
+def _refuse_single_object(text: str, path: str):
+    """A file that is one JSON object spread over several lines is not JSON Lines."""
+    if len(text.strip().splitlines()) < 2:
+        return
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return  # several objects: JSON Lines
+    lists = [key for key, value in whole.items() if isinstance(value, list)]
+    hint = f'; the samples look like they are under {lists[0]!r}: write that list alone' if lists else ""
+    raise DataError(path, None, None, "one JSON object, not a list of samples or JSON Lines" + hint)
 
 
 def _turns(record: dict, index: int, source: str, sample_id, system_allowed: bool):
@@ -142,6 +170,10 @@ def parse_sample(record, index: int, source: str, folder: str, system_allowed: b
     def fail(reason):
         return DataError(source, index, sample_id, reason)
 
+    for key in record:
+        if IMAGE_LIKE_KEY.fullmatch(key):
+            raise fail(f'unknown key {key!r}: images go in "image" (a path, or {{"<image_00>": path, ...}} for '
+                       'several)')
     image = record.get("image")
     found_multi = MULTI_IMAGE_MARKER.findall(text)
     if image is None:

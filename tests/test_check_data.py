@@ -119,3 +119,18 @@ def test_finetune_refuses_the_same_samples(tiny_model_dir, tmp_path, index, samp
     assert (info.value.index, info.value.sample_id) == (1, sample_id)
     assert info.value.reason.startswith(reason.format(folder=tmp_path))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[]", "no samples: the JSON list is empty"),
+    (json.dumps([{"id": "p", "conversations": conv(("user", "word " * 50), ("assistant", "y"))}]),
+     "no sample left to train on"),
+])
+def test_nothing_to_train_on_is_not_ok(tiny_model_dir, tmp_path, capsys, content, message):
+    """Issue 8.8: an empty file or one where every sample is dropped said OK and exited 0."""
+    (tmp_path / "d.json").write_text(content)
+    code = check_data.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "d.json"),
+                            "--model_max_length", "20", "--num_workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 1 and message in out and f"FAILED: nothing to train on in {tmp_path / 'd.json'}" in out
+    assert "OK" not in out.splitlines()[-1]

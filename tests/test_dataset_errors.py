@@ -208,3 +208,48 @@ def test_parallel_check_gives_the_same_reports(tiny, tmp_path, image_file):
     assert [r.status for r in serial.reports[:3]] == ["ok", "ok", "failed"]
     # 2.6: <image_id>0</image_id> then 4 blocks of <image>/<slice> + 64 unk + closer
     assert serial.reports[1].views_per_image == [4] and serial.reports[1].image_tokens == 3 + 4 * 66
+
+
+@pytest.mark.parametrize("key", ["images", "image_path", "img", "Photos"])
+def test_image_like_keys_are_not_silently_ignored(tiny, tmp_path, image_file, key):
+    """Issue 8.5: `"images": [...]` used to train the sample as text-only."""
+    image_file("a.png", (300, 300))
+    bad = {"id": "k", key: ["a.png"], "conversations": conv(("user", "What is it?"), ("assistant", "x"))}
+    assert_error(tiny, tmp_path, bad, f'unknown key {key!r}: images go in "image"')
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "no samples: the file is empty"),
+    (b"[]", "no samples: the JSON list is empty"),
+    (b'{\n  "data": [\n  ]\n}\n', "one JSON object, not a list of samples or JSON Lines; the samples look like they "
+                                   "are under 'data'"),
+    ("[{\"id\": \"caf\u00e9\"}]".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 12); save the file as UTF-8"),
+    (b"id,question\n1,hi\n", "neither a JSON list of samples ([...]) nor JSON Lines"),
+])
+def test_unusable_data_files_name_the_file_and_why(tiny, tmp_path, content, reason):
+    """Issue 8.8 and 8.9."""
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(content)
+    tok, model = tiny("2.6")
+    with pytest.raises(DataError) as info:
+        SupervisedDataset(str(path), tok, model.config)
+    assert str(info.value) == f"{path}: {reason}" or str(info.value).startswith(f"{path}: {reason}")
+
+
+@pytest.mark.parametrize("suffix,body", [("json", "[{}]".replace("{}", json.dumps(GOOD))), ("jsonl", json.dumps(GOOD))])
+def test_utf8_byte_order_mark_is_accepted(tiny, tmp_path, suffix, body):
+    path = tmp_path / f"data.{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    tok, model = tiny("2.6")
+    assert len(SupervisedDataset(str(path), tok, model.config)) == 1
+
+
+def test_every_sample_dropped_is_an_error_not_an_empty_dataset(tiny, tmp_path):
+    """Issue 8.8: training on nothing crashed after the weights loaded."""
+    samples = [GOOD, {"id": "long", "conversations": conv(("user", "z " * 50), ("assistant", "w"))}]
+    with pytest.raises(DataError, match=r"data.json: no sample left to train on: 2 no trained token within "
+                                        r"model_max_length 10"):
+        build(tiny, tmp_path, samples, model_max_length=10)
+    with pytest.raises(DataError, match=r"no sample left to train on: 1 turn 0 is 'assistant'"):
+        build(tiny, tmp_path, [{"id": "r", "conversations": conv(("assistant", "x"), ("user", "y"))}],
+              skip_bad_samples=True)

@@ -93,12 +93,51 @@ def test_lora_trains_adapters_resampler_and_vision_only(tiny_model_dir, sample_d
     (["--use_lora", "true", "--q_lora", "true"], "--q_lora true needs a CUDA GPU"),
     (["--q_lora", "true"], "--q_lora true needs --use_lora true"),
     (["--max_slice_nums", "0"], "--max_slice_nums must be >= 1"),
+    # issue 8.10: these used to fail only after the weights loaded, or to "train" nothing
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be >= 1, got 0"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be >= 1, got 0"),
+    (["--num_train_epochs", "0"], "--num_train_epochs 0.0 trains nothing; give a positive --num_train_epochs or --max_steps"),
+    (["--model_name_or_path", "/no/such/model"], "--model_name_or_path /no/such/model: no such folder"),
+    (["--output_dir", "FILE"], "--output_dir .*file.txt is a file, not a folder"),
 ])
-def test_contradictory_flags_fail_before_loading(tmp_path, flags, message):
-    argv = ["--model_name_or_path", str(tmp_path / "no-such-model"), "--data_path", "x.json",
-            "--output_dir", str(tmp_path), "--use_cpu", "true"] + flags
+def test_bad_flags_fail_before_loading(tmp_path, flags, message):
+    (tmp_path / "file.txt").write_text("x")
+    flags = [str(tmp_path / "file.txt") if f == "FILE" else f for f in flags]
+    argv = ["--model_name_or_path", str(tmp_path), "--data_path", "x.json",
+            "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"] + flags
     with pytest.raises(ValueError, match=message):
         finetune.parse_arguments(argv)
+
+
+def test_output_dir_under_a_file_fails_before_loading(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"--output_dir .*file.txt/out: .*file.txt is not a writable folder"):
+        finetune.parse_arguments(["--model_name_or_path", str(tmp_path), "--data_path", "x.json",
+                                  "--output_dir", str(tmp_path / "file.txt" / "out"), "--use_cpu", "true"])
+
+
+def test_lora_run_is_reproducible_with_seed(tiny_model_dir, sample_data, tmp_path):
+    """Issue 8.6: adapters were initialised before the Trainer seeded, so two runs differed."""
+    from safetensors.torch import load_file
+
+    saved = []
+    for run in ("a", "b"):
+        finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+                        "--use_lora", "true", "--lora_r", "4", "--max_steps", "1"] + cpu_flags(tmp_path / run, 1, 1e-3))
+        saved.append(load_file(tmp_path / run / "adapter_model.safetensors"))
+    assert saved[0].keys() == saved[1].keys() and any("lora_A" in k for k in saved[0])
+    for key in saved[0]:
+        assert torch.equal(saved[0][key], saved[1][key]), key
+
+
+def test_nothing_to_train_on_fails_before_weights_load(tiny_model_dir, sample_data, tmp_path, monkeypatch):
+    """Issue 8.8: every sample dropped used to crash with num_samples=0 after loading the weights."""
+    monkeypatch.setattr(finetune, "load_model", lambda *a: pytest.fail("weights loaded with nothing to train on"))
+    from minicpmv_ft.samples import DataError
+
+    with pytest.raises(DataError, match="train.json: no sample left to train on"):
+        finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+                        "--model_max_length", "10"] + cpu_flags(tmp_path, 1, 1e-3))
 
 
 def test_bad_data_fails_before_weights_load(tiny_model_dir, tmp_path, monkeypatch):
