@@ -270,14 +270,20 @@ def train(argv=None, callbacks=None):
                               data_collator=data_collator, processing_class=tokenizer,
                               callbacks=[MarkCompleteCheckpoints(), stop_on_signal] + list(callbacks or []),
                               source_model_dir=local_dir(model_args.model_name_or_path))
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_state()
-    if stop_on_signal.received:
-        logger.warning("interrupted by signal %d: checkpoint-%d is the last complete checkpoint; continue with "
-                       "--resume_from_checkpoint last", stop_on_signal.received, stop_on_signal.stopped_at)
-        trainer.interrupted_by = stop_on_signal.received
-        return trainer
-    trainer.save_model(train_args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_state()
+        if stop_on_signal.stopped_at is not None:
+            logger.warning("interrupted by signal %d: checkpoint-%d is the last complete checkpoint; continue with "
+                           "--resume_from_checkpoint last", stop_on_signal.received, stop_on_signal.stopped_at)
+            trainer.interrupted_by = stop_on_signal.received
+            return trainer
+        trainer.save_model(train_args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
+    finally:
+        stop_on_signal.restore()
+    if stop_on_signal.received:  # after the last step: training was complete, and so is the saved model
+        logger.warning("signal %d arrived after the last step; the finished model was saved to %s",
+                       stop_on_signal.received, train_args.output_dir)
     trainer.interrupted_by = None
     return trainer
 

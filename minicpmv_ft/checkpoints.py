@@ -85,7 +85,8 @@ def resolve_resume(value: str | None, output_dir: str) -> str | None:
 class StopOnSignal(TrainerCallback):
     """SIGTERM/SIGINT (a scheduler's preemption, Ctrl-C) ends training after the current step
     with a complete checkpoint. All ranks agree on the step, so ZeRO saves cannot hang.
-    A second signal falls back to the default behaviour (immediate exit)."""
+    A second signal falls back to the default behaviour (immediate exit). The handlers stay
+    until restore(), after the final save."""
 
     def __init__(self):
         self.received = None
@@ -113,6 +114,9 @@ class StopOnSignal(TrainerCallback):
             control.should_training_stop = True
             logger.warning("signal %d: saving checkpoint-%d and stopping", self.received, state.global_step)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def restore(self):
+        """Back to the previous handlers; called after the final save, so a signal during it
+        cannot cut the finished model off mid-write."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}

@@ -198,3 +198,25 @@ def test_2_0_revision_whose_get_input_embeddings_raises_attribute_error_trains(t
     assert trainer.state.global_step == 2 and all(torch.isfinite(torch.tensor(
         [e["loss"] for e in trainer.state.log_history if "loss" in e] or [0.0])))
     assert trainer.model.get_input_embeddings() is trainer.model.base_model.model.llm.get_input_embeddings()
+
+
+def test_signal_after_the_last_step_still_saves_the_finished_model(tiny_model_dir, sample_data, tmp_path, caplog):
+    """Issue 8.13: a signal after the last step's check skipped the final model and logged a
+    TypeError (`checkpoint-%d` with None)."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    class SignalAtTheEnd(TrainerCallback):  # runs after StopOnSignal's own step-end check
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == state.max_steps:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    caplog.set_level(logging.WARNING)
+    trainer = finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path",
+                              str(sample_data / "train.json"), "--max_steps", "2"] + cpu_flags(tmp_path, 1, 1e-3),
+                             callbacks=[SignalAtTheEnd()])
+    assert trainer.interrupted_by is None and (tmp_path / "model.safetensors").exists()
+    assert f"signal 15 arrived after the last step; the finished model was saved to {tmp_path}" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the save
