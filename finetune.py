@@ -55,8 +55,8 @@ class DataArguments:
         "help": "train without the samples that fail the data check (they are counted in the log); "
                 "default: any failing sample stops the run before training"})
     verify_images: bool = field(default=False, metadata={
-        "help": "decode every image before training (as check_data.py does); default: read headers only, "
-                "and an undecodable image stops training when it is reached"})
+        "help": "decode every image in full before training (as check_data.py does); default: a cheap check "
+                "that each file decodes (JPEG at 1/8 scale, other formats' checksums)"})
     keep_earlier_reasoning: bool = field(default=False, metadata={
         "help": "thinking models (4.5): keep the reasoning of every assistant turn as a trained think block. "
                 "Default: as the chat template, only the last answer carries its reasoning"})

@@ -45,13 +45,15 @@ def test_unreadable_image(tiny, tmp_path):
     assert_error(tiny, tmp_path, bad, f"cannot read image {tmp_path / 'broken.png'}")
 
 
-def test_truncated_image_file_fails_when_loaded(tiny, tmp_path, image_file):
-    whole = open(image_file("full.png", (300, 300)), "rb").read()
-    (tmp_path / "cut.png").write_bytes(whole[:2000])
-    bad = {"id": "t", "image": "cut.png", "conversations": conv(("user", "<image>"), ("assistant", "x"))}
-    ds, _ = build(tiny, tmp_path, [bad])  # the header is readable, the pixels are not
-    with pytest.raises(DataError, match=r"sample 0 \(id 't'\): cannot read image .*cut.png"):
-        ds[0]
+@pytest.mark.parametrize("name", ["cut.png", "cut.jpg"])
+def test_truncated_image_fails_the_default_check(tiny, tmp_path, image_file, name):
+    """Issue 8.7: the header-only check let a truncated file through to the training step."""
+    whole = open(image_file("full" + name[-4:], (300, 300)), "rb").read()
+    (tmp_path / name).write_bytes(whole[: len(whole) // 2])
+    bad = {"id": "t", "image": name, "conversations": conv(("user", "<image>"), ("assistant", "x"))}
+    assert_error(tiny, tmp_path, bad, f"cannot read image {tmp_path / name}")
+    ds, _ = build(tiny, tmp_path, [GOOD, bad], skip_bad_samples=True)
+    assert len(ds) == 1 and [(i, sid) for i, sid, _ in ds.failed] == [(1, "t")]
 
 
 def test_unknown_placeholder(tiny, tmp_path, image_file):
