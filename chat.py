@@ -13,8 +13,8 @@ import argparse
 import sys
 
 import torch
-from PIL import Image
 
+from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
 
 
@@ -72,7 +72,7 @@ def main(argv=None):
     except AdapterBaseError as exc:
         parser.exit(2, f"chat.py: {exc}\n")
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
-    images = [Image.open(path).convert("RGB") for path in args.image]
+    images = [open_rgb(path) for path in args.image]
     questions = iter(sys.stdin.readline, "") if args.interactive else [args.question]
     try:
         converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens,

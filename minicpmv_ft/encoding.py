@@ -15,6 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .chat_tokens import IGNORE_INDEX, ChatEncoder, image_placeholder
+from .images import to_rgb
 from .samples import DataError, Sample, parse_sample
 from .slicing import plan_slices, slice_image, view_to_model_input
 from .versions import ImageSettings, ModelVersion
@@ -154,7 +155,7 @@ def read_image(sample: Sample, path: str, decode: bool):
     try:
         with Image.open(path) as image:
             if decode:
-                return image.convert("RGB")
+                return to_rgb(image)
             size = image.size
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
