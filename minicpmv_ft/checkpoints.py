@@ -53,6 +53,27 @@ def is_complete(checkpoint: str) -> bool:
     return os.path.isfile(os.path.join(checkpoint, COMPLETE_MARKER))
 
 
+def damage(checkpoint: str) -> str | None:
+    """What is wrong with a checkpoint's files (None when nothing): incomplete, or a file that
+    cannot be read back although the completion marker is there (e.g. a disk that filled up)."""
+    if not is_complete(checkpoint):
+        return f"incomplete (no {COMPLETE_MARKER}; the run stopped while writing it)"
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(checkpoint)):
+        path = os.path.join(checkpoint, name)
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(path, "pt") as handle:
+                    handle.keys()
+            elif name.endswith(".json"):
+                with open(path) as handle:
+                    json.load(handle)
+        except Exception as exc:  # any read failure makes the checkpoint unusable; say which file
+            return f"{name} cannot be read ({type(exc).__name__}: {exc})"
+    return None
+
+
 def newest_complete_checkpoint(output_dir: str) -> str | None:
     if not os.path.isdir(output_dir):
         return None
@@ -60,9 +81,10 @@ def newest_complete_checkpoint(output_dir: str) -> str | None:
                     if (m := re.fullmatch(r"checkpoint-(\d+)", name))), reverse=True)
     for _, name in found:
         path = os.path.join(output_dir, name)
-        if is_complete(path):
+        problem = damage(path)
+        if problem is None:
             return path
-        logger.warning("skipping %s: incomplete (no %s; the run stopped while writing it)", path, COMPLETE_MARKER)
+        logger.warning("skipping %s: %s", path, problem)
     return None
 
 
@@ -76,9 +98,11 @@ def resolve_resume(value: str | None, output_dir: str) -> str | None:
             raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* in {output_dir}")
         logger.info("resuming from %s", path)
         return path
-    if not is_complete(value):
-        raise ValueError(f"--resume_from_checkpoint {value}: not a complete checkpoint (no {COMPLETE_MARKER}); "
-                         "it was being written when the run stopped. Use an earlier one or 'last'")
+    problem = "no such folder" if not os.path.isdir(value) else damage(value)
+    if problem:
+        newest = newest_complete_checkpoint(output_dir)
+        instead = f"use {newest} or 'last'" if newest else f"there is no complete checkpoint in {output_dir}"
+        raise ValueError(f"--resume_from_checkpoint {value}: {problem}; {instead}")
     return value
 
 
