@@ -21,9 +21,10 @@ from transformers import HfArgumentParser
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset, data_collator
-from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume
+from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume, wants_resume
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
+from minicpmv_ft.run_record import check_new_run, identity_hash, run_identity, write_run
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
@@ -255,9 +256,12 @@ def finish_distributed(exit_code: int = 0):
 def train(argv=None, callbacks=None):
     """Runs the whole job and returns the Trainer (tests add callbacks)."""
     model_args, data_args, train_args = parse_arguments(argv)
-    resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if train_args.should_log else logging.WARNING)
+    identity = run_identity(model_args, data_args, train_args)
+    check_new_run(train_args.output_dir, identity, wants_resume(train_args.resume_from_checkpoint),
+                  train_args.overwrite_output_dir)
+    resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir, identity_hash(identity))
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, train_args.dataloader_num_workers)
@@ -268,7 +272,7 @@ def train(argv=None, callbacks=None):
     stop_on_signal = StopOnSignal()
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=data_collator, processing_class=tokenizer,
-                              callbacks=[MarkCompleteCheckpoints(), stop_on_signal] + list(callbacks or []),
+                              callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
                               source_model_dir=local_dir(model_args.model_name_or_path))
     try:
         trainer.train(resume_from_checkpoint=resume)
@@ -279,6 +283,8 @@ def train(argv=None, callbacks=None):
             trainer.interrupted_by = stop_on_signal.received
             return trainer
         trainer.save_model(train_args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
+        if train_args.should_save:
+            write_run(train_args.output_dir, identity, finished=True)
     finally:
         stop_on_signal.restore()
     if stop_on_signal.received:  # after the last step: training was complete, and so is the saved model

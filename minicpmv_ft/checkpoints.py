@@ -13,6 +13,8 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from .run_record import identity_hash, write_run
+
 logger = logging.getLogger(__name__)
 
 # Written into checkpoint-N after every rank finished writing it. A checkpoint without it was
@@ -41,12 +43,30 @@ def _barrier():
 
 
 class MarkCompleteCheckpoints(TrainerCallback):
+    """Records the run (run.json) once every process is training, and writes each checkpoint's
+    completion marker with the hash of the run's identity (run_record.py)."""
+
+    def __init__(self, identity: dict | None = None):
+        self.identity = identity
+        self.run_hash = identity_hash(identity) if identity is not None else None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Every rank has checked the output folder by now (the model is wrapped collectively).
+        if args.should_save and self.identity is not None:
+            write_run(args.output_dir, self.identity, finished=False)
+
     def on_save(self, args, state, control, **kwargs):
         _barrier()  # every rank has written its shards and RNG state
         if args.should_save:
             path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             with open(os.path.join(path, COMPLETE_MARKER), "w") as handle:
-                json.dump({"global_step": state.global_step, "time": time.time()}, handle)
+                json.dump({"global_step": state.global_step, "time": time.time(), "run": self.run_hash}, handle)
+
+
+def marker_run(checkpoint: str) -> str | None:
+    """The run hash a checkpoint's marker records (None for markers written before runs had one)."""
+    with open(os.path.join(checkpoint, COMPLETE_MARKER)) as handle:
+        return json.load(handle).get("run")
 
 
 def is_complete(checkpoint: str) -> bool:
@@ -74,7 +94,8 @@ def damage(checkpoint: str) -> str | None:
     return None
 
 
-def newest_complete_checkpoint(output_dir: str) -> str | None:
+def newest_complete_checkpoint(output_dir: str, run_hash: str | None = None) -> str | None:
+    """The newest readable checkpoint of the run `run_hash` (any run when None)."""
     if not os.path.isdir(output_dir):
         return None
     found = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
@@ -82,25 +103,33 @@ def newest_complete_checkpoint(output_dir: str) -> str | None:
     for _, name in found:
         path = os.path.join(output_dir, name)
         problem = damage(path)
+        if problem is None and run_hash is not None and marker_run(path) not in (run_hash, None):
+            problem = "written by another run in this folder"
         if problem is None:
             return path
         logger.warning("skipping %s: %s", path, problem)
     return None
 
 
-def resolve_resume(value: str | None, output_dir: str) -> str | None:
-    """--resume_from_checkpoint: 'last'/'true' -> newest complete checkpoint in output_dir."""
-    if value is None or value.lower() in ("false", "no", ""):
+def wants_resume(value: str | None) -> bool:
+    return value is not None and value.lower() not in ("false", "no", "")
+
+
+def resolve_resume(value: str | None, output_dir: str, run_hash: str | None = None) -> str | None:
+    """--resume_from_checkpoint: 'last'/'true' -> the newest complete checkpoint of this run."""
+    if not wants_resume(value):
         return None
     if value.lower() in ("true", "last"):
-        path = newest_complete_checkpoint(output_dir)
+        path = newest_complete_checkpoint(output_dir, run_hash)
         if path is None:
             raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* in {output_dir}")
         logger.info("resuming from %s", path)
         return path
     problem = "no such folder" if not os.path.isdir(value) else damage(value)
+    if problem is None and run_hash is not None and marker_run(value) not in (run_hash, None):
+        problem = "written by a run with other arguments or data"
     if problem:
-        newest = newest_complete_checkpoint(output_dir)
+        newest = newest_complete_checkpoint(output_dir, run_hash)
         instead = f"use {newest} or 'last'" if newest else f"there is no complete checkpoint in {output_dir}"
         raise ValueError(f"--resume_from_checkpoint {value}: {problem}; {instead}")
     return value

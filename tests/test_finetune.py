@@ -220,3 +220,40 @@ def test_signal_after_the_last_step_still_saves_the_finished_model(tiny_model_di
     assert trainer.interrupted_by is None and (tmp_path / "model.safetensors").exists()
     assert f"signal 15 arrived after the last step; the finished model was saved to {tmp_path}" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the save
+
+
+def test_resume_never_continues_another_run_in_the_same_folder(tiny_model_dir, sample_data, tmp_path, caplog):
+    """Issue 8.1: `last` resumed an older, finished run's newer checkpoint, trained 0 steps and
+    saved the old weights. A new run into a folder holding another is refused; with
+    --overwrite_output_dir it starts over, and `last` then takes only its own checkpoints."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    base = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+            "--save_strategy", "steps", "--save_steps", "1", "--output_dir", str(tmp_path)]
+    flags = ["--use_cpu", "true", "--report_to", "none", "--max_slice_nums", "1", "--disable_tqdm", "true",
+             "--per_device_train_batch_size", "2", "--seed", "0", "--logging_steps", "1"]
+    finetune.train(base + flags + ["--max_steps", "4", "--learning_rate", "1e-3"])
+    assert json.loads((tmp_path / "run.json").read_text())["finished"] is True
+    second = base + flags + ["--max_steps", "3", "--learning_rate", "5e-3"]
+    with pytest.raises(ValueError, match=rf"--output_dir {tmp_path} already holds a finished run; continue it with "
+                                         "--resume_from_checkpoint last, choose another --output_dir, or pass "
+                                         "--overwrite_output_dir"):
+        finetune.train(second)
+
+    class Preempt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = finetune.train(second + ["--overwrite_output_dir", "true"], callbacks=[Preempt()])
+    assert stopped.interrupted_by == 15 and stopped.state.global_step == 2  # seen at the next step end
+    caplog.set_level(logging.WARNING)
+    resumed = finetune.train(second + ["--resume_from_checkpoint", "last"])
+    assert f"skipping {tmp_path / 'checkpoint-4'}: written by another run in this folder" in caplog.text
+    assert resumed.state.global_step == 3
+    assert [e["step"] for e in resumed.state.log_history if "loss" in e] == [1, 2, 3]
+    with pytest.raises(ValueError, match=r"holds a run with other settings: learning_rate 0.005 \(now 0.001\)"):
+        finetune.train(base + flags + ["--max_steps", "3", "--learning_rate", "1e-3", "--resume_from_checkpoint", "last"])

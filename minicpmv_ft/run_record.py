@@ -1,0 +1,88 @@
+"""What a run is, recorded in its output folder, so that a resume never continues another run.
+
+OUTPUT_DIR/run.json holds the run's identity (the arguments that change the trained weights
+and a fingerprint of the training data) and whether it finished; every checkpoint's
+completion marker carries the identity's hash. `--resume_from_checkpoint last` takes only
+checkpoints of the current run, and a new run into a folder that holds another one is refused
+unless --overwrite_output_dir.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+RUN_FILE = "run.json"
+
+# Arguments that change the weights a run produces (logging, saving and evaluation do not).
+RESULT_ARGUMENTS = (
+    "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
+    "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
+    "tune_vision", "tune_llm", "use_lora", "q_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "lora_modules_to_save", "model_name_or_path", "max_slice_nums", "model_max_length", "skip_bad_samples",
+    "keep_earlier_reasoning",
+)
+
+
+def file_fingerprint(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_identity(*argument_sets) -> dict:
+    """The result-changing arguments of the run and its training data's fingerprint."""
+    identity = {}
+    for arguments in argument_sets:
+        for name in RESULT_ARGUMENTS:
+            if hasattr(arguments, name):
+                value = getattr(arguments, name)
+                identity[name] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+        if hasattr(arguments, "data_path"):
+            identity["data"] = file_fingerprint(arguments.data_path) if os.path.isfile(arguments.data_path) else None
+    return identity
+
+
+def identity_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_run(output_dir: str) -> dict | None:
+    path = os.path.join(output_dir, RUN_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def write_run(output_dir: str, identity: dict, finished: bool):
+    os.makedirs(output_dir, exist_ok=True)
+    record = {"identity": identity, "hash": identity_hash(identity), "finished": finished}
+    with open(os.path.join(output_dir, RUN_FILE), "w") as handle:
+        json.dump(record, handle, indent=1)
+
+
+def differences(recorded: dict, identity: dict) -> list[str]:
+    return [f"{key} {recorded.get(key)!r} (now {identity.get(key)!r})" for key in sorted(set(recorded) | set(identity))
+            if recorded.get(key) != identity.get(key)]
+
+
+def check_new_run(output_dir: str, identity: dict, resuming: bool, overwrite: bool):
+    """ValueError when a new run would mix with another one in output_dir, or a resume would
+    continue a run with other arguments or data."""
+    recorded = read_run(output_dir)
+    has_checkpoints = os.path.isdir(output_dir) and any(n.startswith("checkpoint-") for n in os.listdir(output_dir))
+    if resuming:
+        changed = differences(recorded["identity"], identity) if recorded else []
+        if changed and not overwrite:
+            raise ValueError(f"--resume_from_checkpoint: {output_dir} holds a run with other settings: "
+                             f"{'; '.join(changed)}. Resume with the same arguments and data, or start a new run "
+                             "in another --output_dir")
+        return
+    if (recorded or has_checkpoints) and not overwrite:
+        what = "a finished run" if recorded and recorded["finished"] else "an unfinished run" if recorded else "checkpoints"
+        raise ValueError(f"--output_dir {output_dir} already holds {what}; continue it with --resume_from_checkpoint "
+                         "last, choose another --output_dir, or pass --overwrite_output_dir to start over there")
