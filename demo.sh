@@ -25,8 +25,8 @@ OUTPUT_DIR="$WORK/lora" sh finetune_lora.sh "${CPU_FLAGS[@]}" --num_train_epochs
 OUTPUT_DIR="$WORK/full" sh finetune_ds.sh "${CPU_FLAGS[@]}" --num_train_epochs 25 --learning_rate 5e-3
 
 QUESTION="What is in the picture?"
-echo "(Under LoRA the tiny model's random LLM stays frozen, so the adapters learn the answer format"
-echo " more than which shape is which; the full fine-tune memorises the training answers.)"
+echo "(The tiny model is random: every result learns the answer format, but its weak random vision"
+echo " tower lets it mix up some of the six shapes, under LoRA and in the full fine-tune alike.)"
 python merge_lora.py --adapter "$WORK/lora" --out "$WORK/lora_merged"
 for result in lora lora_merged full; do
     echo "== $result, asked about images/red_circle.png: $QUESTION (trained answer: A red circle.)"
