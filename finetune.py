@@ -24,7 +24,7 @@ from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume, wants_resume
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
-from minicpmv_ft.run_record import check_new_run, identity_hash, run_identity, write_run
+from minicpmv_ft.run_record import check_new_run, identity_hash, output_dir_lock, run_identity, write_run
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
@@ -258,6 +258,12 @@ def train(argv=None, callbacks=None):
     model_args, data_args, train_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if train_args.should_log else logging.WARNING)
+    with output_dir_lock(train_args.output_dir):
+        return run_training(model_args, data_args, train_args, callbacks)
+
+
+def run_training(model_args, data_args, train_args, callbacks=None):
+    """The job, while this run holds its output folder."""
     identity = run_identity(model_args, data_args, train_args)
     check_new_run(train_args.output_dir, identity, wants_resume(train_args.resume_from_checkpoint),
                   train_args.overwrite_output_dir)

@@ -4,13 +4,17 @@ OUTPUT_DIR/run.json holds the run's identity (the arguments that change the trai
 and a fingerprint of the training data) and whether it finished; every checkpoint's
 completion marker carries the identity's hash. `--resume_from_checkpoint last` takes only
 checkpoints of the current run, and a new run into a folder that holds another one is refused
-unless --overwrite_output_dir.
+unless --overwrite_output_dir. While a run runs, its first process holds a lock on the folder.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
+from contextlib import contextmanager
 
 RUN_FILE = "run.json"
 
@@ -86,3 +90,41 @@ def check_new_run(output_dir: str, identity: dict, resuming: bool, overwrite: bo
         what = "a finished run" if recorded and recorded["finished"] else "an unfinished run" if recorded else "checkpoints"
         raise ValueError(f"--output_dir {output_dir} already holds {what}; continue it with --resume_from_checkpoint "
                          "last, choose another --output_dir, or pass --overwrite_output_dir to start over there")
+
+
+LOCK_FILE = ".run.lock"
+
+
+@contextmanager
+def output_dir_lock(output_dir: str):
+    """Held by the run's first process while it runs: a second run started into the same folder
+    stops at once, naming the first, instead of both writing and the last one winning."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    created = not os.path.isdir(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, LOCK_FILE)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        if created:
+            os.rmdir(output_dir)
+        raise ValueError(f"--output_dir {output_dir} is in use by a running run ({holder}); wait for it or choose "
+                         "another --output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        if created and os.listdir(output_dir) == [LOCK_FILE]:  # failed before writing anything: leave no folder
+            os.remove(path)
+            os.rmdir(output_dir)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

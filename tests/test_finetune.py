@@ -257,3 +257,18 @@ def test_resume_never_continues_another_run_in_the_same_folder(tiny_model_dir, s
     assert [e["step"] for e in resumed.state.log_history if "loss" in e] == [1, 2, 3]
     with pytest.raises(ValueError, match=r"holds a run with other settings: learning_rate 0.005 \(now 0.001\)"):
         finetune.train(base + flags + ["--max_steps", "3", "--learning_rate", "1e-3", "--resume_from_checkpoint", "last"])
+
+
+def test_second_run_into_a_busy_output_dir_stops_naming_the_first(tiny_model_dir, sample_data, tmp_path):
+    """Issue 8.14: two runs into one folder at once both "succeeded" (the last writer won)."""
+    import os
+
+    from minicpmv_ft.run_record import output_dir_lock
+
+    args = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+            "--max_steps", "1"] + cpu_flags(tmp_path / "out", 1, 1e-3)
+    with output_dir_lock(str(tmp_path / "out")):  # as a run that is still training holds it
+        with pytest.raises(ValueError, match=rf"--output_dir {tmp_path / 'out'} is in use by a running run "
+                                             rf"\(pid {os.getpid()} on .*, started .*\)"):
+            finetune.train(args)
+    assert finetune.train(args).state.global_step == 1  # free again once the first run ended
