@@ -106,7 +106,6 @@ class Encoding:
     labels: list[int]
     queries: list[list[tuple[int, int]]]  # per image: (start, end) token span of each query block
     blocks: list[tuple[int, int]]  # per image: (first, last) token of its whole placeholder
-    text: str  # the rendered conversation
 
 
 class ChatEncoder:
@@ -159,8 +158,7 @@ class ChatEncoder:
     def encode(self, turns: list[Turn]) -> Encoding:
         self.check_text(turns)
         rendered = self.render(turns)
-        text = rendered.text
-        ids, starts = tokenize_with_starts(self.tokenizer, text, self.version.encode_adds_special_tokens)
+        ids, starts = tokenize_with_starts(self.tokenizer, rendered.text, self.version.encode_adds_special_tokens)
         labels = [IGNORE_INDEX] * len(ids)
         for begin, end in rendered.trained:
             for i in range(bisect_left(starts, begin), bisect_left(starts, end)):
@@ -173,7 +171,7 @@ class ChatEncoder:
         for offset, placeholder in rendered.images:
             queries.append([self._query_span(ids, starts, offset + a, offset + b) for a, b in placeholder.queries])
             blocks.append((bisect_left(starts, offset), bisect_left(starts, offset + len(placeholder.text)) - 1))
-        return Encoding(ids, labels, queries, blocks, text)
+        return Encoding(ids, labels, queries, blocks)
 
     def _query_span(self, ids, starts, begin: int, end: int) -> tuple[int, int]:
         first, last = bisect_left(starts, begin), bisect_left(starts, end)

@@ -32,7 +32,6 @@ class EncodedSample:
     all_plans: list  # SlicePlan per image of the sample
     blocks: list[tuple[int, int]]  # (first, last) token of each image's whole placeholder
     length_before_truncation: int
-    text: str  # the rendered conversation
     drop_reason: str | None = None
 
 
@@ -69,7 +68,7 @@ class SampleEncoder:
             raise sample.error(str(exc)) from None
         spans = [span for per_image in encoding.queries for span in per_image]
         encoded = EncodedSample(encoding.input_ids, encoding.labels, spans, plans, plans, encoding.blocks,
-                                len(encoding.input_ids), encoding.text)
+                                len(encoding.input_ids))
         if len(encoded.input_ids) > self.model_max_length:
             self._truncate(encoded)
         return encoded
