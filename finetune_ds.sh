@@ -27,7 +27,10 @@ if [ -n "$EVAL_DATA" ] && [ ! -f "$EVAL_DATA" ]; then
     exit 1
 fi
 
-torchrun --nproc_per_node "$GPUS_PER_NODE" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
+# exec: the script's pid becomes the launcher, so a signal to it reaches the run. The launcher is
+# torchrun that forwards SIGTERM / Ctrl-C to the workers once and waits for their checkpoint
+# (minicpmv_ft/launch.py); the run then exits 128+signal.
+exec python -m minicpmv_ft.launch --nproc_per_node "$GPUS_PER_NODE" --nnodes "$NNODES" --node_rank "$NODE_RANK" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
     finetune.py \
     --model_name_or_path "$MODEL" \

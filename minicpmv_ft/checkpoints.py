@@ -138,18 +138,26 @@ def resolve_resume(value: str | None, output_dir: str, run_hash: str | None = No
 class StopOnSignal(TrainerCallback):
     """SIGTERM/SIGINT (a scheduler's preemption, Ctrl-C) ends training after the current step
     with a complete checkpoint. All ranks agree on the step, so ZeRO saves cannot hang.
-    A second signal falls back to the default behaviour (immediate exit). The handlers stay
-    until restore(), after the final save."""
+    The same request often arrives twice: a scheduler signals every process of the job and
+    the launcher forwards its own copy. A repeat within DUPLICATE_WINDOW_S is that copy and is
+    ignored; a later one falls back to the previous behaviour (immediate exit). The handlers
+    stay until restore(), after the final save."""
+
+    DUPLICATE_WINDOW_S = 10.0
 
     def __init__(self):
         self.received = None
         self.stopped_at = None
+        self._first_at = None
         self._previous = {}
 
     def _handle(self, signum, frame):
-        self.received = signum
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        now = time.monotonic()
+        if self._first_at is None:
+            self.received, self._first_at = signum, now
+        elif now - self._first_at > self.DUPLICATE_WINDOW_S:
+            self.restore()
+            signal.raise_signal(signum)
 
     def on_train_begin(self, args, state, control, **kwargs):
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,9 +1,13 @@
 """finetune_ds.sh / finetune_lora.sh as users run them: `sh` (POSIX), settings from the environment."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
+import psutil
 import pytest
 
 from conftest import ROOT
@@ -37,3 +41,79 @@ def test_lora_launcher_trains_and_saves_adapter(tiny_model_dir, tmp_path):
     assert adapter["r"] == 64 and adapter["peft_type"] == "LORA"
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and any("eval_loss" in entry for entry in state["log_history"])
+
+
+class Launched:
+    """finetune_ds.sh started in a session of its own (as a shell job is), its output collected
+    as it comes."""
+
+    def __init__(self, env, *flags):
+        path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+        full_env = dict(os.environ, PATH=path, DS_CONFIG="", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env)
+        self.proc = subprocess.Popen(["sh", str(ROOT / "finetune_ds.sh"), *flags], env=full_env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, text, timeout=300):
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None, "".join(self.lines)[-3000:]
+            assert time.monotonic() < deadline, f"no {text!r} in:\n" + "".join(self.lines)[-3000:]
+            time.sleep(0.2)
+
+    def workers(self):
+        return psutil.Process(self.proc.pid).children()
+
+    def finish(self):
+        code = self.proc.wait(timeout=300)
+        self.reader.join(timeout=30)
+        return code, "".join(self.lines)
+
+
+def stop_by_shell_pid(run):
+    run.proc.send_signal(signal.SIGTERM)
+
+
+def stop_by_ctrl_c(run):
+    os.killpg(run.proc.pid, signal.SIGINT)  # what a terminal sends to its foreground job
+
+
+def stop_by_scheduler(run):
+    """A scheduler (SLURM's scancel) signals every process of the job, workers included."""
+    workers = run.workers()
+    os.killpg(run.proc.pid, signal.SIGTERM)
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("stop, exit_code", [(stop_by_shell_pid, 143), (stop_by_ctrl_c, 130),
+                                             (stop_by_scheduler, 143)])
+def test_signal_through_launcher_ends_in_a_complete_checkpoint(tiny_model_dir, tmp_path, stop, exit_code):
+    """Two processes under finetune_ds.sh: one signal, wherever it is sent, ends the run after the
+    current step with one complete checkpoint, exit 128+signal, no worker left behind."""
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")],
+                   check=True)
+    out = tmp_path / "out"
+    run = Launched({"MODEL": str(tiny_model_dir("2.6")), "DATA": str(tmp_path / "data" / "train.json"),
+                    "OUTPUT_DIR": str(out), "GPUS_PER_NODE": "2", "MASTER_PORT": "29531"},
+                   "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
+                   "--max_steps", "100000", "--save_steps", "100000", "--disable_tqdm", "true")
+    run.wait_for("'loss'")
+    workers = run.workers()
+    assert len(workers) == 2
+    stop(run)
+    code, output = run.finish()
+    assert code == exit_code, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert f"stopped by {signal.Signals(exit_code - 128).name}" in output
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "checkpoint_complete.json").is_file(), output[-3000:]
+    assert (checkpoints[0] / "model.safetensors").is_file()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    signum = exit_code - 128
+    assert output.count(f"interrupted by signal {signum}: {checkpoints[0].name} is the last complete") == 2
+    assert f"failed (exitcode: {exit_code}) local_rank: 0" in output  # saved, then exited 128+signal

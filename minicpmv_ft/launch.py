@@ -1,0 +1,92 @@
+"""torchrun for finetune_ds.sh / finetune_lora.sh, with signals that end in a checkpoint.
+
+    python -m minicpmv_ft.launch <torchrun flags> finetune.py <finetune.py flags>
+
+The launchers `exec` this, so SIGTERM to the script's pid, a scheduler's signal to the process
+group and Ctrl-C all land here, in torchrun's agent process. Workers run in sessions of their
+own (torchrun starts them so), so the terminal does not signal them. Left to itself torchrun
+forwards the signal, SIGKILLs the workers 30 s later (mid-save for a large model) and exits 1
+with a SignalException traceback. Instead, torchrun handles only SIGQUIT
+(`--signals_to_handle`, a documented torchrun flag) and this process:
+- forwards the first SIGTERM/SIGINT/SIGHUP once to each worker, which finishes its step, writes
+  a complete checkpoint with the others and exits 128+signal (StopOnSignal in checkpoints.py);
+- kills the workers at a second signal, so nothing is left training without its launcher;
+- exits 128+signal (130 for Ctrl-C, 143 for SIGTERM) with one line, not torchrun's traceback.
+"""
+import signal
+import sys
+
+import psutil
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main as torchrun
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def say(message):
+    print(f"launch: {message}", file=sys.stderr, flush=True)
+
+
+class Forwarder:
+    """Signal handler of the agent process: first signal to the workers, second kills them."""
+
+    def __init__(self):
+        self.received = None
+        self.killed = 0
+
+    def install(self):
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        workers = psutil.Process().children()  # the agent's children are the worker processes
+        if self.received is None:
+            self.received = signal.Signals(signum)
+            if not workers:  # still in rendezvous: nothing started that could save
+                raise SystemExit(128 + signum)
+            say(f"{self.received.name}: each worker finishes its step and saves a checkpoint; "
+                f"a second signal kills them")
+            for worker in workers:
+                send(worker, signum)
+            return
+        everything = workers + [child for worker in workers for child in children_of(worker)]
+        for process in everything:
+            send(process, signal.SIGKILL)
+        self.killed = len(workers)
+
+
+def children_of(process):
+    try:
+        return process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def send(process, sig):
+    try:
+        process.send_signal(sig)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    forwarder = Forwarder()
+    forwarder.install()
+    try:
+        torchrun(["--signals_to_handle", "SIGQUIT", *argv])
+    except ChildFailedError:
+        if forwarder.received is None:
+            raise  # a real failure: torchrun's report names the rank and its error
+    else:
+        return 0  # finished, a signal during the last step included (the workers saved the final model)
+    if forwarder.killed:
+        say(f"{forwarder.killed} workers killed before they finished; the newest complete checkpoint "
+            f"stays usable (--resume_from_checkpoint last)")
+    else:
+        say(f"stopped by {forwarder.received.name}; continue with --resume_from_checkpoint last")
+    return 128 + int(forwarder.received)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
