@@ -22,6 +22,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume, wants_resume
+from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
 from minicpmv_ft.run_record import check_new_run, identity_hash, output_dir_lock, run_identity, write_run
@@ -268,6 +269,8 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     check_new_run(train_args.output_dir, identity, wants_resume(train_args.resume_from_checkpoint),
                   train_args.overwrite_output_dir)
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir, identity_hash(identity))
+    if resume and train_args.deepspeed:
+        check_deepspeed_checkpoint(resume)  # DeepSpeed itself unpickles with weights_only=False
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, train_args.dataloader_num_workers)

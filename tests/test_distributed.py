@@ -2,6 +2,7 @@
 accumulation and processes; DeepSpeed ZeRO-2/3 under torchrun; kill and resume."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from transformers import AutoModel
 from conftest import ROOT, VERSIONS
 from minicpmv_ft.checkpoints import resolve_resume
 from minicpmv_ft.versions import VERSIONS as REGISTRY
+from test_deepspeed_resume import RunsCode
 
 pytestmark = pytest.mark.slow  # several processes each; `bash run_tests.sh -m "not slow"` skips them
 PROBE = str(ROOT / "tests" / "finetune_probe.py")
@@ -138,6 +140,16 @@ def test_sigterm_saves_a_complete_checkpoint_and_partial_ones_are_never_resumed(
     (partial / "model.safetensors").write_bytes(b"half")
     with pytest.raises(ValueError, match=r"checkpoint-6: incomplete \(no checkpoint_complete.json.*use .*checkpoint-3 or .last."):
         resolve_resume(str(partial), str(tmp_path))
+    if extra:  # under DeepSpeed: a crafted newer checkpoint is refused before DeepSpeed unpickles it
+        crafted = tmp_path / "checkpoint-5"
+        shutil.copytree(tmp_path / "checkpoint-3", crafted)
+        state = crafted / "global_step3" / "mp_rank_00_model_states.pt"
+        torch.save(dict(torch.load(state, weights_only=True), hook=RunsCode(tmp_path / "ran")), state)
+        refused = run(common(model, four_samples, tmp_path) + flags + ["--resume_from_checkpoint", "last"],
+                      nproc=nproc, check=False)
+        assert refused.returncode != 0 and "refusing to resume" in refused.stderr, refused.stderr[-3000:]
+        assert not (tmp_path / "ran").exists()
+        shutil.rmtree(crafted)
     resumed = run(common(model, four_samples, tmp_path) + flags + ["--resume_from_checkpoint", "last"], nproc=nproc)
     assert "skipping" in resumed.stderr and "checkpoint-6: incomplete" in resumed.stderr
     state = json.loads((tmp_path / "trainer_state.json").read_text())
