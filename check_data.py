@@ -6,7 +6,7 @@
 Every image is decoded and sliced, every conversation tokenized. Prints each problem (file,
 sample index, id, reason), the OK / truncated / dropped / failed counts, token lengths split
 into text and image tokens, the model_max_length that keeps all (or 99%) of the samples
-intact, and slices per image. Only the tokenizer and config are loaded, no weights.
+intact, slices per image, and animated images (only their first frame is trained on). Only the tokenizer and config are loaded, no weights.
 Exit code 0 only when no sample failed (dropped samples are reported, not failures).
 """
 from __future__ import annotations
@@ -65,6 +65,8 @@ def summarise(source: str, encoder: SampleEncoder, reports) -> dict:
                    "truncated": status["truncated"], "dropped": status["dropped"], "failed": status["failed"]},
         "problems": [{"index": r.index, "id": r.sample_id, "status": r.status, "reason": r.reason}
                      for r in reports if r.status in ("failed", "dropped")],
+        "animated_images": [{"index": r.index, "id": r.sample_id, "image": image}
+                            for r in measured for image in r.animated],
         "tokens": {name: {"p50": percentile(v, 0.5), "p90": percentile(v, 0.9), "p99": percentile(v, 0.99),
                           "max": v[-1] if v else 0} for name, v in columns.items()},
         "histogram": histogram(total),
@@ -101,6 +103,9 @@ def format_report(report: dict) -> str:
     lines.append(f"  views per image (1 + slices) -> images: {views}")
     for p in report["problems"]:
         lines.append(f"  {p['status'].upper()} {report['file']}, sample {p['index']} (id {p['id']!r}): {p['reason']}")
+    for a in report["animated_images"]:
+        lines.append(f"  ANIMATED {report['file']}, sample {a['index']} (id {a['id']!r}): {a['image']}; "
+                     f"only the first frame is trained on")
     return "\n".join(lines)
 
 

@@ -77,6 +77,11 @@ class SupervisedDataset(Dataset):
         for kind, entries in (("dropped", self.dropped), ("skipped failing", self.failed)):
             for index, sample_id, reason in entries[:20]:
                 logger.warning("%s: %s sample %d (id %r): %s", self.source, kind, index, sample_id, reason)
+        animated = [r for r in self.reports if r.animated]
+        if animated:
+            logger.warning("%s: %d samples have animated images; only their first frame is trained on "
+                           "(e.g. sample %d: %s; check_data.py lists all)", self.source, len(animated),
+                           animated[0].index, animated[0].animated[0])
 
     def __len__(self):
         return len(self.samples)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .chat_tokens import IGNORE_INDEX, ChatEncoder, image_placeholder
-from .images import to_rgb
+from .images import frame_count, to_rgb
 from .samples import DataError, Sample, parse_sample
 from .slicing import plan_slices, slice_image, view_to_model_input
 from .versions import ImageSettings, ModelVersion
@@ -46,6 +46,7 @@ class SampleReport:
     tokens: int = 0  # before truncation
     image_tokens: int = 0  # placeholder tokens of all images (query blocks and their markers)
     views_per_image: list[int] = field(default_factory=list)  # 1 + slices, per image
+    animated: list[str] = field(default_factory=list)  # "path (N frames)": only the first frame is trained on
 
 
 class SampleEncoder:
@@ -135,7 +136,9 @@ class SampleEncoder:
             return SampleReport(index, sample_id, "failed", error.reason), None
         report = SampleReport(index, sample_id, "ok", tokens=encoded.length_before_truncation,
                               image_tokens=sum(last - first + 1 for first, last in encoded.blocks),
-                              views_per_image=[1 + plan.num_slices for plan in encoded.all_plans])
+                              views_per_image=[1 + plan.num_slices for plan in encoded.all_plans],
+                              animated=[f"{path} ({n} frames)" for path in sample.image_paths
+                                        if (n := frame_count(path)) > 1])
         if encoded.drop_reason:
             report.status, report.reason = "dropped", encoded.drop_reason
             return report, None

@@ -1,8 +1,12 @@
 """Images in any PIL mode reach the model as the RGB picture a person sees (issue 8.4)."""
+import json
+import logging
+
 import numpy as np
 import torch
 from PIL import Image
 
+import check_data
 from dataset import SupervisedDataset
 from minicpmv_ft.images import BACKGROUND, open_rgb
 
@@ -49,3 +53,26 @@ def test_training_pixels_of_a_16_bit_image_equal_its_8_bit_copy(tiny, tmp_path):
     sixteen, eight = ds[0]["pixel_values"], ds[1]["pixel_values"]
     assert len(sixteen) == len(eight) and all(torch.equal(a, b) for a, b in zip(sixteen, eight))
     assert float(sixteen[0].mean()) < 0.5  # not a white image (white is 1.0 after normalisation)
+
+
+def test_animated_images_are_reported_and_train_on_their_first_frame(tiny, tiny_model_dir, tmp_path, capsys, caplog):
+    frames = [Image.new("RGB", (64, 48), color) for color in ((200, 0, 0), (0, 0, 200), (0, 200, 0))]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "still.png")
+    conv = [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "Red."}]
+    records = [{"id": "anim", "image": "moving.gif", "conversations": conv},
+               {"id": "still", "image": "still.png", "conversations": conv}]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    tok, model = tiny("2.6")
+    with caplog.at_level(logging.WARNING):
+        ds = SupervisedDataset(str(tmp_path / "data.json"), tok, model.config)
+    assert f"1 samples have animated images; only their first frame is trained on (e.g. sample 0: " \
+           f"{tmp_path / 'moving.gif'} (3 frames)" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(ds[0]["pixel_values"], ds[1]["pixel_values"]))
+    code = check_data.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path",
+                            str(tmp_path / "data.json"), "--num_workers", "1", "--json", str(tmp_path / "r.json")])
+    assert code == 0  # a note, not a failure
+    assert f"ANIMATED {tmp_path / 'data.json'}, sample 0 (id 'anim'): {tmp_path / 'moving.gif'} (3 frames); " \
+           f"only the first frame is trained on" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())["files"][0]
+    assert report["animated_images"] == [{"index": 0, "id": "anim", "image": f"{tmp_path / 'moving.gif'} (3 frames)"}]
