@@ -21,7 +21,8 @@ from transformers import HfArgumentParser
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset, data_collator
-from minicpmv_ft.checkpoints import MarkCompleteCheckpoints, StopOnSignal, resolve_resume, wants_resume
+from minicpmv_ft.checkpoints import (MarkCompleteCheckpoints, StopOnSignal, explain_write_failures, resolve_resume,
+                                     wants_resume)
 from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
@@ -263,6 +264,20 @@ def train(argv=None, callbacks=None):
         return run_training(model_args, data_args, train_args, callbacks)
 
 
+def train_and_save(trainer, resume, identity, stop_on_signal) -> bool:
+    """Trains and saves the final model; False when a signal stopped training at a checkpoint."""
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()
+    if stop_on_signal.stopped_at is not None:
+        logger.warning("interrupted by signal %d: checkpoint-%d is the last complete checkpoint; continue with "
+                       "--resume_from_checkpoint last", stop_on_signal.received, stop_on_signal.stopped_at)
+        return False
+    trainer.save_model(trainer.args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
+    if trainer.args.should_save:
+        write_run(trainer.args.output_dir, identity, finished=True)
+    return True
+
+
 def run_training(model_args, data_args, train_args, callbacks=None):
     """The job, while this run holds its output folder."""
     identity = run_identity(model_args, data_args, train_args)
@@ -284,22 +299,14 @@ def run_training(model_args, data_args, train_args, callbacks=None):
                               callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
                               source_model_dir=local_dir(model_args.model_name_or_path))
     try:
-        trainer.train(resume_from_checkpoint=resume)
-        trainer.save_state()
-        if stop_on_signal.stopped_at is not None:
-            logger.warning("interrupted by signal %d: checkpoint-%d is the last complete checkpoint; continue with "
-                           "--resume_from_checkpoint last", stop_on_signal.received, stop_on_signal.stopped_at)
-            trainer.interrupted_by = stop_on_signal.received
-            return trainer
-        trainer.save_model(train_args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
-        if train_args.should_save:
-            write_run(train_args.output_dir, identity, finished=True)
+        with explain_write_failures(train_args.output_dir, identity_hash(identity)):  # a full disk says so
+            interrupted = not train_and_save(trainer, resume, identity, stop_on_signal)
     finally:
         stop_on_signal.restore()
-    if stop_on_signal.received:  # after the last step: training was complete, and so is the saved model
+    if stop_on_signal.received and not interrupted:  # after the last step: the finished model was saved
         logger.warning("signal %d arrived after the last step; the finished model was saved to %s",
                        stop_on_signal.received, train_args.output_dir)
-    trainer.interrupted_by = None
+    trainer.interrupted_by = stop_on_signal.received if interrupted else None
     return trainer
 
 

@@ -2,6 +2,8 @@
 files a saved model folder needs to load on its own."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -133,6 +135,46 @@ def resolve_resume(value: str | None, output_dir: str, run_hash: str | None = No
         instead = f"use {newest} or 'last'" if newest else f"there is no complete checkpoint in {output_dir}"
         raise ValueError(f"--resume_from_checkpoint {value}: {problem}; {instead}")
     return value
+
+
+# How a write that ran out of space surfaces: OSError/SafetensorError texts, and torch.save's
+# zip writer, which only says its write failed or its position is off.
+WRITE_FAILURES = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122",
+                  "file write failed", "unexpected pos")
+
+
+def is_write_failure(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in WRITE_FAILURES):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class CheckpointWriteError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def explain_write_failures(output_dir: str, run_hash: str | None):
+    """A save that fails for lack of space says so and names the checkpoint that is still good
+    (checkpoints are rotated only after a save succeeds, so the previous one is intact)."""
+    try:
+        yield
+    except Exception as error:
+        if not is_write_failure(error):
+            raise
+        free_gib = shutil.disk_usage(output_dir).free / 2**30
+        newest = newest_complete_checkpoint(output_dir, run_hash)
+        keep = (f"{newest} is the newest complete checkpoint and is intact: free space, then continue with "
+                f"--resume_from_checkpoint last" if newest else "no checkpoint of this run was complete yet")
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointWriteError(
+            f"saving in {output_dir} failed: no space left on device? ({reason}; {free_gib:.1f} GiB free there "
+            f"now). {keep}. The checkpoint being written has no {COMPLETE_MARKER} and is never resumed; delete "
+            f"it to get its space back.") from error
 
 
 class StopOnSignal(TrainerCallback):

@@ -222,6 +222,29 @@ def test_signal_after_the_last_step_still_saves_the_finished_model(tiny_model_di
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the save
 
 
+def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):
+    """Issue 8.11: a save that runs out of space gave torch's bare zip-writer error. The write
+    really fails here: checkpoint-4's optimizer.pt is a link to /dev/full (ENOSPC on every write)."""
+    from transformers import TrainerCallback
+
+    from minicpmv_ft.checkpoints import COMPLETE_MARKER, CheckpointWriteError
+
+    class FillTheDisk(TrainerCallback):  # step ends run before that step's save
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                (tmp_path / "checkpoint-4").mkdir()
+                (tmp_path / "checkpoint-4" / "optimizer.pt").symlink_to("/dev/full")
+
+    args = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+            "--max_steps", "6"] + cpu_flags(tmp_path, 1, 1e-3) + ["--save_strategy", "steps", "--save_steps", "2"]
+    with pytest.raises(CheckpointWriteError, match=rf"saving in {tmp_path} failed: no space left on device\? "
+                                                   rf"\(.*GiB free there now\)\. {tmp_path / 'checkpoint-2'} is the "
+                                                   rf"newest complete checkpoint and is intact"):
+        finetune.train(args, callbacks=[FillTheDisk()])
+    assert (tmp_path / "checkpoint-2" / COMPLETE_MARKER).exists()
+    assert not (tmp_path / "checkpoint-4" / COMPLETE_MARKER).exists()
+
+
 def test_resume_never_continues_another_run_in_the_same_folder(tiny_model_dir, sample_data, tmp_path, caplog):
     """Issue 8.1: `last` resumed an older, finished run's newer checkpoint, trained 0 steps and
     saved the old weights. A new run into a folder holding another is refused; with
