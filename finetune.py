@@ -206,7 +206,8 @@ def load_model(model_args, train_args, version, dtype):
 def configure_trainable(model, version, train_args):
     """Freezes what is not trained, or wraps the model with LoRA adapters."""
     llm, vision = getattr(model, version.llm_module), getattr(model, version.vision_module)
-    model.requires_grad_(True)
+    for param in model.parameters():  # QLoRA's 4-bit weights are integer tensors and cannot require grad
+        param.requires_grad_(param.is_floating_point())
     if not train_args.tune_vision:
         vision.requires_grad_(False)
     if not train_args.use_lora:
@@ -217,7 +218,10 @@ def configure_trainable(model, version, train_args):
 
     llm.requires_grad_(False)
     if train_args.q_lora:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_args.gradient_checkpointing)
+        # Non-reentrant checkpointing (our default) needs no input-grad hook; peft's hook makes the
+        # embedding output a leaf, which the checkpoints' forward then writes image features into.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_args.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=train_args.gradient_checkpointing_kwargs)
     modules_to_save = [version.resampler_module] + ([version.vision_module] if train_args.tune_vision else []) \
         + list(train_args.lora_modules_to_save)
     config = LoraConfig(r=train_args.lora_r, lora_alpha=train_args.lora_alpha, lora_dropout=train_args.lora_dropout,

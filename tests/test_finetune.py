@@ -88,6 +88,32 @@ def test_lora_trains_adapters_resampler_and_vision_only(tiny_model_dir, sample_d
     assert lora_layers == {"q_proj", "k_proj", "v_proj", "o_proj"}
 
 
+def test_qlora_preparation_keeps_the_embedding_output_writable(tiny, tiny_model_dir, sample_data, tmp_path):
+    """Found on an H100: with QLoRA, peft's prepare_model_for_kbit_training made the embedding
+    output a leaf that requires grad (for reentrant checkpointing), and the checkpoint's own
+    forward writes image features into it in place: 'a view of a leaf Variable ... in-place';
+    before that, making every parameter trainable failed on the 4-bit integer weights. Here the tiny model only claims to be 4-bit (bitsandbytes needs CUDA); peft takes that path."""
+    from types import SimpleNamespace
+
+    tok, _ = tiny("2.5")
+    model = AutoModel.from_pretrained(tiny_model_dir("2.5"), trust_remote_code=True)
+    model.is_loaded_in_4bit = True
+    # and, as bitsandbytes' packed weights are, an integer parameter (requires_grad_(True) on it raises)
+    model.llm.register_parameter("packed_4bit", torch.nn.Parameter(torch.zeros(4, dtype=torch.uint8),
+                                                                   requires_grad=False))
+    args = finetune.parse_arguments(["--model_name_or_path", str(tiny_model_dir("2.5")), "--data_path", "x.json",
+                                     "--use_lora", "true", "--lora_r", "4", "--gradient_checkpointing", "true"]
+                                    + cpu_flags(tmp_path, 1, 1e-3))[2]
+    qlora_args = SimpleNamespace(**{**vars(args), "q_lora": True, "trains_llm": args.trains_llm})
+    model = finetune.configure_trainable(model, REGISTRY["2.5"], qlora_args).train()
+    batch = data_collator([SupervisedDataset(str(sample_data / "train.json"), tok, model.config)[0]])
+    labels = batch.pop("labels")
+    logits = model(data=batch, attention_mask=batch["attention_mask"], use_cache=False).logits
+    torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:]).backward()
+    lora_grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and "layers.0." in n]
+    assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--use_lora", "true", "--tune_llm", "true"], "--use_lora true with --tune_llm true"),
     (["--use_lora", "true", "--q_lora", "true"], "--q_lora true needs a CUDA GPU"),
