@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records
+from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.samples import DataError, load_records
 from minicpmv_ft.versions import detect_version, image_settings
 
@@ -34,6 +35,9 @@ def parse_args(argv=None):
     parser.add_argument("--model_name_or_path", required=True, help="checkpoint whose tokenizer/config to use")
     parser.add_argument("--data_path", required=True, help="training data (JSON or JSON Lines)")
     parser.add_argument("--eval_data_path", default=None, help="evaluation data, checked the same way")
+    parser.add_argument("--data_format", default="auto", choices=FORMATS,
+                        help="as in training: auto (each sample by its keys), native, sharegpt or messages")
+    parser.add_argument("--image_folder", default=None, help="as in training: where relative image paths start")
     parser.add_argument("--llm_type", default=None, help="version or alias (2.6, qwen, ...); default: from the checkpoint")
     parser.add_argument("--max_slice_nums", type=int, default=None, help="default: the checkpoint's")
     parser.add_argument("--model_max_length", type=int, default=2048, help="as in training (default 2048)")
@@ -142,9 +146,9 @@ def _shorten_unks(text: str, unk: str) -> str:
     return re.sub(f"(?:{re.escape(unk)}){{2,}}", lambda m: f"{unk}x{len(m.group(0)) // len(unk)}", text)
 
 
-def check_file(path, encoder: SampleEncoder, num_workers: int):
+def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None, data_format="auto"):
     """[(SampleReport, Sample or None)] for every record of the file, and the summary."""
-    records, source, folder = load_records(path)
+    records, source, folder = load_records(path, image_folder, data_format)
     results = check_records(encoder, records, source, folder, verify_images=True, num_workers=num_workers,
                             progress=True)
     return results, summarise(source, encoder, [report for report, _ in results])
@@ -161,7 +165,7 @@ def main(argv=None) -> int:
     reports, failed, unusable = [], 0, []
     for path in filter(None, (args.data_path, args.eval_data_path)):
         try:
-            results, report = check_file(path, encoder, args.num_workers)
+            results, report = check_file(path, encoder, args.num_workers, args.image_folder, args.data_format)
         except DataError as error:  # the file itself: missing, not UTF-8, not JSON, empty
             print(f"FAILED {error}")
             unusable.append(path)
@@ -182,8 +186,12 @@ def main(argv=None) -> int:
         print(f"FAILED: {failed} sample(s) cannot be trained on as written")
     if unusable:
         print(f"FAILED: nothing to train on in {', '.join(unusable)}")
-    if not failed and not unusable:
-        print("OK: no sample failed")
+    dropped = Counter(p["reason"] for report in reports for p in report["problems"] if p["status"] == "dropped")
+    if dropped:
+        print(f"WARNING: {sum(dropped.values())} sample(s) dropped, training leaves them out: "
+              + "; ".join(f"{n} {reason}" for reason, n in dropped.most_common()))
+    if not failed and not unusable and not dropped:
+        print("OK: every sample trains as written")
     return 1 if failed or unusable else 0
 
 

@@ -40,11 +40,11 @@ class SupervisedDataset(Dataset):
 
     def __init__(self, data, tokenizer, config, llm_type=None, max_slice_nums=None, model_max_length=2048,
                  base_dir=None, skip_bad_samples=False, verify_images=False, num_workers=1, progress=False,
-                 version=None, keep_earlier_reasoning=False):
+                 version=None, keep_earlier_reasoning=False, data_format="auto"):
         self.version = version or detect_version(config, tokenizer, llm_type)
         self.settings = image_settings(config, self.version, max_slice_nums)
         self.encoder = SampleEncoder(tokenizer, self.version, self.settings, model_max_length, keep_earlier_reasoning)
-        records, self.source, folder = load_records(data, base_dir)
+        records, self.source, folder = load_records(data, base_dir, data_format)
         results = check_records(self.encoder, records, self.source, folder, verify_images, num_workers, progress)
         self.reports = [report for report, _ in results]
         self.samples = [sample for _, sample in results if sample is not None]

@@ -23,6 +23,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.checkpoints import (MarkCompleteCheckpoints, StopOnSignal, explain_write_failures, resolve_resume,
                                      wants_resume)
+from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
@@ -49,6 +50,11 @@ class ModelArguments:
 class DataArguments:
     data_path: str = field(metadata={"help": "training data: JSON list or JSON Lines file (see README)"})
     eval_data_path: typing.Optional[str] = field(default=None, metadata={"help": "evaluation data, same format"})
+    data_format: str = field(default="auto", metadata={
+        "help": "auto (each sample by its keys), native, sharegpt (ShareGPT/LLaVA from/value) or messages "
+                "(OpenAI style with images); see README, Data format"})
+    image_folder: typing.Optional[str] = field(default=None, metadata={
+        "help": "folder that relative image paths start from; default: the data file's folder"})
     max_slice_nums: typing.Optional[int] = field(default=None, metadata={
         "help": "most slices per image (>= 1); default: the checkpoint's (9). Lower saves memory"})
     model_max_length: int = field(default=2048, metadata={
@@ -65,6 +71,10 @@ class DataArguments:
                 "Default: as the chat template, only the last answer carries its reasoning"})
 
     def __post_init__(self):
+        if self.data_format not in FORMATS:
+            raise ValueError(f"--data_format {self.data_format!r}: choose one of {', '.join(FORMATS)}")
+        if self.image_folder is not None and not os.path.isdir(self.image_folder):
+            raise ValueError(f"--image_folder {self.image_folder}: no such folder")
         if self.max_slice_nums is not None and self.max_slice_nums < 1:
             raise ValueError(f"--max_slice_nums must be >= 1, got {self.max_slice_nums}")
 
@@ -180,7 +190,8 @@ def load_datasets(version, data_args, tokenizer, config, num_workers=1):
     common = {"version": version, "max_slice_nums": data_args.max_slice_nums,
               "model_max_length": data_args.model_max_length, "skip_bad_samples": data_args.skip_bad_samples,
               "verify_images": data_args.verify_images, "num_workers": max(1, num_workers),
-              "keep_earlier_reasoning": data_args.keep_earlier_reasoning}
+              "keep_earlier_reasoning": data_args.keep_earlier_reasoning, "data_format": data_args.data_format,
+              "base_dir": data_args.image_folder}
     train_set = SupervisedDataset(data_args.data_path, tokenizer, config, **common)
     eval_set = SupervisedDataset(data_args.eval_data_path, tokenizer, config, **common) if data_args.eval_data_path else None
     return train_set, eval_set

@@ -133,7 +133,7 @@ class SampleEncoder:
             sample = parse_sample(record, index, source, folder, self.version.chat.system_allowed)
             encoded = self.with_pixels(sample)[0] if verify_images else self.encode_from_headers(sample)
         except DataError as error:
-            return SampleReport(index, sample_id, "failed", error.reason), None
+            return SampleReport(index, error.sample_id, "failed", error.reason), None
         report = SampleReport(index, sample_id, "ok", tokens=encoded.length_before_truncation,
                               image_tokens=sum(last - first + 1 for first, last in encoded.blocks),
                               views_per_image=[1 + plan.num_slices for plan in encoded.all_plans],

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from .chat_formats import Turn
+from .data_formats import FORMATS, Unconvertible, to_native
 
 SINGLE_IMAGE_MARKER = "<image>"
 MULTI_IMAGE_MARKER = re.compile(r"<image_\d+>")
@@ -63,11 +64,19 @@ class Sample:
         return turns
 
 
-def load_records(data, base_dir: str | None = None) -> tuple[list[dict], str, str]:
-    """(records, source name for messages, folder that relative image paths start from).
+def load_records(data, base_dir: str | None = None, data_format: str = "auto") -> tuple[list, str, str]:
+    """(records in our format, source name for messages, folder that relative image paths start from).
 
     A JSON list or JSON Lines, told apart by the first non-blank character; UTF-8, with or
-    without a byte-order mark."""
+    without a byte-order mark. Records in another format (data_formats.py) are converted; one
+    that cannot be becomes an Unconvertible, reported with its index when it is checked."""
+    if data_format not in FORMATS:
+        raise ValueError(f"--data_format {data_format!r}: choose one of {', '.join(FORMATS)}")
+    records, source, folder = _read_records(data, base_dir)
+    return [to_native(record, data_format) for record in records], source, folder
+
+
+def _read_records(data, base_dir):
     if isinstance(data, (list, tuple)):
         return list(data), "<in-memory data>", base_dir or os.getcwd()
     path = os.fspath(data)
@@ -125,7 +134,8 @@ def _turns(record: dict, index: int, source: str, sample_id, system_allowed: boo
 
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
-        raise fail('"conversations" must be a non-empty list of {"role", "content"} turns')
+        raise fail('no "conversations" list of {"role", "content"} turns; ShareGPT/LLaVA ("from"/"value") and '
+                   '"messages" samples are read too (README, Data format); convert others with tools/convert_data.py')
     turns = []
     for t, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
@@ -161,6 +171,8 @@ def _turns(record: dict, index: int, source: str, sample_id, system_allowed: boo
 
 
 def parse_sample(record, index: int, source: str, folder: str, system_allowed: bool) -> Sample:
+    if isinstance(record, Unconvertible):
+        raise DataError(source, index, index if record.id is None else record.id, record.reason)
     if not isinstance(record, dict):
         raise DataError(source, index, None, f"sample must be a JSON object, got {type(record).__name__}")
     sample_id = record.get("id", index)

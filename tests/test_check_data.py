@@ -76,6 +76,9 @@ def test_reports_every_problem_and_the_lengths(tiny_model_dir, tiny, tmp_path, c
     out = capsys.readouterr().out
     assert f"FAILED {data}, sample 2 (id 'missing'): image not found" in out
     assert "FAILED: 6 sample(s) cannot be trained on as written" in out
+    assert ("WARNING: 2 sample(s) dropped, training leaves them out: 1 no trained token within model_max_length "
+            "200; 1 model_max_length 200 cuts an image span") in out
+    assert "OK:" not in out
 
 
 def test_clean_data_exits_zero_and_shows_trained_spans(tiny_model_dir, tmp_path, capsys):
@@ -86,11 +89,24 @@ def test_clean_data_exits_zero_and_shows_trained_spans(tiny_model_dir, tmp_path,
     code = check_data.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "d.json"),
                             "--show", "2", "--num_workers", "1"])
     out = capsys.readouterr().out
-    assert code == 0 and "OK: no sample failed" in out
+    assert code == 0 and "OK: every sample trains as written" in out
     assert ("<|im_start|>user\n<image_id>0</image_id><image><unk>x64</image>\nWhat?<|im_end|>\n"
             "<|im_start|>assistant\n[[Noise.<|im_end|>]]\n") in out
     assert "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n" \
            "[[Hey.<|im_end|>]]\n" in out
+
+
+def test_dropped_samples_are_a_warning_not_ok(tiny_model_dir, tmp_path, capsys):
+    samples = [{"id": "a", "conversations": conv(("user", "Hi"), ("assistant", "Hey."))},
+               {"id": "long", "conversations": conv(("user", "word " * 300), ("assistant", "y"))}]
+    (tmp_path / "d.json").write_text(json.dumps(samples))
+    code = check_data.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "d.json"),
+                            "--model_max_length", "100", "--num_workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 0  # dropping is reported, the rest trains
+    assert "WARNING: 1 sample(s) dropped, training leaves them out: 1 no trained token within model_max_length 100" \
+        in out
+    assert "OK:" not in out
 
 
 def test_minicpm_shows_the_end_of_answer_trained_at_the_next_turn(tiny_model_dir, tmp_path, capsys):

@@ -82,7 +82,7 @@ def test_marker_without_image(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("turns,reason", [
-    ([], '"conversations" must be a non-empty list'),
+    ([], 'no "conversations" list of {"role", "content"} turns; ShareGPT/LLaVA'),
     ([("assistant", "x"), ("user", "y")], "turn 0 is 'assistant' but 'user' was expected"),
     ([("user", "x"), ("user", "y"), ("assistant", "z")], "turn 1 is 'user' but 'assistant' was expected"),
     ([("user", "x")], "no assistant turn: nothing to train on"),

@@ -1,0 +1,116 @@
+"""ShareGPT/LLaVA and "messages" samples train exactly as the same sample written in ours."""
+import json
+
+import pytest
+import torch
+
+import check_data
+from conftest import make_image
+from dataset import SupervisedDataset
+from minicpmv_ft.samples import DataError
+
+
+def native(*turns, image=None):
+    record = {"conversations": [{"role": r, "content": c} for r, c in turns]}
+    if image is not None:
+        record["image"] = image
+    return record
+
+
+def sharegpt(*turns, **images):
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    return {"conversations": [{"from": names[r], "value": c} for r, c in turns], **images}
+
+
+def messages(*turns, **images):
+    return {"messages": [{"role": r, "content": c} for r, c in turns], **images}
+
+
+def items(tiny, tmp_path, records, **kwargs):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    tok, model = tiny("2.6")
+    ds = SupervisedDataset(str(path), tok, model.config, **kwargs)
+    return [ds[k] for k in range(len(ds))]
+
+
+def assert_same_items(got, want):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], torch.Tensor):
+                assert torch.equal(a[key], b[key]), key
+            elif isinstance(a[key], list) and a[key] and isinstance(a[key][0], torch.Tensor):
+                assert all(torch.equal(x, y) for x, y in zip(a[key], b[key])), key
+            else:
+                assert a[key] == b[key], key
+
+
+@pytest.fixture
+def images(tmp_path):
+    make_image(tmp_path / "a.png", (300, 200), seed=1)
+    make_image(tmp_path / "b.png", (200, 300), seed=2)
+
+
+def test_sharegpt_and_messages_equal_ours(tiny, tmp_path, images):
+    ours = [native(("user", "<image>\nWhat is it?"), ("assistant", "A shape.")),
+            native(("system", "Be brief."), ("user", "Compare <image_00> and <image_01>."), ("assistant", "Alike."),
+                   image={"<image_00>": "a.png", "<image_01>": "b.png"}),
+            native(("user", "Hi"), ("assistant", "Hello."))]
+    ours[0]["image"] = "a.png"
+    llava = [sharegpt(("user", "<image>\nWhat is it?"), ("assistant", "A shape."), image="a.png"),
+             sharegpt(("system", "Be brief."), ("user", "Compare <image> and <image>."), ("assistant", "Alike."),
+                      image=["a.png", "b.png"]),
+             sharegpt(("user", "Hi"), ("assistant", "Hello."))]
+    openai = [messages(("user", "<image>\nWhat is it?"), ("assistant", "A shape."), images=["a.png"]),
+              messages(("system", "Be brief."), ("user", "Compare <image> and <image>."), ("assistant", "Alike."),
+                       images=["a.png", "b.png"]),
+              messages(("user", "Hi"), ("assistant", "Hello."))]
+    want = items(tiny, tmp_path, ours)
+    assert_same_items(items(tiny, tmp_path, llava), want)
+    assert_same_items(items(tiny, tmp_path, openai), want)
+    assert_same_items(items(tiny, tmp_path, llava, data_format="sharegpt"), want)
+    assert_same_items(items(tiny, tmp_path, llava + openai + ours)[3:6], want)  # auto: each sample by its keys
+
+
+@pytest.mark.parametrize("record,data_format,reason", [
+    (sharegpt(("user", "<image> and <image>"), ("assistant", "x"), images=["a.png", "b.png", "a.png"]), "auto",
+     "sharegpt sample: 3 images but 2 <image> markers; each image needs one <image> in the text"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "f"}]}, "auto",
+     "sharegpt sample: turn 1 is from 'function_call'; allowed: human, user, gpt, assistant, system"),
+    (messages(("user", "q"), ("tool", "x")), "auto", "messages sample: message 1 has role 'tool'"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]}]}, "auto",
+     "messages sample: message 0: content must be text with <image> markers"),
+    (sharegpt(("user", "q"), ("assistant", "a"), image="a.png", images=["b.png"]), "auto",
+     'sharegpt sample: both "image" and "images"'),
+    (sharegpt(("user", "q"), ("assistant", "a")), "native",
+     "looks like sharegpt data, but --data_format is native; use --data_format sharegpt (or auto)"),
+    ({"instruction": "q", "output": "a"}, "auto",
+     'no "conversations" list of {"role", "content"} turns; ShareGPT/LLaVA ("from"/"value") and "messages" samples '
+     "are read too"),
+])
+def test_foreign_samples_that_cannot_be_read_say_why(tiny, tmp_path, images, record, data_format, reason):
+    record["id"] = "bad"
+    with pytest.raises(DataError) as info:
+        items(tiny, tmp_path, [native(("user", "q"), ("assistant", "a")), record], data_format=data_format)
+    assert info.value.index == 1 and info.value.sample_id == "bad"
+    assert reason in info.value.reason, info.value.reason
+
+
+def test_image_folder_is_where_relative_paths_start(tiny, tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "pictures").mkdir()
+    make_image(tmp_path / "pictures" / "a.png", (300, 200), seed=1)
+    records = [sharegpt(("user", "<image>\nWhat?"), ("assistant", "A shape."), image="a.png")]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.json").write_text(json.dumps(records))
+    with pytest.raises(DataError, match=f"image not found: {tmp_path / 'data' / 'a.png'}"):
+        SupervisedDataset(str(tmp_path / "data" / "train.json"), *tiny("2.6")[:1], tiny("2.6")[1].config)
+    tok, model = tiny("2.6")
+    ds = SupervisedDataset(str(tmp_path / "data" / "train.json"), tok, model.config,
+                           base_dir=str(tmp_path / "pictures"))
+    assert ds.samples[0].image_paths == [str(tmp_path / "pictures" / "a.png")]
+    code = check_data.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--num_workers", "1",
+                            "--data_path", str(tmp_path / "data" / "train.json"),
+                            "--image_folder", str(tmp_path / "pictures")])
+    assert code == 0 and "OK: every sample trains as written" in capsys.readouterr().out
