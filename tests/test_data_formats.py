@@ -114,3 +114,53 @@ def test_image_folder_is_where_relative_paths_start(tiny, tiny_model_dir, tmp_pa
                             "--data_path", str(tmp_path / "data" / "train.json"),
                             "--image_folder", str(tmp_path / "pictures")])
     assert code == 0 and "OK: every sample trains as written" in capsys.readouterr().out
+
+
+def convert(*argv):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "convert_data.py"), *map(str, argv)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_convert_sharegpt_writes_ours_with_paths_from_the_output_folder(tiny, tmp_path, images):
+    llava = [sharegpt(("user", "<image>\nWhat is it?"), ("assistant", "A shape."), image="a.png"),
+             sharegpt(("user", "Compare <image> and <image>."), ("assistant", "Alike."), image=["a.png", "b.png"]),
+             sharegpt(("user", "<image>"), ("assistant", "x"), image=["a.png", "b.png"])]
+    (tmp_path / "llava.json").write_text(json.dumps(llava))
+    (tmp_path / "out").mkdir()
+    done = convert("--from", "sharegpt", tmp_path / "llava.json", "--out", tmp_path / "out" / "train.json")
+    assert done.returncode == 0, done.stderr
+    assert f"NOT CONVERTED {tmp_path / 'llava.json'}, record 2: sharegpt sample: 2 images but 1 <image>" in done.stderr
+    assert "wrote 2 samples" in done.stdout and "1 not converted" in done.stdout
+    written = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert written[0]["image"] == "../a.png"
+    assert written[1]["image"] == {"<image_00>": "../a.png", "<image_01>": "../b.png"}
+    assert written[1]["conversations"][0] == {"role": "user", "content": "Compare <image_00> and <image_01>."}
+    tok, model = tiny("2.6")
+    converted = SupervisedDataset(str(tmp_path / "out" / "train.json"), tok, model.config)
+    assert_same_items([converted[0], converted[1]], items(tiny, tmp_path, llava[:2]))
+
+
+def test_convert_csv_and_a_folder_of_captioned_images(tiny, tmp_path, images):
+    (tmp_path / "table.csv").write_text("image,question,answer\na.png,What is it?,A shape.\n,Hi,Hello.\nb.png,Why?,\n")
+    done = convert("--from", "csv", tmp_path / "table.csv", "--out", tmp_path / "t.jsonl")
+    assert done.returncode == 0, done.stderr
+    assert "record 2: row 4: empty answer" in done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert rows == [
+        {"id": 0, "image": "a.png", "conversations": [{"role": "user", "content": "<image>\nWhat is it?"},
+                                                      {"role": "assistant", "content": "A shape."}]},
+        {"id": 1, "conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}]
+    (tmp_path / "a.txt").write_text("A small shape.\n")
+    done = convert("--from", "folder", tmp_path, "--out", tmp_path / "captions.json", "--question", "What is shown?")
+    assert done.returncode == 0, done.stderr
+    assert f"{tmp_path / 'b.png'}: no caption (b.txt is missing or empty)" in done.stderr
+    assert json.loads((tmp_path / "captions.json").read_text()) == [
+        {"id": "a", "image": "a.png", "conversations": [{"role": "user", "content": "<image>\nWhat is shown?"},
+                                                        {"role": "assistant", "content": "A small shape."}]}]
+    tok, model = tiny("2.6")
+    assert len(SupervisedDataset(str(tmp_path / "captions.json"), tok, model.config)) == 1

@@ -1,0 +1,150 @@
+"""Write data in our format (README, Data format) from the formats people have.
+
+    python tools/convert_data.py --from sharegpt llava.json --out train.json [--image_folder DIR]
+    python tools/convert_data.py --from messages swift.jsonl --out train.json
+    python tools/convert_data.py --from csv table.csv --out train.json        # columns image,question,answer[,id]
+    python tools/convert_data.py --from tsv table.tsv --out train.json
+    python tools/convert_data.py --from folder photos/ --out train.json [--question "Describe the image."]
+
+ShareGPT/LLaVA and "messages" files also train directly (finetune.py reads them); converting
+them is for a file in one format. A folder holds images, each with its caption in a .txt file
+of the same name. Image paths in the output are relative to the output file's folder (relative
+input paths start from the input's folder, or --image_folder). Every record that could not be
+converted is reported with its index and reason; the exit code is 1 when none could be.
+Check the result with check_data.py.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from minicpmv_ft.data_formats import Unconvertible  # noqa: E402
+from minicpmv_ft.samples import DataError, load_records  # noqa: E402
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+DEFAULT_QUESTION = "Describe the image."
+
+
+def from_conversations(path: str, data_format: str, image_folder: str | None):
+    """(native records with absolute image paths, [(index, reason)])."""
+    records, _, folder = load_records(path, image_folder, data_format)
+    converted, problems = [], []
+    for index, record in enumerate(records):
+        if isinstance(record, Unconvertible):
+            problems.append((index, record.reason))
+            continue
+        image = record.get("image")
+        if isinstance(image, str):
+            record["image"] = absolute(image, folder)
+        elif isinstance(image, dict):
+            record["image"] = {marker: absolute(p, folder) for marker, p in image.items()}
+        converted.append(record)
+    return converted, problems
+
+
+def from_table(path: str, delimiter: str, image_folder: str | None):
+    folder = image_folder or os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        missing = {"question", "answer"} - set(reader.fieldnames or [])
+        if missing:
+            raise SystemExit(f"convert_data: {path}: the header needs the columns question and answer (and image "
+                             f"for image rows; id optional); missing: {', '.join(sorted(missing))}")
+        converted, problems = [], []
+        for index, row in enumerate(reader):
+            question, answer = (row.get("question") or "").strip(), (row.get("answer") or "").strip()
+            if not question or not answer:
+                problems.append((index, f"row {index + 2}: empty {'question' if not question else 'answer'}"))
+                continue
+            image = (row.get("image") or "").strip()
+            converted.append(qa_record(row.get("id") or index, absolute(image, folder) if image else None,
+                                       question, answer))
+    return converted, problems
+
+
+def from_folder(path: str, question: str):
+    converted, problems = [], []
+    images = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for index, image in enumerate(images):
+        caption_file = image.with_suffix(".txt")
+        caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
+        if not caption:
+            problems.append((index, f"{image}: no caption ({caption_file.name} is missing or empty)"))
+            continue
+        converted.append(qa_record(str(image.relative_to(path).with_suffix("")), str(image.resolve()), question,
+                                   caption))
+    return converted, problems
+
+
+def qa_record(sample_id, image: str | None, question: str, answer: str) -> dict:
+    record = {"id": sample_id}
+    if image:
+        record["image"] = image
+        question = "<image>\n" + question
+    record["conversations"] = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return record
+
+
+def absolute(image: str, folder: str) -> str:
+    return image if os.path.isabs(image) else os.path.abspath(os.path.join(folder, image))
+
+
+def relative_to(records: list, out_folder: str) -> list:
+    """Image paths relative to the output file's folder, so data and images move together."""
+    for record in records:
+        image = record.get("image")
+        if isinstance(image, str):
+            record["image"] = os.path.relpath(image, out_folder)
+        elif isinstance(image, dict):
+            record["image"] = {marker: os.path.relpath(p, out_folder) for marker, p in image.items()}
+    return records
+
+
+def write(records: list, out: str):
+    with open(out, "w", encoding="utf-8") as handle:
+        if out.endswith(".jsonl"):
+            handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        else:
+            json.dump(records, handle, ensure_ascii=False, indent=1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source_format", required=True,
+                        choices=["sharegpt", "messages", "csv", "tsv", "folder"])
+    parser.add_argument("input", help="the data file (or, with --from folder, the folder of images)")
+    parser.add_argument("--out", required=True, help="output .json (a list) or .jsonl")
+    parser.add_argument("--image_folder", default=None, help="where relative image paths of the input start")
+    parser.add_argument("--question", default=DEFAULT_QUESTION, help="--from folder: the question for every image")
+    args = parser.parse_args(argv)
+    try:
+        if args.source_format in ("sharegpt", "messages"):
+            records, problems = from_conversations(args.input, args.source_format, args.image_folder)
+        elif args.source_format in ("csv", "tsv"):
+            records, problems = from_table(args.input, "," if args.source_format == "csv" else "\t", args.image_folder)
+        else:
+            records, problems = from_folder(args.input, args.question)
+    except DataError as error:
+        print(f"convert_data: {error}", file=sys.stderr)
+        return 1
+    for index, reason in problems[:50]:
+        print(f"NOT CONVERTED {args.input}, record {index}: {reason}", file=sys.stderr)
+    if len(problems) > 50:
+        print(f"... and {len(problems) - 50} more", file=sys.stderr)
+    if not records:
+        print(f"convert_data: nothing converted from {args.input}", file=sys.stderr)
+        return 1
+    write(relative_to(records, os.path.dirname(os.path.abspath(args.out))), args.out)
+    print(f"wrote {len(records)} samples to {args.out}; {len(problems)} not converted. "
+          f"Check it with: python check_data.py --model_name_or_path MODEL --data_path {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
