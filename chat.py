@@ -20,10 +20,11 @@ from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_infere
 
 def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256,
            thinking: bool = False) -> str:
-    """One answer to `question` after earlier (role, content) turns; images go with the first
-    question. `thinking` switches a thinking model (4.5) to reason before answering."""
-    msgs = [{"role": r, "content": c} for r, c in history]
-    images = list(images) if not msgs else []
+    """One answer to `question` after earlier (role, content) turns. chat() keeps no state, so
+    the images go with the first user turn of every call, follow-up questions included.
+    `thinking` switches a thinking model (4.5) to reason before answering."""
+    msgs = [{"role": r, "content": c} for r, c in history] + [{"role": "user", "content": question}]
+    images = list(images)
     if len(images) > 1 and not version.chat_images_in_messages:
         raise ValueError(f"{version.checkpoints}: its chat() takes one image, got {len(images)}")
     options = {"max_new_tokens": max_new_tokens}
@@ -31,10 +32,11 @@ def answer(model, tokenizer, version, images, question: str, history=(), max_new
         options["enable_thinking"] = thinking
     with torch.no_grad():
         if version.chat_images_in_messages:  # 2.6+: images inside the message content
-            msgs.append({"role": "user", "content": images + [question] if images else question})
+            if images:
+                first = next(k for k, msg in enumerate(msgs) if msg["role"] == "user")
+                msgs[first] = {"role": "user", "content": images + [msgs[first]["content"]]}
             return model.chat(None, msgs, tokenizer, sampling=False, **options)
-        msgs.append({"role": "user", "content": question})
-        image = images[0] if images else None
+        image = images[0] if images else None  # their chat() puts it in front of the first user turn
         if version.chat_takes_context:  # 2.0: chat(image, msgs, context, tokenizer) -> (answer, ...)
             return model.chat(image, msgs, None, tokenizer, **options)[0]
         return model.chat(image, msgs, tokenizer, sampling=False, **options)

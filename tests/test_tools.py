@@ -141,6 +141,11 @@ def test_chat_calls_each_versions_chat_signature(version, expected):
     if version == "4.5":
         chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG"], "Q", thinking=True)
         assert calls[-1][1] is True
+    history = [("user", "Q"), ("assistant", "A")]
+    assert chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG"], "Q2", history=history) == "A"
+    args = calls[-1][0]
+    # chat() keeps no state: the follow-up question still sends the image with the first question
+    assert args[0] == expected[0] and args[1][0] == expected[1][0] and args[1][2] == {"role": "user", "content": "Q2"}
     if not VERSIONS[version].chat_images_in_messages:
         with pytest.raises(ValueError, match="takes one image, got 2"):
             chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG", "IMG2"], "Q")
