@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 1. On a fresh machine: sets up .venv, builds a tiny MiniCPM-V 2.6-style
 # model, writes and checks the bundled sample data, runs finetune_lora.sh and a short full fine-tune
-# (finetune_ds.sh) on CPU, then loads each result and asks it about a sample image.
+# (finetune_ds.sh) on CPU, then loads each result, asks it about a sample image and scores it
+# on the sample eval set with predict.py.
 # DEMO_VERSION=2.0|2.5|2.6|4.0|4.5 picks the tiny model's version (default 2.6).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,4 +32,8 @@ python merge_lora.py --adapter "$WORK/lora" --out "$WORK/lora_merged"
 for result in lora lora_merged full; do
     echo "== $result, asked about images/red_circle.png: $QUESTION (trained answer: A red circle.)"
     python chat.py --model "$WORK/$result" --image "$WORK/data/images/red_circle.png" --question "$QUESTION" --max_new_tokens 12
+done
+for result in lora full; do
+    echo "== $result, scored on the sample eval set (its last answers):"
+    python predict.py --model "$WORK/$result" --data "$WORK/data/eval.json" --out "$WORK/$result/predictions.jsonl" --max_new_tokens 12
 done

@@ -149,3 +149,40 @@ def test_chat_calls_each_versions_chat_signature(version, expected):
     if not VERSIONS[version].chat_images_in_messages:
         with pytest.raises(ValueError, match="takes one image, got 2"):
             chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG", "IMG2"], "Q")
+
+
+def test_prediction_scores():
+    import predict
+
+    assert predict.exact_match("A red circle.", "red  circle") and not predict.exact_match("red", "red circle")
+    assert predict.token_f1("red circle", "a red square") == pytest.approx(0.5)
+    assert predict.token_f1("The blue square", "blue square.") == 1.0 and predict.token_f1("", "x") == 0.0
+    result = predict.scores(["A red circle.", "blue"], ["red circle", "a green triangle"])
+    assert result["samples"] == 2 and result["exact_match"] == 50.0 and result["token_f1"] == 50.0
+
+
+def test_predict_writes_each_samples_prediction_as_chat_answers_it(adapters, tmp_path, capsys):
+    import json
+
+    import predict
+    from minicpmv_ft.images import open_rgb
+
+    _, adapter, data = adapters("2.6")
+    eval_data = data.parent / "eval.json"
+    records = json.loads(eval_data.read_text())
+    code = predict.main(["--model", str(adapter), "--data", str(eval_data), "--out", str(tmp_path / "p.jsonl"),
+                         "--max_new_tokens", "8"])
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == [record["id"] for record in records]
+    assert [row["reference"] for row in rows] == [record["conversations"][-1]["content"] for record in records]
+    tok, model, version, _ = load_for_inference(str(adapter))
+    first = records[0]
+    question = first["conversations"][0]["content"].replace("<image>", "").strip()
+    assert rows[0]["question"] == question
+    assert rows[0]["prediction"] == chat.answer(model, tok, version, [open_rgb(str(data.parent / first["image"]))],
+                                                question, max_new_tokens=8)
+    em = 100 * sum(row["exact_match"] for row in rows) / len(rows)
+    f1 = 100 * sum(row["f1"] for row in rows) / len(rows)
+    assert (f"{eval_data}: {len(rows)} samples predicted (0 failed the data check and were skipped): "
+            f"exact match {em:.1f}%, token F1 {f1:.1f}%") in capsys.readouterr().out

@@ -1,0 +1,140 @@
+"""Run a fine-tuned checkpoint (full, LoRA adapter or merged) over a data file and score it.
+
+    python predict.py --model output/minicpmv_lora [--base BASE] --data eval.json --out preds.jsonl
+
+Each sample's last assistant turn is the reference; everything before it is the prompt, asked
+through the checkpoint's own chat() as chat.py does (images with the first question). Writes
+one JSON line per sample (id, question, reference, prediction, exact_match, f1) and prints
+exact match and token F1 (SQuAD-style: lower case, no punctuation or articles) over all of
+them, plus BLEU when sacrebleu is installed. The model is loaded once. Samples that fail the
+data check are listed and counted, not predicted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import string
+import sys
+from collections import Counter
+
+import torch
+
+from chat import answer
+from minicpmv_ft.data_formats import FORMATS
+from minicpmv_ft.images import open_rgb
+from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
+from minicpmv_ft.samples import MARKERS, DataError, load_records, parse_sample
+
+ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalise(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    return normalise(prediction) == normalise(reference)
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    predicted, wanted = normalise(prediction).split(), normalise(reference).split()
+    if not predicted or not wanted:
+        return float(predicted == wanted)
+    common = sum((Counter(predicted) & Counter(wanted)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(wanted)
+    return 2 * precision * recall / (precision + recall)
+
+
+def bleu(predictions: list[str], references: list[str]) -> float | None:
+    try:
+        import sacrebleu
+    except ImportError:
+        return None
+    return sacrebleu.corpus_bleu(predictions, [references]).score
+
+
+def without_markers(text: str) -> str:
+    """The text as a chat() question: image markers (and the newline after one) removed."""
+    return MARKERS.sub("", re.sub(r"(<image>|<image_\d+>)\n", r"\1", text)).strip()
+
+
+def prompt_of(sample):
+    """(history as (role, text), last question, reference answer)."""
+    turns = [(turn.role, without_markers(turn.parts[0])) for turn in sample.turns]
+    return turns[:-2], turns[-2][1], sample.turns[-1].parts[0]
+
+
+def read_samples(path, version, image_folder, data_format):
+    records, source, folder = load_records(path, image_folder, data_format)
+    samples, failed = [], []
+    for index, record in enumerate(records):
+        try:
+            samples.append(parse_sample(record, index, source, folder, version.chat.system_allowed))
+        except DataError as error:
+            failed.append(error)
+    return samples, failed
+
+
+def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinking=False, progress=True):
+    """Writes one JSON line per sample to `out`; returns (predictions, references)."""
+    from tqdm import tqdm
+
+    predictions, references = [], []
+    for sample in tqdm(samples, desc="predicting", unit="sample", disable=not progress):
+        history, question, reference = prompt_of(sample)
+        images = [open_rgb(path) for path in sample.image_paths]
+        prediction = answer(model, tokenizer, version, images, question, history, max_new_tokens, thinking)
+        predictions.append(prediction)
+        references.append(reference)
+        out.write(json.dumps({"id": sample.sample_id, "question": question, "reference": reference,
+                              "prediction": prediction, "exact_match": exact_match(prediction, reference),
+                              "f1": round(token_f1(prediction, reference), 4)}, ensure_ascii=False) + "\n")
+    return predictions, references
+
+
+def scores(predictions, references) -> dict:
+    n = max(len(references), 1)
+    result = {"samples": len(references),
+              "exact_match": 100 * sum(map(exact_match, predictions, references)) / n,
+              "token_f1": 100 * sum(map(token_f1, predictions, references)) / n}
+    result["bleu"] = bleu(predictions, references)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="fine-tuned checkpoint, merged model or LoRA adapter folder")
+    parser.add_argument("--base", default=None, help="base model of a LoRA adapter (default: the one it records)")
+    parser.add_argument("--data", required=True, help="data file: the last assistant turn of each sample is the reference")
+    parser.add_argument("--out", required=True, help="predictions, JSON Lines")
+    parser.add_argument("--data_format", default="auto", choices=FORMATS, help="as in training")
+    parser.add_argument("--image_folder", default=None, help="as in training: where relative image paths start")
+    parser.add_argument("--max_samples", type=int, default=None, help="predict only the first N samples")
+    parser.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
+    parser.add_argument("--thinking", action="store_true", help="thinking models (4.5): reason before answering")
+    args = parser.parse_args(argv)
+    try:
+        tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
+        samples, failed = read_samples(args.data, version, args.image_folder, args.data_format)
+    except (AdapterBaseError, DataError) as error:
+        parser.exit(2, f"predict.py: {error}\n")
+    for error in failed[:20]:
+        print(f"SKIPPED {error}", file=sys.stderr)
+    samples = samples[: args.max_samples]
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    with open(args.out, "w", encoding="utf-8") as out:
+        predictions, references = predict(model, tokenizer, version, samples, out, args.max_new_tokens, args.thinking)
+    result = scores(predictions, references)
+    bleu_text = f", BLEU {result['bleu']:.1f}" if result["bleu"] is not None else " (BLEU: pip install sacrebleu)"
+    print(f"{args.data}: {result['samples']} samples predicted ({len(failed)} failed the data check and were "
+          f"skipped): exact match {result['exact_match']:.1f}%, token F1 {result['token_f1']:.1f}%{bleu_text}; "
+          f"predictions in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
