@@ -16,6 +16,7 @@ import torch
 
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
+from minicpmv_ft.quiet import quiet_third_party
 
 
 def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256,
@@ -67,6 +68,7 @@ def main(argv=None):
     parser.add_argument("--thinking", action="store_true",
                         help="thinking models (4.5): reason before answering (default off, as their generation config)")
     args = parser.parse_args(argv)
+    quiet_third_party()
     if not args.interactive and not args.question:
         parser.error("give --question, or --interactive")
     try:

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import sys
+import time
+import traceback
 import typing
 from dataclasses import dataclass, field
 
@@ -21,16 +23,20 @@ from transformers import HfArgumentParser
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset, data_collator
-from minicpmv_ft.checkpoints import (MarkCompleteCheckpoints, StopOnSignal, explain_write_failures, resolve_resume,
-                                     wants_resume)
+from minicpmv_ft.checkpoints import (CheckpointWriteError, MarkCompleteCheckpoints, StopOnSignal,
+                                     explain_write_failures, resolve_resume, wants_resume)
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
+from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
+from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import check_new_run, identity_hash, output_dir_lock, run_identity, write_run
+from minicpmv_ft.samples import DataError
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
@@ -49,7 +55,9 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data_path: str = field(metadata={"help": "training data: JSON list or JSON Lines file (see README)"})
-    eval_data_path: typing.Optional[str] = field(default=None, metadata={"help": "evaluation data, same format"})
+    eval_data_path: typing.Optional[str] = field(default=None, metadata={
+        "help": "evaluation data, same format: its loss is logged at the end of training, and every "
+                "--eval_steps with --eval_strategy steps"})
     data_format: str = field(default="auto", metadata={
         "help": "auto (each sample by its keys), native, sharegpt (ShareGPT/LLaVA from/value) or messages "
                 "(OpenAI style with images); see README, Data format"})
@@ -99,10 +107,14 @@ class TrainingArguments(transformers.TrainingArguments):
     label_names: typing.Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "label keys"})
     # Evaluation reports the loss only; full-vocab logits are never gathered.
     prediction_loss_only: bool = field(default=True, metadata={"help": "keep True: eval computes loss only"})
+    report_to: typing.Union[None, str, list[str]] = field(default="tensorboard", metadata={
+        "help": "where to log: tensorboard (OUTPUT_DIR/runs; `tensorboard --logdir OUTPUT_DIR/runs`), none, wandb, ..."})
     gradient_checkpointing_kwargs: typing.Optional[dict] = field(
         default_factory=lambda: {"use_reentrant": False}, metadata={"help": "kwargs for gradient checkpointing"})
 
     def __post_init__(self):
+        if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            self.ddp_find_unused_parameters = False  # one process: nothing to synchronise, only a warning to print
         super().__post_init__()
         for flag in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size"):
             if getattr(self, flag) < 1:
@@ -147,8 +159,6 @@ def parse_arguments(argv=None):
     _init_cpu_deepspeed(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(argv)
-    if data_args.eval_data_path and train_args.eval_strategy == "no":
-        logger.warning("--eval_data_path given but --eval_strategy is 'no': the eval set is only checked")
     return model_args, data_args, train_args
 
 
@@ -272,6 +282,7 @@ def finish_distributed(exit_code: int = 0):
 
 def train(argv=None, callbacks=None):
     """Runs the whole job and returns the Trainer (tests add callbacks)."""
+    quiet_third_party()
     model_args, data_args, train_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if train_args.should_log else logging.WARNING)
@@ -279,10 +290,20 @@ def train(argv=None, callbacks=None):
         return run_training(model_args, data_args, train_args, callbacks)
 
 
+def evaluated_last_step(trainer) -> bool:
+    step = trainer.state.global_step
+    return any("eval_loss" in entry and entry.get("step") == step for entry in trainer.state.log_history)
+
+
 def train_and_save(trainer, resume, identity, stop_on_signal) -> bool:
     """Trains and saves the final model; False when a signal stopped training at a checkpoint."""
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.eval_dataset is not None and stop_on_signal.stopped_at is None and not evaluated_last_step(trainer):
+        trainer.evaluate()  # a run shorter than --eval_steps (or with --eval_strategy no) still ends with one
     trainer.save_state()
+    if trainer.args.should_save and plot_loss(trainer.state.log_history,
+                                              os.path.join(trainer.args.output_dir, PLOT_FILE)):
+        logger.info("loss curves: %s", os.path.join(trainer.args.output_dir, PLOT_FILE))
     if stop_on_signal.stopped_at is not None:
         logger.warning("interrupted by signal %d: checkpoint-%d is the last complete checkpoint; continue with "
                        "--resume_from_checkpoint last", stop_on_signal.received, stop_on_signal.stopped_at)
@@ -325,8 +346,41 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     return trainer
 
 
+# Exit status of a run stopped by a reported problem (bad data, arguments, full disk): the
+# launcher recognises it and adds no torchrun error banner to the one-line message.
+REPORTED_ERROR_EXIT = 2
+OTHER_RANKS_REPORT_DELAY_S = 5
+
+
+def is_reported_error(error: BaseException) -> bool:
+    """Our own checks' errors (their message says what to do), not a library's or a bug."""
+    if isinstance(error, (DataError, CheckpointWriteError)):
+        return True
+    if not isinstance(error, ValueError) or error.__traceback__ is None:
+        return False
+    last_frame = traceback.extract_tb(error.__traceback__)[-1].filename
+    return os.path.abspath(last_frame).startswith(HERE + os.sep) and ".venv" not in last_frame
+
+
 def main(argv=None):
-    trainer = train(argv)
+    """finetune.py as a command: a reported problem is one line on stderr and exit status 2
+    (the first process prints it); a bare --debug shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    at = argv.index("--debug") if debug else -1
+    if debug and (at == len(argv) - 1 or argv[at + 1].startswith("--")):
+        del argv[at]  # ours; the Trainer's own --debug takes a value and stays
+    try:
+        trainer = train(argv)
+    except Exception as error:
+        if debug or not is_reported_error(error):
+            raise
+        if int(os.environ.get("RANK", "0")) != 0:
+            # The first process usually meets the same problem: give it time to print it and exit,
+            # after which the launcher stops this process, so the line appears once.
+            time.sleep(OTHER_RANKS_REPORT_DELAY_S)
+        print(f"finetune: {error}", file=sys.stderr, flush=True)
+        sys.exit(REPORTED_ERROR_EXIT)
     finish_distributed(128 + trainer.interrupted_by if trainer.interrupted_by else 0)
 
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 
 MODEL=${MODEL:-openbmb/MiniCPM-V-4_5}   # or openbmb/MiniCPM-V-4, -2_6, MiniCPM-Llama3-V-2_5, MiniCPM-V-2, a local folder
 DATA=${DATA:-path/to/train.json}        # JSON list or JSON Lines, see README "Data format"
-EVAL_DATA=${EVAL_DATA:-}                # optional
+EVAL_DATA=${EVAL_DATA:-}                # optional: evaluated every 10% of the steps and at the end
 LLM_TYPE=${LLM_TYPE:-}                  # empty: read from the checkpoint; else 2.0..4.5 or an alias (README)
 OUTPUT_DIR=${OUTPUT_DIR:-output/minicpmv_full}
 DS_CONFIG=${DS_CONFIG-ds_config_zero2.json}   # ds_config_zero3.json for large models; empty: no DeepSpeed
@@ -35,7 +35,7 @@ exec python -m minicpmv_ft.launch --nproc_per_node "$GPUS_PER_NODE" --nnodes "$N
     finetune.py \
     --model_name_or_path "$MODEL" \
     --data_path "$DATA" \
-    ${EVAL_DATA:+--eval_data_path "$EVAL_DATA" --eval_strategy steps --eval_steps 1000} \
+    ${EVAL_DATA:+--eval_data_path "$EVAL_DATA" --eval_strategy steps --eval_steps 0.1} \
     ${LLM_TYPE:+--llm_type "$LLM_TYPE"} \
     ${DS_CONFIG:+--deepspeed "$DS_CONFIG"} \
     --output_dir "$OUTPUT_DIR" \
@@ -55,5 +55,5 @@ exec python -m minicpmv_ft.launch --nproc_per_node "$GPUS_PER_NODE" --nnodes "$N
     --save_strategy steps \
     --save_steps 1000 \
     --save_total_limit 10 \
-    --report_to none \
+    --report_to tensorboard \
     "$@"

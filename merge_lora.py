@@ -13,6 +13,7 @@ import os
 
 from minicpmv_ft.checkpoints import copy_missing_checkpoint_files
 from minicpmv_ft.loading import AdapterBaseError, is_adapter, load_for_inference, local_dir
+from minicpmv_ft.quiet import quiet_third_party
 
 
 def merge(adapter: str, out: str, base: str | None = None, dtype=None) -> str:
@@ -34,6 +35,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="folder for the merged model")
     parser.add_argument("--base", default=None, help="base model (default: the one the adapter records)")
     args = parser.parse_args(argv)
+    quiet_third_party()
     try:
         print(f"merged model written to {merge(args.adapter, args.out, args.base)}")
     except (AdapterBaseError, ValueError) as exc:

@@ -24,6 +24,7 @@ from chat import answer
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
+from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.samples import MARKERS, DataError, load_records, parse_sample
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
     parser.add_argument("--thinking", action="store_true", help="thinking models (4.5): reason before answering")
     args = parser.parse_args(argv)
+    quiet_third_party()
     try:
         tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
         samples, failed = read_samples(args.data, version, args.image_folder, args.data_format)

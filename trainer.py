@@ -63,6 +63,11 @@ class MiniCPMVTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def _align_special_tokens(self):
+        """Keeps the checkpoint's own BOS/EOS/PAD ids. The Trainer would rewrite them in the config
+        and generation config from the tokenizer (2.6: bos_token_id None) and log a warning; the
+        saved model would then differ from the one its chat() and serving settings expect."""
+
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir

@@ -11,7 +11,9 @@ with a SignalException traceback. Instead, torchrun handles only SIGQUIT
 - forwards the first SIGTERM/SIGINT/SIGHUP once to each worker, which finishes its step, writes
   a complete checkpoint with the others and exits 128+signal (StopOnSignal in checkpoints.py);
 - kills the workers at a second signal, so nothing is left training without its launcher;
-- exits 128+signal (130 for Ctrl-C, 143 for SIGTERM) with one line, not torchrun's traceback.
+- exits 128+signal (130 for Ctrl-C, 143 for SIGTERM) with one line, not torchrun's traceback;
+- passes on finetune.py's status 2 (a data or argument problem it printed in one line) without
+  torchrun's failure banner around it.
 """
 import signal
 import sys
@@ -21,6 +23,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+REPORTED_ERROR_EXIT = 2  # finetune.py's exit status after printing a data or argument problem
 
 
 def say(message):
@@ -69,13 +72,23 @@ def send(process, sig):
         pass
 
 
+def reported_by_workers(failure: ChildFailedError) -> bool:
+    """A worker stopped on a problem finetune.py reported itself (bad data, arguments), and the
+    others did too or were stopped by torchrun after it."""
+    codes = [f.exitcode for f in failure.failures.values()]
+    return REPORTED_ERROR_EXIT in codes and all(c in (REPORTED_ERROR_EXIT, -signal.SIGTERM, -signal.SIGKILL)
+                                                for c in codes)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     forwarder = Forwarder()
     forwarder.install()
     try:
         torchrun(["--signals_to_handle", "SIGQUIT", *argv])
-    except ChildFailedError:
+    except ChildFailedError as failure:
+        if forwarder.received is None and reported_by_workers(failure):
+            return REPORTED_ERROR_EXIT  # the first worker printed the problem in one line
         if forwarder.received is None:
             raise  # a real failure: torchrun's report names the rank and its error
     else:

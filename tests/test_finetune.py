@@ -12,6 +12,7 @@ from conftest import VERSIONS, ROOT
 
 import finetune
 from dataset import SupervisedDataset, data_collator
+from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import VERSIONS as REGISTRY
 
 
@@ -20,6 +21,9 @@ def sample_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("sample")
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(out)], check=True)
     return out
+
+
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 def cpu_flags(output_dir, epochs, lr):
@@ -246,6 +250,49 @@ def test_signal_after_the_last_step_still_saves_the_finished_model(tiny_model_di
     assert trainer.interrupted_by is None and (tmp_path / "model.safetensors").exists()
     assert f"signal 15 arrived after the last step; the finished model was saved to {tmp_path}" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the save
+
+
+@pytest.mark.parametrize("strategy", [["--eval_strategy", "steps", "--eval_steps", "1000"], ["--eval_strategy", "no"]])
+def test_an_eval_set_is_evaluated_at_the_end_of_a_short_run(tiny_model_dir, sample_data, tmp_path, strategy):
+    args = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+            "--eval_data_path", str(sample_data / "eval.json"), "--max_steps", "2"] + cpu_flags(tmp_path, 1, 1e-3)
+    trainer = finetune.train(args + strategy + ["--report_to", "tensorboard", "--logging_steps", "1"])
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [2]
+    assert any("eval_loss" in entry for entry in json.loads((tmp_path / "trainer_state.json").read_text())["log_history"])
+    # the saved config keeps the checkpoint's special token ids (the Trainer would align them to the tokenizer)
+    for name in ("config.json", "generation_config.json"):
+        saved, source = (json.loads((folder / name).read_text()) for folder in (tmp_path, tiny_model_dir("2.6")))
+        assert [saved.get(k) for k in SPECIAL_IDS] == [source.get(k) for k in SPECIAL_IDS], name
+    # TensorBoard by default in the launchers, and the loss plot in the output folder
+    assert list((tmp_path / "runs").glob("*/events.out.tfevents.*"))
+    assert (tmp_path / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_curves_hold_every_logged_train_and_eval_loss():
+    from minicpmv_ft.loss_plot import loss_curves
+
+    history = [{"loss": 3.0, "step": 1}, {"loss": 2.0, "step": 2}, {"eval_loss": 2.5, "step": 2},
+               {"train_runtime": 1.0, "step": 2}, {"loss": 1.0, "step": 3}, {"eval_loss": 1.5, "step": 3}]
+    assert loss_curves(history) == {"train": ([1, 2, 3], [3.0, 2.0, 1.0]), "eval": ([2, 3], [2.5, 1.5])}
+
+
+def test_a_reported_problem_is_one_line_and_debug_shows_the_traceback(tiny_model_dir, tmp_path, capsys):
+    bad = [{"id": "lost", "image": "nope.png", "conversations": [{"role": "user", "content": "<image>"},
+                                                                 {"role": "assistant", "content": "x"}]}]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    args = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "bad.json"),
+            "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--report_to", "none"]
+    with pytest.raises(SystemExit) as stopped:
+        finetune.main(args)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (f"finetune: {tmp_path / 'bad.json'}, sample 0 (id 'lost'): image not found: "
+                                       f"{tmp_path / 'nope.png'}\n")
+    with pytest.raises(SystemExit) as stopped:  # an argument problem found by our own checks
+        finetune.main(args[:-6] + ["--output_dir", str(tmp_path / "bad.json"), "--use_cpu", "true"])
+    assert stopped.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(DataError):
+        finetune.main(args + ["--debug"])
 
 
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # launches torchrun
 def launch(script, env, *flags):
     # the launchers call `python` and `torchrun` from PATH: those of this interpreter
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
-    full_env = dict(os.environ, PATH=path, GPUS_PER_NODE="1", DS_CONFIG="", OMP_NUM_THREADS="1", **env)
+    full_env = {**os.environ, "PATH": path, "GPUS_PER_NODE": "1", "DS_CONFIG": "", "OMP_NUM_THREADS": "1", **env}
     return subprocess.run(["sh", str(ROOT / script), *flags], env=full_env, capture_output=True, text=True,
                           timeout=600)
 
@@ -117,3 +117,16 @@ def test_signal_through_launcher_ends_in_a_complete_checkpoint(tiny_model_dir, t
     signum = exit_code - 128
     assert output.count(f"interrupted by signal {signum}: {checkpoints[0].name} is the last complete") == 2
     assert f"failed (exitcode: {exit_code}) local_rank: 0" in output  # saved, then exited 128+signal
+
+
+def test_a_data_error_is_one_line_and_exit_2_through_the_launcher(tiny_model_dir, tmp_path):
+    bad = [{"id": "lost", "image": "nope.png", "conversations": [{"role": "user", "content": "<image>"},
+                                                                 {"role": "assistant", "content": "x"}]}]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    result = launch("finetune_ds.sh", {"MODEL": str(tiny_model_dir("2.6")), "DATA": str(tmp_path / "bad.json"),
+                                       "OUTPUT_DIR": str(tmp_path / "out"), "GPUS_PER_NODE": "2",
+                                       "MASTER_PORT": "29533"}, "--use_cpu", "true", "--bf16", "false")
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = f"finetune: {tmp_path / 'bad.json'}, sample 0 (id 'lost'): image not found: {tmp_path / 'nope.png'}"
+    assert result.stderr.count(line) == 1  # printed by the first process only
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
