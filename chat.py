@@ -17,13 +17,15 @@ import torch
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
 from minicpmv_ft.quiet import quiet_third_party
+from minicpmv_ft.versions import image_settings, set_max_slice_nums
 
 
 def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256,
-           thinking: bool = False) -> str:
+           thinking: bool = False, max_slice_nums: int | None = None) -> str:
     """One answer to `question` after earlier (role, content) turns. chat() keeps no state, so
     the images go with the first user turn of every call, follow-up questions included.
-    `thinking` switches a thinking model (4.5) to reason before answering."""
+    `thinking` switches a thinking model (4.5) to reason before answering; `max_slice_nums`
+    overrides the slicing the checkpoint was saved with."""
     msgs = [{"role": r, "content": c} for r, c in history] + [{"role": "user", "content": question}]
     images = list(images)
     if len(images) > 1 and not version.chat_images_in_messages:
@@ -31,6 +33,10 @@ def answer(model, tokenizer, version, images, question: str, history=(), max_new
     options = {"max_new_tokens": max_new_tokens}
     if version.chat.thinking:
         options["enable_thinking"] = thinking
+    if max_slice_nums is not None:
+        set_max_slice_nums(model.config, version, max_slice_nums)  # where 2.0's chat() reads it
+        if not version.chat_takes_context:  # the others take it as an argument (2.6+: over their processor's)
+            options["max_slice_nums"] = max_slice_nums
     with torch.no_grad():
         if version.chat_images_in_messages:  # 2.6+: images inside the message content
             if images:
@@ -43,7 +49,13 @@ def answer(model, tokenizer, version, images, question: str, history=(), max_new
         return model.chat(image, msgs, tokenizer, sampling=False, **options)
 
 
-def converse(model, tokenizer, version, images, questions, out=None, max_new_tokens=256, thinking=False):
+def trained_slices(model, version, base) -> int | None:
+    """An adapter's --max_slice_nums, passed on to chat() (a full model's own files carry it)."""
+    return image_settings(model.config, version).max_slice_nums if base else None
+
+
+def converse(model, tokenizer, version, images, questions, out=None, max_new_tokens=256, thinking=False,
+             max_slice_nums=None):
     """Answers each question in turn, keeping the conversation; returns the (role, text) history."""
     out = out or sys.stdout
     history = []
@@ -51,7 +63,7 @@ def converse(model, tokenizer, version, images, questions, out=None, max_new_tok
         question = question.strip()
         if not question:
             break
-        reply = answer(model, tokenizer, version, images, question, history, max_new_tokens, thinking)
+        reply = answer(model, tokenizer, version, images, question, history, max_new_tokens, thinking, max_slice_nums)
         print(reply, file=out, flush=True)
         history += [("user", question), ("assistant", reply)]
     return history
@@ -65,6 +77,8 @@ def main(argv=None):
     parser.add_argument("--question", default=None, help="the question (without --interactive)")
     parser.add_argument("--interactive", action="store_true", help="read questions from standard input")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
+    parser.add_argument("--max_slice_nums", type=int, default=None,
+                        help="most slices per image; default: what the model was trained (or saved) with")
     parser.add_argument("--thinking", action="store_true",
                         help="thinking models (4.5): reason before answering (default off, as their generation config)")
     args = parser.parse_args(argv)
@@ -72,7 +86,7 @@ def main(argv=None):
     if not args.interactive and not args.question:
         parser.error("give --question, or --interactive")
     try:
-        tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
+        tokenizer, model, version, base = load_for_inference(args.model, args.base, default_dtype())
     except AdapterBaseError as exc:
         parser.exit(2, f"chat.py: {exc}\n")
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,7 +94,7 @@ def main(argv=None):
     questions = iter(sys.stdin.readline, "") if args.interactive else [args.question]
     try:
         converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens,
-                 thinking=args.thinking)
+                 thinking=args.thinking, max_slice_nums=args.max_slice_nums or trained_slices(model, version, base))
     except ValueError as exc:
         parser.exit(2, f"chat.py: {exc}\n")
 

@@ -23,7 +23,7 @@ from transformers import HfArgumentParser
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset, data_collator
-from minicpmv_ft.checkpoints import (CheckpointWriteError, MarkCompleteCheckpoints, StopOnSignal,
+from minicpmv_ft.checkpoints import (CheckpointWriteError, MarkCompleteCheckpoints, StopOnSignal, checkpoint_step,
                                      explain_write_failures, resolve_resume, wants_resume)
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
@@ -33,6 +33,7 @@ from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import check_new_run, identity_hash, output_dir_lock, run_identity, write_run
 from minicpmv_ft.samples import DataError
+from minicpmv_ft.versions import set_max_slice_nums
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
@@ -290,6 +291,14 @@ def train(argv=None, callbacks=None):
         return run_training(model_args, data_args, train_args, callbacks)
 
 
+def log_resume(checkpoint: str, max_steps: int):
+    step = checkpoint_step(checkpoint)
+    logger.info("resuming from %s: %d steps done, training continues at step %d", checkpoint, step, step + 1)
+    if 0 < max_steps <= step:
+        logger.warning("%s is already at --max_steps %d: nothing is left to train; the final model is saved "
+                       "again from it", checkpoint, max_steps)
+
+
 def evaluated_last_step(trainer) -> bool:
     step = trainer.state.global_step
     return any("eval_loss" in entry and entry.get("step") == step for entry in trainer.state.log_history)
@@ -322,18 +331,23 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir, identity_hash(identity))
     if resume and train_args.deepspeed:
         check_deepspeed_checkpoint(resume)  # DeepSpeed itself unpickles with weights_only=False
+    if resume:
+        log_resume(resume, train_args.max_steps)
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, train_args.dataloader_num_workers)
     transformers.set_seed(train_args.seed)  # LoRA adapters are initialised before the Trainer seeds
     model = load_model(model_args, train_args, version, model_dtype(train_args))
+    if data_args.max_slice_nums is not None:  # saved with the model, so its chat() slices as training did
+        set_max_slice_nums(model.config, version, data_args.max_slice_nums)
     model = configure_trainable(model, version, train_args)
     log_settings(model, version, train_set, eval_set, data_args)
     stop_on_signal = StopOnSignal()
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=data_collator, processing_class=tokenizer,
                               callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
-                              source_model_dir=local_dir(model_args.model_name_or_path))
+                              source_model_dir=local_dir(model_args.model_name_or_path),
+                              max_slice_nums=data_args.max_slice_nums)
     try:
         with explain_write_failures(train_args.output_dir, identity_hash(identity)):  # a full disk says so
             interrupted = not train_and_save(trainer, resume, identity, stop_on_signal)

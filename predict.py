@@ -20,7 +20,7 @@ from collections import Counter
 
 import torch
 
-from chat import answer
+from chat import answer, trained_slices
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
@@ -80,7 +80,8 @@ def read_samples(path, version, image_folder, data_format):
     return samples, failed
 
 
-def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinking=False, progress=True):
+def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinking=False, max_slice_nums=None,
+            progress=True):
     """Writes one JSON line per sample to `out`; returns (predictions, references)."""
     from tqdm import tqdm
 
@@ -88,7 +89,8 @@ def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinkin
     for sample in tqdm(samples, desc="predicting", unit="sample", disable=not progress):
         history, question, reference = prompt_of(sample)
         images = [open_rgb(path) for path in sample.image_paths]
-        prediction = answer(model, tokenizer, version, images, question, history, max_new_tokens, thinking)
+        prediction = answer(model, tokenizer, version, images, question, history, max_new_tokens, thinking,
+                            max_slice_nums)
         predictions.append(prediction)
         references.append(reference)
         out.write(json.dumps({"id": sample.sample_id, "question": question, "reference": reference,
@@ -116,11 +118,13 @@ def main(argv=None) -> int:
     parser.add_argument("--image_folder", default=None, help="as in training: where relative image paths start")
     parser.add_argument("--max_samples", type=int, default=None, help="predict only the first N samples")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
+    parser.add_argument("--max_slice_nums", type=int, default=None,
+                        help="most slices per image; default: what the model was trained (or saved) with")
     parser.add_argument("--thinking", action="store_true", help="thinking models (4.5): reason before answering")
     args = parser.parse_args(argv)
     quiet_third_party()
     try:
-        tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
+        tokenizer, model, version, base = load_for_inference(args.model, args.base, default_dtype())
         samples, failed = read_samples(args.data, version, args.image_folder, args.data_format)
     except (AdapterBaseError, DataError) as error:
         parser.exit(2, f"predict.py: {error}\n")
@@ -129,7 +133,8 @@ def main(argv=None) -> int:
     samples = samples[: args.max_samples]
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     with open(args.out, "w", encoding="utf-8") as out:
-        predictions, references = predict(model, tokenizer, version, samples, out, args.max_new_tokens, args.thinking)
+        predictions, references = predict(model, tokenizer, version, samples, out, args.max_new_tokens, args.thinking,
+                                          args.max_slice_nums or trained_slices(model, version, base))
     result = scores(predictions, references)
     bleu_text = f", BLEU {result['bleu']:.1f}" if result["bleu"] is not None else " (BLEU: pip install sacrebleu)"
     print(f"{args.data}: {result['samples']} samples predicted ({len(failed)} failed the data check and were "

@@ -14,7 +14,7 @@ import torch
 from transformers import Trainer
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
-from minicpmv_ft.checkpoints import copy_missing_checkpoint_files
+from minicpmv_ft.checkpoints import copy_missing_checkpoint_files, record_max_slice_nums
 
 @contextmanager
 def lm_head_on_positions(lm_head: torch.nn.Module, positions: torch.Tensor):
@@ -40,8 +40,9 @@ def shifted_targets(labels: torch.Tensor):
 
 
 class MiniCPMVTrainer(Trainer):
-    def __init__(self, *args, source_model_dir: str | None = None, **kwargs):
+    def __init__(self, *args, source_model_dir: str | None = None, max_slice_nums: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.max_slice_nums = max_slice_nums  # --max_slice_nums, when given: saved into processor files too
         # compute_loss normalises by num_items_in_batch itself; this also stops the Trainer
         # from dividing the loss by the gradient accumulation steps a second time.
         self.model_accepts_loss_kwargs = True
@@ -73,6 +74,8 @@ class MiniCPMVTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if self.source_model_dir and not _is_peft(self.model):
             copy_missing_checkpoint_files(self.source_model_dir, output_dir)
+        if self.max_slice_nums is not None and self.args.should_save:
+            record_max_slice_nums(output_dir, self.max_slice_nums)
 
 
 def _is_peft(model) -> bool:

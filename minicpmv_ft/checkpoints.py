@@ -39,6 +39,26 @@ def copy_missing_checkpoint_files(source_dir: str, output_dir: str) -> list[str]
     return copied
 
 
+# What a LoRA adapter folder records of the slicing it was trained with (a full model's
+# config.json carries it); load_for_inference applies it to the base model's config.
+ADAPTER_SETTINGS_FILE = "minicpmv_settings.json"
+
+
+def record_max_slice_nums(output_dir: str, max_slice_nums: int):
+    """--max_slice_nums into the saved processor config (what 2.5+ chat() slices with) and,
+    for an adapter, into ADAPTER_SETTINGS_FILE."""
+    processor = os.path.join(output_dir, "preprocessor_config.json")
+    if os.path.isfile(processor):
+        with open(processor) as f:
+            settings = json.load(f)
+        settings["max_slice_nums"] = int(max_slice_nums)
+        with open(processor, "w") as f:
+            json.dump(settings, f, indent=2)
+    if os.path.isfile(os.path.join(output_dir, "adapter_config.json")):
+        with open(os.path.join(output_dir, ADAPTER_SETTINGS_FILE), "w") as f:
+            json.dump({"max_slice_nums": int(max_slice_nums)}, f)
+
+
 def _barrier():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -113,6 +133,11 @@ def newest_complete_checkpoint(output_dir: str, run_hash: str | None = None) -> 
     return None
 
 
+def checkpoint_step(checkpoint: str) -> int:
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        return int(json.load(f)["global_step"])
+
+
 def wants_resume(value: str | None) -> bool:
     return value is not None and value.lower() not in ("false", "no", "")
 
@@ -125,7 +150,6 @@ def resolve_resume(value: str | None, output_dir: str, run_hash: str | None = No
         path = newest_complete_checkpoint(output_dir, run_hash)
         if path is None:
             raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* in {output_dir}")
-        logger.info("resuming from %s", path)
         return path
     problem = "no such folder" if not os.path.isdir(value) else damage(value)
     if problem is None and run_hash is not None and marker_run(value) not in (run_hash, None):

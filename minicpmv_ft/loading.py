@@ -8,7 +8,8 @@ import os
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from .versions import ModelVersion, detect_version
+from .checkpoints import ADAPTER_SETTINGS_FILE
+from .versions import ModelVersion, detect_version, set_max_slice_nums
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merg
     model = load_model(base_path or model_dir, version, dtype)
     if base_path:
         from peft import PeftModel
+
+        settings_file = os.path.join(model_dir, ADAPTER_SETTINGS_FILE)
+        if os.path.isfile(settings_file):  # trained with --max_slice_nums: slice as training did
+            with open(settings_file) as f:
+                set_max_slice_nums(model.config, version, json.load(f)["max_slice_nums"])
 
         model = PeftModel.from_pretrained(model, model_dir)
         if merge:

@@ -295,6 +295,28 @@ def test_a_reported_problem_is_one_line_and_debug_shows_the_traceback(tiny_model
         finetune.main(args + ["--debug"])
 
 
+def test_the_trained_slice_limit_is_saved_where_chat_reads_it(tiny_model_dir, sample_data, tmp_path):
+    """Issue 9: a model trained with --max_slice_nums 2 is chatted with at 9 slices otherwise."""
+    from minicpmv_ft.checkpoints import record_max_slice_nums
+    from minicpmv_ft.loading import load_for_inference
+    from minicpmv_ft.versions import image_settings
+
+    common = ["--data_path", str(sample_data / "train.json"), "--max_steps", "1"]
+    full, lora = tmp_path / "full", tmp_path / "lora"
+    finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6"))] + common + cpu_flags(full, 1, 1e-3)
+                   + ["--max_slice_nums", "2"])
+    assert json.loads((full / "config.json").read_text())["slice_config"]["max_slice_nums"] == 2
+    finetune.train(["--model_name_or_path", str(tiny_model_dir("2.5"))] + common + cpu_flags(lora, 1, 1e-3)
+                   + ["--max_slice_nums", "3", "--use_lora", "true", "--lora_r", "4"])
+    assert json.loads((lora / "minicpmv_settings.json").read_text()) == {"max_slice_nums": 3}
+    for folder, expected in ((full, 2), (lora, 3)):
+        _, model, version, _ = load_for_inference(str(folder))
+        assert image_settings(model.config, version).max_slice_nums == expected
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"max_slice_nums": 9, "patch_size": 14}))
+    record_max_slice_nums(str(tmp_path), 4)  # what 2.5+ chat() builds its processor from
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text()) == {"max_slice_nums": 4, "patch_size": 14}
+
+
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):
     """Issue 8.11: a save that runs out of space gave torch's bare zip-writer error. The write
     really fails here: checkpoint-4's optimizer.pt is a link to /dev/full (ENOSPC on every write)."""
@@ -346,9 +368,10 @@ def test_resume_never_continues_another_run_in_the_same_folder(tiny_model_dir, s
 
     stopped = finetune.train(second + ["--overwrite_output_dir", "true"], callbacks=[Preempt()])
     assert stopped.interrupted_by == 15 and stopped.state.global_step == 2  # seen at the next step end
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)
     resumed = finetune.train(second + ["--resume_from_checkpoint", "last"])
     assert f"skipping {tmp_path / 'checkpoint-4'}: written by another run in this folder" in caplog.text
+    assert f"resuming from {tmp_path / 'checkpoint-2'}: 2 steps done, training continues at step 3" in caplog.text
     assert resumed.state.global_step == 3
     assert [e["step"] for e in resumed.state.log_history if "loss" in e] == [1, 2, 3]
     with pytest.raises(ValueError, match=r"holds a run with other settings: learning_rate 0.005 \(now 0.001\)"):

@@ -132,12 +132,12 @@ def test_chat_calls_each_versions_chat_signature(version, expected):
 
     class Recorder:
         def chat(self, *args, **kwargs):
-            calls.append((args, kwargs.get("enable_thinking")))
+            calls.append((args, kwargs.get("enable_thinking"), kwargs))
             return ("A", [], {}) if version == "2.0" else "A"
 
     assert chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG"], "Q") == "A"
     thinking = False if version == "4.5" else None
-    assert calls == [(expected, thinking)]
+    assert [call[:2] for call in calls] == [(expected, thinking)]
     if version == "4.5":
         chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG"], "Q", thinking=True)
         assert calls[-1][1] is True
@@ -146,6 +146,12 @@ def test_chat_calls_each_versions_chat_signature(version, expected):
     args = calls[-1][0]
     # chat() keeps no state: the follow-up question still sends the image with the first question
     assert args[0] == expected[0] and args[1][0] == expected[1][0] and args[1][2] == {"role": "user", "content": "Q2"}
+    Recorder.config = {"max_slice_nums": 9, "slice_config": {"max_slice_nums": 9}}  # what chat() reads
+    chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG"], "Q", max_slice_nums=2)
+    if VERSIONS[version].chat_takes_context:  # 2.0's chat() takes no such argument: its config says it
+        assert Recorder.config["max_slice_nums"] == 2 and "max_slice_nums" not in calls[-1][2]
+    else:
+        assert calls[-1][2]["max_slice_nums"] == 2
     if not VERSIONS[version].chat_images_in_messages:
         with pytest.raises(ValueError, match="takes one image, got 2"):
             chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG", "IMG2"], "Q")

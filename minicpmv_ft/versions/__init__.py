@@ -120,6 +120,15 @@ def _field(obj, name, default=None):
     return getattr(obj, name, default)
 
 
+def set_max_slice_nums(config, version: ModelVersion, max_slice_nums: int):
+    """Writes the slice limit a model was trained with where its own chat() reads it."""
+    slicing = config if version.slice_config_field is None else _field(config, version.slice_config_field)
+    if isinstance(slicing, dict):
+        slicing["max_slice_nums"] = int(max_slice_nums)
+    else:
+        slicing.max_slice_nums = int(max_slice_nums)
+
+
 def image_settings(config, version: ModelVersion, max_slice_nums: int | None = None) -> ImageSettings:
     """Slicing/placeholder settings of a loaded config; `max_slice_nums` overrides the config's."""
     slicing = config if version.slice_config_field is None else _field(config, version.slice_config_field)
