@@ -108,6 +108,10 @@ class TrainingArguments(transformers.TrainingArguments):
     label_names: typing.Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "label keys"})
     # Evaluation reports the loss only; full-vocab logits are never gathered.
     prediction_loss_only: bool = field(default=True, metadata={"help": "keep True: eval computes loss only"})
+    vision_lr: typing.Optional[float] = field(default=None, metadata={
+        "help": "learning rate of the vision tower (default: --learning_rate); same schedule"})
+    resampler_lr: typing.Optional[float] = field(default=None, metadata={
+        "help": "learning rate of the resampler (default: --learning_rate); same schedule"})
     report_to: typing.Union[None, str, list[str]] = field(default="tensorboard", metadata={
         "help": "where to log: tensorboard (OUTPUT_DIR/runs; `tensorboard --logdir OUTPUT_DIR/runs`), none, wandb, ..."})
     gradient_checkpointing_kwargs: typing.Optional[dict] = field(
@@ -134,6 +138,10 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError("--q_lora true needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora without --q_lora on CPU")
         if self.q_lora and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--q_lora true needs bitsandbytes: pip install bitsandbytes")
+        if (self.vision_lr is not None or self.resampler_lr is not None) and "optimizer" in deepspeed_config(self):
+            raise ValueError(f"--vision_lr / --resampler_lr need the Trainer's optimizer, but {self.deepspeed} has "
+                             "an \"optimizer\" block (DeepSpeed would build its own, with one learning rate); "
+                             "remove the block or the per-module rates")
         if self.q_lora and zero_stage(self) == 3:
             raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
                              "use ds_config_zero2.json")
@@ -173,14 +181,16 @@ def _init_cpu_deepspeed(argv):
         deepspeed.init_distributed(dist_backend="gloo")
 
 
-def zero_stage(train_args) -> int:
+def deepspeed_config(train_args) -> dict:
     config = train_args.deepspeed
-    if not config:
-        return 0
     if isinstance(config, str):
         with open(config) as handle:
-            config = json.load(handle)
-    return int(config.get("zero_optimization", {}).get("stage", 0))
+            return json.load(handle)
+    return config or {}
+
+
+def zero_stage(train_args) -> int:
+    return int(deepspeed_config(train_args).get("zero_optimization", {}).get("stage", 0))
 
 
 def check_version_supported(version, config, train_args, world_size: int):
@@ -291,6 +301,11 @@ def train(argv=None, callbacks=None):
         return run_training(model_args, data_args, train_args, callbacks)
 
 
+def module_lrs(version, train_args) -> dict:
+    lrs = {version.vision_module: train_args.vision_lr, version.resampler_module: train_args.resampler_lr}
+    return {module: lr for module, lr in lrs.items() if lr is not None}
+
+
 def log_resume(checkpoint: str, max_steps: int):
     step = checkpoint_step(checkpoint)
     logger.info("resuming from %s: %d steps done, training continues at step %d", checkpoint, step, step + 1)
@@ -347,7 +362,7 @@ def run_training(model_args, data_args, train_args, callbacks=None):
                               data_collator=data_collator, processing_class=tokenizer,
                               callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
                               source_model_dir=local_dir(model_args.model_name_or_path),
-                              max_slice_nums=data_args.max_slice_nums)
+                              max_slice_nums=data_args.max_slice_nums, module_lrs=module_lrs(version, train_args))
     try:
         with explain_write_failures(train_args.output_dir, identity_hash(identity)):  # a full disk says so
             interrupted = not train_and_save(trainer, resume, identity, stop_on_signal)

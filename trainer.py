@@ -40,8 +40,10 @@ def shifted_targets(labels: torch.Tensor):
 
 
 class MiniCPMVTrainer(Trainer):
-    def __init__(self, *args, source_model_dir: str | None = None, max_slice_nums: int | None = None, **kwargs):
+    def __init__(self, *args, source_model_dir: str | None = None, max_slice_nums: int | None = None,
+                 module_lrs: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.module_lrs = module_lrs or {}  # module name (vpm, resampler) -> its learning rate
         self.max_slice_nums = max_slice_nums  # --max_slice_nums, when given: saved into processor files too
         # compute_loss normalises by num_items_in_batch itself; this also stops the Trainer
         # from dividing the loss by the gradient accumulation steps a second time.
@@ -64,6 +66,21 @@ class MiniCPMVTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def create_optimizer(self):
+        """The Trainer's optimizer, with the modules that have their own learning rate
+        (--vision_lr, --resampler_lr) in param groups of their own."""
+        optimizer = super().create_optimizer()
+        if self.module_lrs:
+            split_param_groups(optimizer, self.model, self.module_lrs)
+        return optimizer
+
+    def log(self, logs, *args, **kwargs):
+        if self.module_lrs and "learning_rate" in logs and self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                if "module" in group:
+                    logs[f"learning_rate_{group['module']}"] = group["lr"]
+        super().log(logs, *args, **kwargs)
+
     def _align_special_tokens(self):
         """Keeps the checkpoint's own BOS/EOS/PAD ids. The Trainer would rewrite them in the config
         and generation config from the tokenizer (2.6: bos_token_id None) and log a warning; the
@@ -76,6 +93,28 @@ class MiniCPMVTrainer(Trainer):
             copy_missing_checkpoint_files(self.source_model_dir, output_dir)
         if self.max_slice_nums is not None and self.args.should_save:
             record_max_slice_nums(output_dir, self.max_slice_nums)
+
+
+def split_param_groups(optimizer, model, module_lrs: dict):
+    """Moves the parameters of each module in `module_lrs` into groups of their own (same weight
+    decay as before, the module's learning rate); before the first step, so no state moves."""
+    owners = {id(p): owner(name, module_lrs) for name, p in model.named_parameters()}
+    groups = []
+    for group in optimizer.param_groups:
+        split = {None: dict(group, params=[])}
+        split.update({module: dict(group, params=[], lr=lr, module=module) for module, lr in module_lrs.items()})
+        for param in group["params"]:
+            split[owners.get(id(param))]["params"].append(param)
+        groups += [g for g in split.values() if g["params"]]
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
+
+
+def owner(name: str, modules) -> str | None:
+    """The module of `modules` a parameter name belongs to ('base_model.model.vpm.x' -> 'vpm')."""
+    parts = name.split(".")
+    return next((module for module in modules if module in parts), None)
 
 
 def _is_peft(model) -> bool:

@@ -25,7 +25,7 @@ RESULT_ARGUMENTS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
     "tune_vision", "tune_llm", "use_lora", "q_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
     "lora_modules_to_save", "model_name_or_path", "max_slice_nums", "model_max_length", "skip_bad_samples",
-    "keep_earlier_reasoning",
+    "keep_earlier_reasoning", "vision_lr", "resampler_lr",
 )
 
 

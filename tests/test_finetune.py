@@ -317,6 +317,35 @@ def test_the_trained_slice_limit_is_saved_where_chat_reads_it(tiny_model_dir, sa
     assert json.loads((tmp_path / "preprocessor_config.json").read_text()) == {"max_slice_nums": 4, "patch_size": 14}
 
 
+def test_vision_and_resampler_learning_rates_have_their_own_param_groups(tiny_model_dir, sample_data, tmp_path):
+    args = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+            "--max_steps", "2"] + cpu_flags(tmp_path, 1, 1e-3) + [
+        "--vision_lr", "1e-4", "--resampler_lr", "2e-4", "--lr_scheduler_type", "constant", "--logging_steps", "1",
+        "--save_strategy", "steps", "--save_steps", "1"]
+    trainer = finetune.train(args)
+    lrs = {}
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        for param in group["params"]:
+            lrs[names[id(param)].split(".")[0]] = lrs.get(names[id(param)].split(".")[0], set()) | {group["lr"]}
+    assert lrs == {"vpm": {1e-4}, "resampler": {2e-4}, "llm": {1e-3}}
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert logged[-1]["learning_rate"] == 1e-3
+    assert logged[-1]["learning_rate_vpm"] == 1e-4 and logged[-1]["learning_rate_resampler"] == 2e-4
+    # the checkpoint's optimizer state keeps the groups, so a resume continues with them
+    state = torch.load(tmp_path / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    assert sorted(group["lr"] for group in state["param_groups"]) == sorted(
+        group["lr"] for group in trainer.optimizer.param_groups)
+    assert {group.get("module") for group in state["param_groups"]} == {None, "vpm", "resampler"}
+
+
+def test_per_module_rates_refuse_a_deepspeed_optimizer_block(tmp_path):
+    (tmp_path / "ds.json").write_text(json.dumps({"optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 2}}))
+    with pytest.raises(ValueError, match="--vision_lr / --resampler_lr need the Trainer's optimizer"):
+        finetune.TrainingArguments(output_dir=str(tmp_path / "out"), vision_lr=1e-5, deepspeed=str(tmp_path / "ds.json"),
+                                   use_cpu=True)
+
+
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):
     """Issue 8.11: a save that runs out of space gave torch's bare zip-writer error. The write
     really fails here: checkpoint-4's optimizer.pt is a link to /dev/full (ENOSPC on every write)."""
