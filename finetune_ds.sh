@@ -3,14 +3,38 @@
 # Edit the lines below or set them in the environment; any finetune.py flag given to this
 # script (sh finetune_ds.sh --learning_rate 2e-6) overrides the defaults here.
 set -eu
+CALLER_DIR=$(pwd)   # relative DATA, EVAL_DATA, OUTPUT_DIR, MODEL, DS_CONFIG are taken from here
 cd "$(dirname "$0")"
 
 MODEL=${MODEL:-openbmb/MiniCPM-V-4_5}   # or openbmb/MiniCPM-V-4, -2_6, MiniCPM-Llama3-V-2_5, MiniCPM-V-2, a local folder
 DATA=${DATA:-path/to/train.json}        # JSON list or JSON Lines, see README "Data format"
 EVAL_DATA=${EVAL_DATA:-}                # optional: evaluated every 10% of the steps and at the end
 LLM_TYPE=${LLM_TYPE:-}                  # empty: read from the checkpoint; else 2.0..4.5 or an alias (README)
-OUTPUT_DIR=${OUTPUT_DIR:-output/minicpmv_full}
+OUTPUT_DIR=${OUTPUT_DIR:-output/minicpmv_full}   # relative: under the folder you start the script from
 DS_CONFIG=${DS_CONFIG-ds_config_zero2.json}   # ds_config_zero3.json for large models; empty: no DeepSpeed
+
+# A relative path names a file under the folder the script was started from (DS_CONFIG: or the
+# one of this repo, e.g. the default). MODEL stays a hub id unless such a folder exists there.
+from_caller() {
+    case "$1" in
+        ""|/*) printf '%s' "$1" ;;
+        *) if [ -e "$CALLER_DIR/$1" ] || [ "${2:-}" = always ]; then printf '%s/%s' "$CALLER_DIR" "$1"; else printf '%s' "$1"; fi ;;
+    esac
+}
+DATA=$(from_caller "$DATA" always)
+EVAL_DATA=$(from_caller "$EVAL_DATA" always)
+OUTPUT_DIR=$(from_caller "$OUTPUT_DIR" always)
+MODEL=$(from_caller "$MODEL")
+DS_CONFIG=$(from_caller "$DS_CONFIG")
+
+# The project's environment (bash run_tests.sh or demo.sh make it) without activating it by hand.
+if [ -x .venv/bin/python ]; then
+    PATH="$PWD/.venv/bin:$PATH"
+elif ! python -c 'import transformers, peft' 2>/dev/null; then
+    echo "finetune: this python lacks the requirements and there is no .venv here; make it with" \
+         "'bash run_tests.sh' (or: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)" >&2
+    exit 1
+fi
 
 GPUS_PER_NODE=${GPUS_PER_NODE:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
 NNODES=${NNODES:-1}

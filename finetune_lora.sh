@@ -3,9 +3,9 @@
 # environment) plus the LoRA flags. The LLM gets adapters on its q/k/v/o projections; the
 # resampler (and the vision tower, --tune_vision true) is trained fully and saved with them.
 set -eu
-cd "$(dirname "$0")"
 export OUTPUT_DIR=${OUTPUT_DIR:-output/minicpmv_lora}
-exec sh finetune_ds.sh \
+# No cd: finetune_ds.sh takes relative paths from the folder this was started from.
+exec sh "$(dirname "$0")/finetune_ds.sh" \
     --use_lora true \
     --lora_r 64 \
     --lora_alpha 64 \

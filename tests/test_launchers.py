@@ -1,6 +1,7 @@
 """finetune_ds.sh / finetune_lora.sh as users run them: `sh` (POSIX), settings from the environment."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,21 @@ def test_missing_data_fails_before_launch(tmp_path):
     result = launch("finetune_ds.sh", {"DATA": str(tmp_path / "none.json")})
     assert result.returncode == 1
     assert f"finetune: DATA={tmp_path / 'none.json'} does not exist" in result.stderr
+
+
+def test_relative_paths_are_taken_from_the_callers_folder(tiny_model_dir, tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")],
+                   check=True)
+    shutil.copytree(tiny_model_dir("2.6"), tmp_path / "model")
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    env = {**os.environ, "PATH": path, "GPUS_PER_NODE": "1", "DS_CONFIG": "", "OMP_NUM_THREADS": "1",
+           "MODEL": "model", "DATA": "data/train.json", "OUTPUT_DIR": "out", "MASTER_PORT": "29535"}
+    result = subprocess.run(["sh", str(ROOT / "finetune_lora.sh"), "--use_cpu", "true", "--bf16", "false",
+                             "--max_steps", "1", "--report_to", "none"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+    assert not (ROOT / "out").exists() and not (ROOT / "output" / "minicpmv_lora").exists()
 
 
 def test_lora_launcher_trains_and_saves_adapter(tiny_model_dir, tmp_path):
