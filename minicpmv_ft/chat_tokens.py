@@ -108,6 +108,11 @@ class Encoding:
     blocks: list[tuple[int, int]]  # per image: (first, last) token of its whole placeholder
 
 
+# Grounding markup (`<ref>cat</ref><box>x1 y1 x2 y2</box>`): special tokens of the 2.5+
+# tokenizers that data is meant to contain; samples.py checks the coordinates.
+GROUNDING_TOKENS = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", "<point>", "</point>")
+
+
 class ChatEncoder:
     """Encodes turns for one tokenizer and version."""
 
@@ -126,7 +131,8 @@ class ChatEncoder:
         added_special = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
         special = [t for t in [*added_special, *tokenizer.all_special_tokens, *image_tokens]
                    if t in tokenizer.added_tokens_encoder and len(t) > 1]
-        self.forbidden = sorted(set(special) | set(self.format.structural), key=lambda t: (-len(t), t))
+        allowed = set(GROUNDING_TOKENS)  # grounding text: tokenized as these special tokens, as chat() does
+        self.forbidden = sorted((set(special) - allowed) | set(self.format.structural), key=lambda t: (-len(t), t))
 
     def check_text(self, turns: list[Turn]):
         """ValueError naming the turn when content holds a special or chat-control token."""

@@ -128,6 +128,26 @@ def _refuse_single_object(text: str, path: str):
     raise DataError(path, None, None, "one JSON object, not a list of samples or JSON Lines" + hint)
 
 
+GROUNDING = re.compile(r"<(box|point)>(.*?)</\1>", re.DOTALL)
+COORDINATES = {"box": 4, "point": 2}
+
+
+def grounding_problem(text: str) -> str | None:
+    """What is wrong with the first bad box or point of `text`: integers 0-1000 relative to the
+    image, x1 <= x2 and y1 <= y2 for a box."""
+    for match in GROUNDING.finditer(text):
+        kind, body = match.group(1), match.group(2)
+        values = body.split()
+        if len(values) != COORDINATES[kind] or not all(v.isdigit() for v in values):
+            return f"{match.group(0)}: a {kind} needs {COORDINATES[kind]} integers 0-1000 separated by spaces"
+        numbers = [int(v) for v in values]
+        if max(numbers) > 1000:
+            return f"{match.group(0)}: coordinates are 0-1000 (relative to the image), got {max(numbers)}"
+        if kind == "box" and (numbers[0] > numbers[2] or numbers[1] > numbers[3]):
+            return f"{match.group(0)}: a box is x1 y1 x2 y2 with x1 <= x2 and y1 <= y2"
+    return None
+
+
 def _turns(record: dict, index: int, source: str, sample_id, system_allowed: bool):
     def fail(reason):
         return DataError(source, index, sample_id, reason)
@@ -149,6 +169,9 @@ def _turns(record: dict, index: int, source: str, sample_id, system_allowed: boo
             raise fail(f"turn {t} ({role}): reasoning_content must be text on an assistant turn")
         if role == "assistant" and MARKERS.search(content):
             raise fail(f"turn {t} (assistant) has an image marker: images belong to user or system turns")
+        problem = grounding_problem(content)
+        if problem:
+            raise fail(f"turn {t} ({role}): {problem}")
         turns.append(Turn(role, [content], t, reasoning))
     body = turns
     if turns[0].role == "system":

@@ -255,3 +255,28 @@ def test_every_sample_dropped_is_an_error_not_an_empty_dataset(tiny, tmp_path):
     with pytest.raises(DataError, match=r"no sample left to train on: 1 turn 0 is 'assistant'"):
         build(tiny, tmp_path, [{"id": "r", "conversations": conv(("assistant", "x"), ("user", "y"))}],
               skip_bad_samples=True)
+
+
+@pytest.mark.parametrize("answer,reason", [
+    ("<ref>cat</ref><box>300 20 10 400</box>", "turn 1 (assistant): <box>300 20 10 400</box>: a box is x1 y1 x2 y2 "
+                                               "with x1 <= x2 and y1 <= y2"),
+    ("<ref>cat</ref><box>10 20 1300 400</box>", "coordinates are 0-1000 (relative to the image), got 1300"),
+    ("<box>10 20 30</box>", "<box>10 20 30</box>: a box needs 4 integers 0-1000 separated by spaces"),
+    ("<point>0.5 0.2</point>", "a point needs 2 integers 0-1000"),
+])
+def test_bad_boxes_and_points_are_data_errors(tiny, tmp_path, answer, reason):
+    bad = {"id": "g", "conversations": conv(("user", "Where is the cat?"), ("assistant", answer))}
+    assert_error(tiny, tmp_path, bad, reason)
+
+
+@pytest.mark.parametrize("version", ["2.5", "2.6", "4.5"])
+def test_grounding_text_trains_as_the_tokenizer_encodes_it(tiny, tmp_path, version):
+    """<ref>/<box> are special tokens of these tokenizers that grounding data must contain."""
+    answer = "<ref>cat</ref><box>10 20 300 400</box>"
+    ds, _ = build(tiny, tmp_path, [{"conversations": conv(("user", "Where is the cat?"), ("assistant", answer))}],
+                  version)
+    tok = tiny(version)[0]
+    item = ds[0]
+    trained = item["input_ids"][item["labels"] != -100].tolist()
+    assert trained[: len(tok.encode(answer, add_special_tokens=False))] == tok.encode(answer, add_special_tokens=False)
+    assert tok.convert_tokens_to_ids("<box>") in trained
