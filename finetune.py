@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -279,6 +280,17 @@ def log_settings(model, version, train_set, eval_set, data_args):
                         len(ds.dropped), len(ds.failed))
 
 
+def warn_left_out(datasets):
+    """The last word of a run that trained without some samples, so it is not scrolled away."""
+    for name, ds in datasets:
+        if ds is None or not (ds.dropped or ds.failed):
+            continue
+        reasons = Counter(reason.split(": ")[0] for _, _, reason in ds.dropped + ds.failed)  # without the paths
+        logger.warning("%s data: %d of %d samples were left out: %s (the log's start lists them; check_data.py "
+                       "shows all)", name, len(ds.dropped) + len(ds.failed), len(ds.reports),
+                       "; ".join(f"{n} {reason}" for reason, n in reasons.most_common()))
+
+
 def finish_distributed(exit_code: int = 0):
     """Ends a distributed run without the gloo shutdown abort (pytorch issue 190489): a gloo
     worker thread can abort the interpreter at exit after everything was saved."""
@@ -368,6 +380,7 @@ def run_training(model_args, data_args, train_args, callbacks=None):
             interrupted = not train_and_save(trainer, resume, identity, stop_on_signal)
     finally:
         stop_on_signal.restore()
+    warn_left_out((("train", train_set), ("eval", eval_set)))
     if stop_on_signal.received and not interrupted:  # after the last step: the finished model was saved
         logger.warning("signal %d arrived after the last step; the finished model was saved to %s",
                        stop_on_signal.received, train_args.output_dir)

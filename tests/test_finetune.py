@@ -188,14 +188,16 @@ def test_skip_bad_samples_trains_on_the_rest_and_counts_them(tiny_model_dir, sam
     data = sample_data / "with_bad.json"
     data.write_text(json.dumps(samples))
     base = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(data), "--max_steps", "1"]
-    from minicpmv_ft.samples import DataError
-
+    
     with pytest.raises(DataError, match=rf"{data}, sample 2 \(id 'lost'\): image not found: .*gone.png"):
         finetune.train(base + cpu_flags(tmp_path / "a", 1, 1e-3))
     trainer = finetune.train(base + cpu_flags(tmp_path / "b", 1, 1e-3) + ["--skip_bad_samples", "true"])
     assert trainer.train_dataset.failed == [(2, "lost", f"image not found: {sample_data / 'images' / 'gone.png'}")]
     assert len(trainer.train_dataset) == len(samples) - 1
     assert "train data: 14 samples used, 0 dropped, 1 failing samples skipped" in caplog.text
+    last = [r.getMessage() for r in caplog.records if r.name == "finetune"][-1]  # the run's last word
+    assert last == ("train data: 1 of 15 samples were left out: 1 image not found (the log's start lists them; "
+                    "check_data.py shows all)")
 
 
 @pytest.mark.parametrize("version,stage,world,refused", [
