@@ -360,6 +360,9 @@ def main(argv=None):
                         help="embedding rows (default: the tokenizer's size); e.g. 122753, 128256, 151666")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
+    # Saving imports DeepSpeed through accelerate, which then warns it found no GPU; this
+    # builder never uses DeepSpeed.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     version = args.version or LLM_TYPE_ALIASES[args.llm_type]
     out = build(version, args.out, args.vocab_size, args.seed)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
