@@ -121,6 +121,11 @@ class TrainingArguments(transformers.TrainingArguments):
     def __post_init__(self):
         if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             self.ddp_find_unused_parameters = False  # one process: nothing to synchronise, only a warning to print
+        # Before the Trainer's own checks: with --deepspeed they set up process-wide DeepSpeed state.
+        if (self.vision_lr is not None or self.resampler_lr is not None) and "optimizer" in deepspeed_config(self):
+            raise ValueError(f"--vision_lr / --resampler_lr need the Trainer's optimizer, but {self.deepspeed} has "
+                             "an \"optimizer\" block (DeepSpeed would build its own, with one learning rate); "
+                             "remove the block or the per-module rates")
         super().__post_init__()
         for flag in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size"):
             if getattr(self, flag) < 1:
@@ -139,10 +144,6 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError("--q_lora true needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora without --q_lora on CPU")
         if self.q_lora and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--q_lora true needs bitsandbytes: pip install bitsandbytes")
-        if (self.vision_lr is not None or self.resampler_lr is not None) and "optimizer" in deepspeed_config(self):
-            raise ValueError(f"--vision_lr / --resampler_lr need the Trainer's optimizer, but {self.deepspeed} has "
-                             "an \"optimizer\" block (DeepSpeed would build its own, with one learning rate); "
-                             "remove the block or the per-module rates")
         if self.q_lora and zero_stage(self) == 3:
             raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
                              "use ds_config_zero2.json")
