@@ -20,33 +20,60 @@ from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.versions import image_settings, set_max_slice_nums
 
 
-def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256,
-           thinking: bool = False, max_slice_nums: int | None = None) -> str:
-    """One answer to `question` after earlier (role, content) turns. chat() keeps no state, so
-    the images go with the first user turn of every call, follow-up questions included.
-    `thinking` switches a thinking model (4.5) to reason before answering; `max_slice_nums`
-    overrides the slicing the checkpoint was saved with."""
-    msgs = [{"role": r, "content": c} for r, c in history] + [{"role": "user", "content": question}]
-    images = list(images)
-    if len(images) > 1 and not version.chat_images_in_messages:
-        raise ValueError(f"{version.checkpoints}: its chat() takes one image, got {len(images)}")
+def chat_options(model, version, max_new_tokens: int, thinking: bool, max_slice_nums: int | None) -> dict:
+    """chat()'s keyword arguments: greedy, the answer length, 4.5's thinking switch and, when
+    given, the slice limit (2.0's chat() reads it from the config instead)."""
     options = {"max_new_tokens": max_new_tokens}
+    if not version.chat_takes_context:
+        options["sampling"] = False
     if version.chat.thinking:
         options["enable_thinking"] = thinking
     if max_slice_nums is not None:
-        set_max_slice_nums(model.config, version, max_slice_nums)  # where 2.0's chat() reads it
-        if not version.chat_takes_context:  # the others take it as an argument (2.6+: over their processor's)
+        set_max_slice_nums(model.config, version, max_slice_nums)
+        if not version.chat_takes_context:  # 2.6+ take it over their processor's setting
             options["max_slice_nums"] = max_slice_nums
+    return options
+
+
+def chat_messages(version, images, question: str, history=()) -> list[dict]:
+    """The msgs of one chat() call. chat() keeps no state, so the images go with the first user
+    turn of every call, follow-up questions included (2.6+: inside its content; the older
+    versions take the one image as chat()'s first argument)."""
+    images = list(images)
+    if len(images) > 1 and not version.chat_images_in_messages:
+        raise ValueError(f"{version.checkpoints}: its chat() takes one image, got {len(images)}")
+    msgs = [{"role": r, "content": c} for r, c in history] + [{"role": "user", "content": question}]
+    if images and version.chat_images_in_messages:
+        first = next(k for k, msg in enumerate(msgs) if msg["role"] == "user")
+        msgs[first] = {"role": "user", "content": images + [msgs[first]["content"]]}
+    return msgs
+
+
+def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256,
+           thinking: bool = False, max_slice_nums: int | None = None) -> str:
+    """One answer to `question` after earlier (role, content) turns. `thinking` switches a
+    thinking model (4.5) to reason before answering; `max_slice_nums` overrides the slicing the
+    checkpoint was saved with."""
+    msgs = chat_messages(version, images, question, history)
+    options = chat_options(model, version, max_new_tokens, thinking, max_slice_nums)
+    image = None if version.chat_images_in_messages or not images else list(images)[0]
     with torch.no_grad():
-        if version.chat_images_in_messages:  # 2.6+: images inside the message content
-            if images:
-                first = next(k for k, msg in enumerate(msgs) if msg["role"] == "user")
-                msgs[first] = {"role": "user", "content": images + [msgs[first]["content"]]}
-            return model.chat(None, msgs, tokenizer, sampling=False, **options)
-        image = images[0] if images else None  # their chat() puts it in front of the first user turn
         if version.chat_takes_context:  # 2.0: chat(image, msgs, context, tokenizer) -> (answer, ...)
             return model.chat(image, msgs, None, tokenizer, **options)[0]
-        return model.chat(image, msgs, tokenizer, sampling=False, **options)
+        return model.chat(image, msgs, tokenizer, **options)
+
+
+def answer_batch(model, tokenizer, version, requests, max_new_tokens: int = 256, thinking: bool = False,
+                 max_slice_nums: int | None = None) -> list[str]:
+    """Answers to [(images, question, history), ...]: in one chat() call where the checkpoint's
+    chat() takes a list of conversations (2.6+: their batch inference), else one by one."""
+    if not version.chat_images_in_messages or len(requests) == 1:
+        return [answer(model, tokenizer, version, *request, max_new_tokens, thinking, max_slice_nums)
+                for request in requests]
+    batch = [chat_messages(version, *request) for request in requests]
+    options = chat_options(model, version, max_new_tokens, thinking, max_slice_nums)
+    with torch.no_grad():
+        return list(model.chat(None, batch, tokenizer, **options))
 
 
 def trained_slices(model, version, base) -> int | None:

@@ -3,7 +3,8 @@
     python predict.py --model output/minicpmv_lora [--base BASE] --data eval.json --out preds.jsonl
 
 Each sample's last assistant turn is the reference; everything before it is the prompt, asked
-through the checkpoint's own chat() as chat.py does (images with the first question). Writes
+through the checkpoint's own chat() as chat.py does (images with the first question), in
+batches of --batch_size where that chat() takes batches (2.6+). Writes
 one JSON line per sample (id, question, reference, prediction, exact_match, f1) and prints
 exact match and token F1 (SQuAD-style: lower case, no punctuation or articles) over all of
 them, plus BLEU when sacrebleu is installed. The model is loaded once. Samples that fail the
@@ -20,7 +21,7 @@ from collections import Counter
 
 import torch
 
-from chat import answer, trained_slices
+from chat import answer_batch, trained_slices
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
@@ -81,21 +82,26 @@ def read_samples(path, version, image_folder, data_format):
 
 
 def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinking=False, max_slice_nums=None,
-            progress=True):
-    """Writes one JSON line per sample to `out`; returns (predictions, references)."""
+            batch_size=8, progress=True):
+    """Writes one JSON line per sample to `out`, `batch_size` samples per chat() call where the
+    checkpoint's chat() takes batches (2.6+); returns (predictions, references)."""
     from tqdm import tqdm
 
     predictions, references = [], []
-    for sample in tqdm(samples, desc="predicting", unit="sample", disable=not progress):
-        history, question, reference = prompt_of(sample)
-        images = [open_rgb(path) for path in sample.image_paths]
-        prediction = answer(model, tokenizer, version, images, question, history, max_new_tokens, thinking,
-                            max_slice_nums)
-        predictions.append(prediction)
-        references.append(reference)
-        out.write(json.dumps({"id": sample.sample_id, "question": question, "reference": reference,
-                              "prediction": prediction, "exact_match": exact_match(prediction, reference),
-                              "f1": round(token_f1(prediction, reference), 4)}, ensure_ascii=False) + "\n")
+    with tqdm(total=len(samples), desc="predicting", unit="sample", disable=not progress) as bar:
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start:start + batch_size]
+            prompts = [prompt_of(sample) for sample in batch]
+            requests = [([open_rgb(path) for path in sample.image_paths], question, history)
+                        for sample, (history, question, _) in zip(batch, prompts)]
+            answers = answer_batch(model, tokenizer, version, requests, max_new_tokens, thinking, max_slice_nums)
+            for sample, (_, question, reference), prediction in zip(batch, prompts, answers):
+                predictions.append(prediction)
+                references.append(reference)
+                out.write(json.dumps({"id": sample.sample_id, "question": question, "reference": reference,
+                                      "prediction": prediction, "exact_match": exact_match(prediction, reference),
+                                      "f1": round(token_f1(prediction, reference), 4)}, ensure_ascii=False) + "\n")
+            bar.update(len(batch))
     return predictions, references
 
 
@@ -117,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data_format", default="auto", choices=FORMATS, help="as in training")
     parser.add_argument("--image_folder", default=None, help="as in training: where relative image paths start")
     parser.add_argument("--max_samples", type=int, default=None, help="predict only the first N samples")
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="samples per chat() call for checkpoints whose chat() takes batches (2.6, 4.0, 4.5)")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
     parser.add_argument("--max_slice_nums", type=int, default=None,
                         help="most slices per image; default: what the model was trained (or saved) with")
@@ -134,7 +142,7 @@ def main(argv=None) -> int:
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     with open(args.out, "w", encoding="utf-8") as out:
         predictions, references = predict(model, tokenizer, version, samples, out, args.max_new_tokens, args.thinking,
-                                          args.max_slice_nums or trained_slices(model, version, base))
+                                          args.max_slice_nums or trained_slices(model, version, base), args.batch_size)
     result = scores(predictions, references)
     bleu_text = f", BLEU {result['bleu']:.1f}" if result["bleu"] is not None else " (BLEU: pip install sacrebleu)"
     print(f"{args.data}: {result['samples']} samples predicted ({len(failed)} failed the data check and were "

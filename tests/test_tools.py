@@ -192,3 +192,36 @@ def test_predict_writes_each_samples_prediction_as_chat_answers_it(adapters, tmp
     f1 = 100 * sum(row["f1"] for row in rows) / len(rows)
     assert (f"{eval_data}: {len(rows)} samples predicted (0 failed the data check and were skipped): "
             f"exact match {em:.1f}%, token F1 {f1:.1f}%") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("version,calls_expected", [("2.5", 3), ("2.6", 1), ("4.5", 1)])
+def test_answer_batch_uses_batch_inference_where_chat_takes_it(version, calls_expected):
+    from minicpmv_ft.versions import VERSIONS
+
+    calls = []
+
+    class Recorder:
+        def chat(self, image, msgs, *args, **kwargs):
+            calls.append(msgs)
+            return [f"A{k}" for k in range(len(msgs))] if isinstance(msgs[0], list) else "A"
+
+    requests = [(["IMG"], "Q1", ()), ([], "Q2", ()), (["IMG"], "Q3", [("user", "Q0"), ("assistant", "A0")])]
+    answers = chat.answer_batch(Recorder(), "TOK", VERSIONS[version], requests)
+    assert len(calls) == calls_expected and len(answers) == 3
+    if calls_expected == 1:  # one list of conversations, each as a single call would send it
+        assert calls[0] == [chat.chat_messages(VERSIONS[version], *request) for request in requests]
+
+
+def test_predict_in_batches_equals_one_by_one(adapters, tmp_path):
+    import json
+
+    import predict
+
+    _, adapter, data = adapters("2.6")
+    eval_data = data.parent / "eval.json"
+    for size in ("1", "3"):
+        predict.main(["--model", str(adapter), "--data", str(eval_data), "--out", str(tmp_path / f"p{size}.jsonl"),
+                      "--max_new_tokens", "6", "--batch_size", size])
+    one, batched = ([json.loads(line) for line in (tmp_path / f"p{size}.jsonl").read_text().splitlines()]
+                    for size in ("1", "3"))
+    assert one == batched and len(one) == 4

@@ -261,7 +261,8 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         return tokenizer.decode(generated, skip_special_tokens=True)
 
     def chat(self, image, msgs, *args, **kwargs):
-        """2.5+: chat(image, msgs, tokenizer, ...) -> answer (4.5: enable_thinking, default False).
+        """2.5+: chat(image, msgs, tokenizer, ...) -> answer (4.5: enable_thinking, default False);
+        msgs a list of conversations -> a list of answers (the real 2.6+ batch inference).
         2.0: chat(image, msgs, context, tokenizer, ...) -> (answer, context, generation_config)."""
         if self.uses_timm:
             context, tokenizer = (list(args) + [None, None])[:2]
@@ -271,6 +272,8 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             tokenizer = args[0] if args else kwargs.pop("tokenizer")
         names = ("max_new_tokens", "system_prompt", "max_slice_nums", "enable_thinking")
         options = {k: kwargs[k] for k in names if k in kwargs}
+        if not self.uses_timm and msgs and isinstance(msgs[0], list):  # batch: a list of conversations
+            return [self._answer(image, conversation, tokenizer, **options) for conversation in msgs]
         answer = self._answer(image, msgs, tokenizer, **options)
         if self.uses_timm:
             return answer, list(msgs) + [{"role": "assistant", "content": answer}], {}
