@@ -36,13 +36,16 @@ def test_relative_paths_are_taken_from_the_callers_folder(tiny_model_dir, tmp_pa
     shutil.copytree(tiny_model_dir("2.6"), tmp_path / "model")
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     env = {**os.environ, "PATH": path, "GPUS_PER_NODE": "1", "DS_CONFIG": "", "OMP_NUM_THREADS": "1",
-           "MODEL": "model", "DATA": "data/train.json", "OUTPUT_DIR": "out", "MASTER_PORT": "29535"}
+           "MODEL": "model", "DATA": "data/train.json", "OUTPUT_DIR": "out", "MASTER_PORT": "29535",
+           "PYTHONWARNINGS": "default"}  # run_tests.sh hides FutureWarnings; this run must show none
     result = subprocess.run(["sh", str(ROOT / "finetune_lora.sh"), "--use_cpu", "true", "--bf16", "false",
-                             "--max_steps", "1", "--report_to", "none"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+                             "--max_steps", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "adapter_config.json").is_file()
     assert not (ROOT / "out").exists() and not (ROOT / "output" / "minicpmv_lora").exists()
+    assert list((tmp_path / "out" / "runs").glob("*/events.out.tfevents.*"))  # TensorBoard by default
+    for noise in ("Setting accelerator to CPU", "find_unused_parameters=True", "PAD/BOS/EOS", "FutureWarning"):
+        assert noise not in result.stderr + result.stdout, noise
 
 
 def test_lora_launcher_trains_and_saves_adapter(tiny_model_dir, tmp_path):
