@@ -109,6 +109,9 @@ class TrainingArguments(transformers.TrainingArguments):
     label_names: typing.Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "label keys"})
     # Evaluation reports the loss only; full-vocab logits are never gathered.
     prediction_loss_only: bool = field(default=True, metadata={"help": "keep True: eval computes loss only"})
+    loss_chunk_tokens: int = field(default=64, metadata={
+        "help": "labelled positions whose logits exist at once in the loss (chunked cross-entropy; the "
+                "backward pass recomputes each chunk); smaller saves memory, larger saves a little time"})
     vision_lr: typing.Optional[float] = field(default=None, metadata={
         "help": "learning rate of the vision tower (default: --learning_rate); same schedule"})
     resampler_lr: typing.Optional[float] = field(default=None, metadata={
@@ -127,7 +130,8 @@ class TrainingArguments(transformers.TrainingArguments):
                              "an \"optimizer\" block (DeepSpeed would build its own, with one learning rate); "
                              "remove the block or the per-module rates")
         super().__post_init__()
-        for flag in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size"):
+        for flag in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+                     "loss_chunk_tokens"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:

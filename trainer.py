@@ -2,7 +2,8 @@
 label positions only, and checkpoints that load on their own.
 
 Loss: sum of cross-entropy over every trained token of the optimizer step (all
-micro-batches, all ranks), divided by the number of those tokens (`num_items_in_batch`, which
+micro-batches, all ranks; computed --loss_chunk_tokens positions at a time, so no more than
+that many rows of [tokens x vocab] logits ever exist), divided by the number of those tokens (`num_items_in_batch`, which
 the Trainer counts and gathers across ranks). The result does not depend on how a step is
 split into micro-batches, gradient accumulation or processes.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
@@ -30,6 +32,36 @@ def lm_head_on_positions(lm_head: torch.nn.Module, positions: torch.Tensor):
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def lm_head_inputs_at(lm_head: torch.nn.Module, positions: torch.Tensor):
+    """Within the block the model's LM head returns its input at `positions`, [1, N, H], instead
+    of logits: the loss then runs the head itself, chunk by chunk (chunked_cross_entropy). The
+    head's own hooks still run, so ZeRO-3 gathers its weight as usual."""
+    with lm_head_on_positions(lm_head, positions):
+        lm_head.forward = lambda hidden, *args, **kwargs: hidden  # an instance attribute over the class method
+        try:
+            yield
+        finally:
+            del lm_head.forward
+
+
+def chunked_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                          chunk_tokens: int) -> torch.Tensor:
+    """Sum of cross-entropy of lm_head(hidden) [N, V] against targets [N], never holding more
+    than `chunk_tokens` rows of logits: each chunk's logits are freed after its loss and
+    recomputed in the backward pass (activation checkpointing). Same value and gradients as
+    one cross_entropy over all rows."""
+    total = hidden.sum().float() * 0  # zero, but part of the graph when nothing is labelled
+    for start in range(0, targets.numel(), chunk_tokens):
+        end = start + chunk_tokens
+        total = total + checkpoint(_chunk_loss, lm_head, hidden[start:end], targets[start:end], use_reentrant=False)
+    return total
+
+
+def _chunk_loss(lm_head, hidden, targets):
+    return torch.nn.functional.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
 
 
 def shifted_targets(labels: torch.Tensor):
@@ -54,9 +86,9 @@ class MiniCPMVTrainer(Trainer):
         labels = inputs.pop("labels")
         positions, targets = shifted_targets(labels)
         lm_head = self.accelerator.unwrap_model(model).llm.get_output_embeddings()
-        with lm_head_on_positions(lm_head, positions):
-            logits = model(data=inputs, attention_mask=inputs["attention_mask"], use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits[0].float(), targets, reduction="sum")
+        with lm_head_inputs_at(lm_head, positions):
+            hidden = model(data=inputs, attention_mask=inputs["attention_mask"], use_cache=False).logits[0]
+        loss = chunked_cross_entropy(lm_head, hidden, targets, self.args.loss_chunk_tokens)
         if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
             loss = loss / max(targets.numel(), 1)
         else:

@@ -23,3 +23,17 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
         assert abs(row["tokens"] - 700) <= 35 and 0 < row["labelled"] < row["tokens"]
         assert row["tokens_per_second"] > 0 and row["peak_gib"] is None
     assert "lora-full-logits: speed x" in done.stdout
+
+
+def test_loss_memory_benchmark_shows_the_chunked_loss_flat_and_small(tmp_path):
+    out = tmp_path / "loss.jsonl"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_loss_memory.py"), "--tokens", "512",
+                           "--hidden", "32", "--vocabs", "40000", "--labelled", "0.1", "0.5", "--chunk", "16",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    memory = {(row["way"], row["labelled"]): row["extra_peak_mib"] for row in rows}
+    for share in (0.1, 0.5):
+        assert memory[("chunked", share)] < 0.25 * memory[("full-logits", share)]
+    assert memory[("label-positions", 0.5)] > 2 * memory[("chunked", 0.5)]  # grows with the labelled share
+    assert done.stdout.count("losses agree: True") == 2

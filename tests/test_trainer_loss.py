@@ -38,3 +38,44 @@ def test_lm_head_runs_on_label_positions_only_and_loss_matches_full_logits(tiny,
     ours = torch.nn.functional.cross_entropy(selected[0].float(), targets)
     reference = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.6", "4.5"])
+def test_chunked_loss_equals_one_cross_entropy_and_bounds_the_logits(tiny, image_file, version):
+    """--loss_chunk_tokens: the same loss and gradients as one cross-entropy over every labelled
+    position (1e-5), while the LM head never sees more rows than the chunk, backward included."""
+    from trainer import chunked_cross_entropy, lm_head_inputs_at
+
+    tok, model = tiny(version)
+    model.train()
+    batch = data_collator([SupervisedDataset(samples(image_file), tok, model.config)[i] for i in range(2)])
+    labels = batch.pop("labels")
+    positions, targets = shifted_targets(labels)
+    lm_head = model.llm.get_output_embeddings()
+    results = {}
+    for chunk in (3, 10**6):
+        model.zero_grad()
+        rows = []
+        vocab = model.llm.config.vocab_size  # logits rows only (the model's own call passes hidden states through)
+        record = lm_head.register_forward_hook(
+            lambda module, args, out: rows.append(out.shape[-2]) if out.shape[-1] == vocab else None)
+        with lm_head_inputs_at(lm_head, positions):
+            hidden = model(data=batch, attention_mask=batch["attention_mask"]).logits[0]
+        assert hidden.shape == (targets.numel(), model.llm.config.hidden_size)
+        loss = chunked_cross_entropy(lm_head, hidden, targets, chunk)
+        loss.backward()
+        record.remove()
+        if chunk == 3:
+            assert max(rows) == 3 and len(rows) == 2 * -(-targets.numel() // 3)  # each chunk: forward + recompute
+        results[chunk] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (small, small_grads), (whole, whole_grads) = results[3], results[10**6]
+    torch.testing.assert_close(small, whole, rtol=1e-5, atol=1e-6)
+    assert small_grads.keys() == whole_grads.keys() and any("lm_head" in n for n in small_grads)
+    for name in whole_grads:
+        scale = whole_grads[name].abs().max()
+        torch.testing.assert_close(small_grads[name], whole_grads[name], rtol=1e-5, atol=1e-5 * scale + 1e-8, msg=name)
+    with torch.no_grad():  # and it is the loss of the model's own full logits
+        full = model(data=batch, attention_mask=batch["attention_mask"]).logits
+    reference = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                                  reduction="sum")
+    torch.testing.assert_close(whole, reference, rtol=1e-5, atol=1e-4)
