@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.checkpoints import copy_missing_checkpoint_files, record_max_slice_nums
@@ -35,33 +36,41 @@ def lm_head_on_positions(lm_head: torch.nn.Module, positions: torch.Tensor):
 
 
 @contextmanager
-def lm_head_inputs_at(lm_head: torch.nn.Module, positions: torch.Tensor):
-    """Within the block the model's LM head returns its input at `positions`, [1, N, H], instead
-    of logits: the loss then runs the head itself, chunk by chunk (chunked_cross_entropy). The
-    head's own hooks still run, so ZeRO-3 gathers its weight as usual."""
+def lm_head_loss_at(lm_head: torch.nn.Module, positions: torch.Tensor, targets: torch.Tensor, chunk_tokens: int):
+    """Within the block the model's LM head returns, in place of logits, the summed
+    cross-entropy of its input at `positions` against `targets` (a 0-dim tensor), computed
+    `chunk_tokens` rows at a time (chunked_cross_entropy). It stays inside the model's forward,
+    where DDP and DeepSpeed expect the head's weight to be used."""
+    project = type(lm_head).forward  # the head's own computation, without its hooks (they ran for this call)
+
+    def loss_forward(hidden, *args, **kwargs):
+        return chunked_cross_entropy(lambda rows: project(lm_head, rows), hidden.reshape(-1, hidden.shape[-1]),
+                                     targets, chunk_tokens)
+
     with lm_head_on_positions(lm_head, positions):
-        lm_head.forward = lambda hidden, *args, **kwargs: hidden  # an instance attribute over the class method
+        lm_head.forward = loss_forward  # an instance attribute over the class method
         try:
             yield
         finally:
             del lm_head.forward
 
 
-def chunked_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                          chunk_tokens: int) -> torch.Tensor:
-    """Sum of cross-entropy of lm_head(hidden) [N, V] against targets [N], never holding more
+def chunked_cross_entropy(project, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+    """Sum of cross-entropy of project(hidden) [N, V] against targets [N], never holding more
     than `chunk_tokens` rows of logits: each chunk's logits are freed after its loss and
     recomputed in the backward pass (activation checkpointing). Same value and gradients as
-    one cross_entropy over all rows."""
-    total = hidden.sum().float() * 0  # zero, but part of the graph when nothing is labelled
+    one cross-entropy over all rows, which is what a chunk of N or more rows computes."""
+    if targets.numel() <= chunk_tokens:
+        return _chunk_loss(project, hidden, targets)
+    total = hidden.sum().float() * 0
     for start in range(0, targets.numel(), chunk_tokens):
         end = start + chunk_tokens
-        total = total + checkpoint(_chunk_loss, lm_head, hidden[start:end], targets[start:end], use_reentrant=False)
+        total = total + checkpoint(_chunk_loss, project, hidden[start:end], targets[start:end], use_reentrant=False)
     return total
 
 
-def _chunk_loss(lm_head, hidden, targets):
-    return torch.nn.functional.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+def _chunk_loss(project, hidden, targets):
+    return torch.nn.functional.cross_entropy(project(hidden).float(), targets, reduction="sum")
 
 
 def shifted_targets(labels: torch.Tensor):
@@ -86,9 +95,11 @@ class MiniCPMVTrainer(Trainer):
         labels = inputs.pop("labels")
         positions, targets = shifted_targets(labels)
         lm_head = self.accelerator.unwrap_model(model).llm.get_output_embeddings()
-        with lm_head_inputs_at(lm_head, positions):
-            hidden = model(data=inputs, attention_mask=inputs["attention_mask"], use_cache=False).logits[0]
-        loss = chunked_cross_entropy(lm_head, hidden, targets, self.args.loss_chunk_tokens)
+        # ZeRO-3 gathers the head's weight per call, which checkpoint recomputation cannot rely
+        # on: one chunk there (the labelled positions only, as before chunking).
+        chunk = max(targets.numel(), 1) if is_deepspeed_zero3_enabled() else self.args.loss_chunk_tokens
+        with lm_head_loss_at(lm_head, positions, targets, chunk):
+            loss = model(data=inputs, attention_mask=inputs["attention_mask"], use_cache=False).logits
         if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
             loss = loss / max(targets.numel(), 1)
         else:

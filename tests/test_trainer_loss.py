@@ -43,8 +43,9 @@ def test_lm_head_runs_on_label_positions_only_and_loss_matches_full_logits(tiny,
 @pytest.mark.parametrize("version", ["2.0", "2.6", "4.5"])
 def test_chunked_loss_equals_one_cross_entropy_and_bounds_the_logits(tiny, image_file, version):
     """--loss_chunk_tokens: the same loss and gradients as one cross-entropy over every labelled
-    position (1e-5), while the LM head never sees more rows than the chunk, backward included."""
-    from trainer import chunked_cross_entropy, lm_head_inputs_at
+    position (1e-5), while the LM head never makes more rows of logits than the chunk, backward
+    included; the loss comes out of the model's own forward (where DDP expects the head used)."""
+    from trainer import lm_head_loss_at
 
     tok, model = tiny(version)
     model.train()
@@ -52,21 +53,31 @@ def test_chunked_loss_equals_one_cross_entropy_and_bounds_the_logits(tiny, image
     labels = batch.pop("labels")
     positions, targets = shifted_targets(labels)
     lm_head = model.llm.get_output_embeddings()
+    vocab = model.llm.config.vocab_size
+    rows = []
+    original = torch.nn.functional.linear
+
+    def counting_linear(x, weight, *args):  # the head's projections: rows of logits made at once
+        if weight.shape[0] == vocab:
+            rows.append(x.shape[0])
+        return original(x, weight, *args)
+
     results = {}
     for chunk in (3, 10**6):
         model.zero_grad()
-        rows = []
-        vocab = model.llm.config.vocab_size  # logits rows only (the model's own call passes hidden states through)
-        record = lm_head.register_forward_hook(
-            lambda module, args, out: rows.append(out.shape[-2]) if out.shape[-1] == vocab else None)
-        with lm_head_inputs_at(lm_head, positions):
-            hidden = model(data=batch, attention_mask=batch["attention_mask"]).logits[0]
-        assert hidden.shape == (targets.numel(), model.llm.config.hidden_size)
-        loss = chunked_cross_entropy(lm_head, hidden, targets, chunk)
-        loss.backward()
-        record.remove()
+        rows.clear()
+        torch.nn.functional.linear = counting_linear
+        try:
+            with lm_head_loss_at(lm_head, positions, targets, chunk):
+                loss = model(data=batch, attention_mask=batch["attention_mask"]).logits
+            loss.backward()
+        finally:
+            torch.nn.functional.linear = original
+        assert loss.dim() == 0
         if chunk == 3:
             assert max(rows) == 3 and len(rows) == 2 * -(-targets.numel() // 3)  # each chunk: forward + recompute
+        else:
+            assert rows == [targets.numel()]
         results[chunk] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     (small, small_grads), (whole, whole_grads) = results[3], results[10**6]
     torch.testing.assert_close(small, whole, rtol=1e-5, atol=1e-6)

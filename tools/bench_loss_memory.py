@@ -53,7 +53,7 @@ def worker(way: str, vocab: int, tokens: int, hidden_size: int, labelled: float,
     elif way == "label-positions":
         loss = torch.nn.functional.cross_entropy(lm_head(hidden[positions]).float(), labels[positions], reduction="sum")
     else:
-        loss = chunked_cross_entropy(lm_head, hidden[positions], labels[positions], chunk)
+        loss = chunked_cross_entropy(lm_head, hidden[positions], labels[positions], chunk)  # project = the head
     loss.backward()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
