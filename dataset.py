@@ -48,6 +48,10 @@ class SupervisedDataset(Dataset):
         results = check_records(self.encoder, records, self.source, folder, verify_images, num_workers, progress)
         self.reports = [report for report, _ in results]
         self.samples = [sample for _, sample in results if sample is not None]
+        # Tokens of each served sample, from the check (--group_by_length groups by these without
+        # building the items, which would decode every image).
+        self.lengths = [min(report.tokens, self.encoder.model_max_length)
+                        for report, sample in results if sample is not None]
         self.dropped = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "dropped"]
         self.failed = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "failed"]
         if self.failed and not skip_bad_samples:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.checkpoints import copy_missing_checkpoint_files, record_max_slice_nums
@@ -108,6 +109,15 @@ class MiniCPMVTrainer(Trainer):
                 # the count is global; DDP/DeepSpeed average gradients over processes
                 loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        """--group_by_length with the lengths the data check measured; the Trainer's own way
+        builds every item (every image decoded and sliced) to measure it."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.group_by_length and getattr(dataset, "lengths", None) is not None:
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=dataset.lengths)
+        return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self):
         """The Trainer's optimizer, with the modules that have their own learning rate

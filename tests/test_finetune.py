@@ -348,6 +348,27 @@ def test_per_module_rates_refuse_a_deepspeed_optimizer_block(tmp_path):
                                    use_cpu=True)
 
 
+def test_group_by_length_uses_the_checked_lengths_without_building_items(tiny_model_dir, sample_data, tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    trainer = finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path",
+                              str(sample_data / "train.json"), "--max_steps", "1", "--group_by_length", "true"]
+                             + cpu_flags(tmp_path, 1, 1e-3))
+    dataset = trainer.train_dataset
+    assert dataset.lengths == [len(dataset[k]["input_ids"]) for k in range(len(dataset))]
+    built = []
+    original = type(dataset).__getitem__
+    type(dataset).__getitem__ = lambda self, k: built.append(k) or original(self, k)
+    try:
+        sampler = trainer._get_train_sampler()
+        order = list(sampler)
+    finally:
+        type(dataset).__getitem__ = original
+    assert isinstance(sampler, LengthGroupedSampler) and not built
+    assert sorted(order) == list(range(len(dataset)))
+    assert dataset.lengths[order[0]] == max(dataset.lengths)  # the longest batch comes first (memory errors early)
+
+
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):
     """Issue 8.11: a save that runs out of space gave torch's bare zip-writer error. The write
     really fails here: checkpoint-4's optimizer.pt is a link to /dev/full (ENOSPC on every write)."""
