@@ -61,7 +61,7 @@ def bleu(predictions: list[str], references: list[str]) -> float | None:
 
 def without_markers(text: str) -> str:
     """The text as a chat() question: image markers (and the newline after one) removed."""
-    return MARKERS.sub("", re.sub(r"(<image>|<image_\d+>)\n", r"\1", text)).strip()
+    return MARKERS.sub("", re.sub(f"({MARKERS.pattern})\n", r"\1", text)).strip()
 
 
 def prompt_of(sample):

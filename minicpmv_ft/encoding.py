@@ -33,6 +33,7 @@ class EncodedSample:
     blocks: list[tuple[int, int]]  # (first, last) token of each image's whole placeholder
     length_before_truncation: int
     drop_reason: str | None = None
+    frames: list[int] = field(default_factory=list)  # per image: > 1 for an animation (its first frame is used)
 
 
 @dataclass
@@ -76,7 +77,10 @@ class SampleEncoder:
 
     def encode_from_headers(self, sample: Sample) -> EncodedSample:
         """encode() with image sizes read from the files' headers (no pixel decoding)."""
-        return self.encode(sample, [read_image(sample, path, decode=False) for path in sample.image_paths])
+        headers = [read_image(sample, path, decode=False) for path in sample.image_paths]
+        encoded = self.encode(sample, [size for size, _ in headers])
+        encoded.frames = [frames for _, frames in headers]
+        return encoded
 
     def _truncate(self, encoded: EncodedSample):
         cut = self.model_max_length
@@ -94,8 +98,10 @@ class SampleEncoder:
 
     def with_pixels(self, sample: Sample):
         """(encoded sample, pixel tensors of every kept view, their tgt_sizes) from the image files."""
-        images = [read_image(sample, path, decode=True) for path in sample.image_paths]
+        read = [read_image(sample, path, decode=True) for path in sample.image_paths]
+        images = [image for image, _ in read]
         encoded = self.encode(sample, [image.size for image in images])
+        encoded.frames = [frames for _, frames in read]
         pixel_values, tgt_sizes = [], []
         for image in images[: len(encoded.plans)]:
             views, _ = slice_image(image, self.settings)
@@ -128,17 +134,16 @@ class SampleEncoder:
 
     def check(self, record, index: int, source: str, folder: str, verify_images: bool):
         """(SampleReport, Sample or None): the record through the training preprocessing; never raises DataError."""
-        sample_id = record.get("id", index) if isinstance(record, dict) else None
         try:
             sample = parse_sample(record, index, source, folder, self.version.chat.system_allowed)
             encoded = self.with_pixels(sample)[0] if verify_images else self.encode_from_headers(sample)
         except DataError as error:
             return SampleReport(index, error.sample_id, "failed", error.reason), None
-        report = SampleReport(index, sample_id, "ok", tokens=encoded.length_before_truncation,
+        report = SampleReport(index, sample.sample_id, "ok", tokens=encoded.length_before_truncation,
                               image_tokens=sum(last - first + 1 for first, last in encoded.blocks),
                               views_per_image=[1 + plan.num_slices for plan in encoded.all_plans],
-                              animated=[f"{path} ({n} frames)" for path in sample.image_paths
-                                        if (n := frame_count(path)) > 1])
+                              animated=[f"{path} ({n} frames)" for path, n in zip(sample.image_paths, encoded.frames)
+                                        if n > 1])
         if encoded.drop_reason:
             report.status, report.reason = "dropped", encoded.drop_reason
             return report, None
@@ -148,23 +153,24 @@ class SampleEncoder:
 
 
 def read_image(sample: Sample, path: str, decode: bool):
-    """The decoded RGB image (decode=True), or its (W, H) after a cheap check that the whole file
+    """(the decoded RGB image (decode=True), or its (W, H) after a cheap check that the whole file
     decodes (JPEG: at 1/8 scale; other formats: their own verify, e.g. PNG chunk checksums), so
-    a truncated file fails the data check instead of the training step that reaches it.
-    DataError if unreadable."""
+    a truncated file fails the data check instead of the training step that reaches it; its
+    number of frames, from the same open). DataError if unreadable."""
     if not os.path.isfile(path):
         raise sample.error(f"image not found: {path}")
     try:
         with Image.open(path) as image:
+            frames = frame_count(image)  # before verify(), which leaves the file unusable
             if decode:
-                return to_rgb(image)
+                return to_rgb(image), frames
             size = image.size
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
                 image.load()
             else:
                 image.verify()
-            return size
+            return size, frames
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise sample.error(f"cannot read image {path}: {exc}") from None
 

@@ -27,11 +27,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def frame_count(path: str) -> int:
-    """Frames in an animated GIF / APNG / WebP / multi-page TIFF (1 for a still image). Training
-    uses the first frame, as the checkpoints' chat() does with such a file."""
-    with Image.open(path) as image:
-        return getattr(image, "n_frames", 1)
+def frame_count(image: Image.Image) -> int:
+    """Frames of an open animated GIF / APNG / WebP / multi-page TIFF (1 for a still image).
+    Training uses the first frame, as the checkpoints' chat() does with such a file."""
+    return getattr(image, "n_frames", 1)
 
 
 def open_rgb(path: str) -> Image.Image:
