@@ -31,6 +31,7 @@ from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
+from minicpmv_ft.packing import PackedDataset, packed_collator
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import check_new_run, identity_hash, output_dir_lock, run_identity, write_run
 from minicpmv_ft.samples import DataError
@@ -112,6 +113,9 @@ class TrainingArguments(transformers.TrainingArguments):
     loss_chunk_tokens: int = field(default=64, metadata={
         "help": "labelled positions whose logits exist at once in the loss (chunked cross-entropy; the "
                 "backward pass recomputes each chunk); smaller saves memory, larger saves a little time"})
+    packing: bool = field(default=False, metadata={
+        "help": "train on packs of whole samples up to --model_max_length tokens, each sample attending only "
+                "to itself (no padding; see README, Packing)"})
     vision_lr: typing.Optional[float] = field(default=None, metadata={
         "help": "learning rate of the vision tower (default: --learning_rate); same schedule"})
     resampler_lr: typing.Optional[float] = field(default=None, metadata={
@@ -134,6 +138,8 @@ class TrainingArguments(transformers.TrainingArguments):
                      "loss_chunk_tokens"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
+        if self.packing and self.group_by_length:
+            raise ValueError("--packing and --group_by_length both arrange samples by length; use one")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError(f"--num_train_epochs {self.num_train_epochs} trains nothing; give a positive "
                              "--num_train_epochs or --max_steps")
@@ -318,6 +324,14 @@ def train(argv=None, callbacks=None):
         return run_training(model_args, data_args, train_args, callbacks)
 
 
+def batching(train_set, data_args, train_args):
+    """(what the Trainer samples from, the collator): packs of samples laid end to end in one row
+    with --packing, else the samples, right-padded per micro-batch."""
+    if train_args.packing:
+        return PackedDataset(train_set, data_args.model_max_length), packed_collator
+    return train_set, data_collator
+
+
 def module_lrs(version, train_args) -> dict:
     lrs = {version.vision_module: train_args.vision_lr, version.resampler_module: train_args.resampler_lr}
     return {module: lr for module, lr in lrs.items() if lr is not None}
@@ -375,8 +389,10 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     model = configure_trainable(model, version, train_args)
     log_settings(model, version, train_set, eval_set, data_args)
     stop_on_signal = StopOnSignal()
-    trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=train_set, eval_dataset=eval_set,
-                              data_collator=data_collator, processing_class=tokenizer,
+    served, collator = batching(train_set, data_args, train_args)
+    trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=served, eval_dataset=eval_set,
+                              data_collator=collator, processing_class=tokenizer,
+                              packed_attention=version.packed_attention,
                               callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
                               source_model_dir=local_dir(model_args.model_name_or_path),
                               max_slice_nums=data_args.max_slice_nums, module_lrs=module_lrs(version, train_args))

@@ -19,6 +19,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.checkpoints import copy_missing_checkpoint_files, record_max_slice_nums
+from minicpmv_ft.packing import block_causal_mask
 
 @contextmanager
 def lm_head_on_positions(lm_head: torch.nn.Module, positions: torch.Tensor):
@@ -83,8 +84,10 @@ def shifted_targets(labels: torch.Tensor):
 
 class MiniCPMVTrainer(Trainer):
     def __init__(self, *args, source_model_dir: str | None = None, max_slice_nums: int | None = None,
-                 module_lrs: dict | None = None, **kwargs):
+                 module_lrs: dict | None = None, packed_attention: str = "position_ids", **kwargs):
         super().__init__(*args, **kwargs)
+        # How a batch without attention_mask (packed: minicpmv_ft/packing.py) keeps samples apart
+        self.packed_attention = packed_attention
         self.module_lrs = module_lrs or {}  # module name (vpm, resampler) -> its learning rate
         self.max_slice_nums = max_slice_nums  # --max_slice_nums, when given: saved into processor files too
         # compute_loss normalises by num_items_in_batch itself; this also stops the Trainer
@@ -100,7 +103,7 @@ class MiniCPMVTrainer(Trainer):
         # on: one chunk there (the labelled positions only, as before chunking).
         chunk = max(targets.numel(), 1) if is_deepspeed_zero3_enabled() else self.args.loss_chunk_tokens
         with lm_head_loss_at(lm_head, positions, targets, chunk):
-            loss = model(data=inputs, attention_mask=inputs["attention_mask"], use_cache=False).logits
+            loss = model(data=inputs, attention_mask=self._attention_mask(model, inputs), use_cache=False).logits
         if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
             loss = loss / max(targets.numel(), 1)
         else:
@@ -109,6 +112,16 @@ class MiniCPMVTrainer(Trainer):
                 # the count is global; DDP/DeepSpeed average gradients over processes
                 loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _attention_mask(self, model, inputs):
+        """The batch's padding mask; for a packed batch (none) None, so that the LLM finds the
+        samples from the restarting position ids, or the block-causal 4-D mask for an LLM that
+        cannot (registry: packed_attention)."""
+        if "attention_mask" in inputs or self.packed_attention == "position_ids":
+            return inputs.get("attention_mask")
+        llm = self.accelerator.unwrap_model(model).llm
+        return block_causal_mask(inputs["position_ids"], llm.get_input_embeddings().weight.dtype,
+                                 llm.config._attn_implementation)
 
     def _get_train_sampler(self, train_dataset=None):
         """--group_by_length with the lengths the data check measured; the Trainer's own way

@@ -37,3 +37,16 @@ def test_loss_memory_benchmark_shows_the_chunked_loss_flat_and_small(tmp_path):
         assert memory[("chunked", share)] < 0.25 * memory[("full-logits", share)]
     assert memory[("label-positions", 0.5)] > 2 * memory[("chunked", 0.5)]  # grows with the labelled share
     assert done.stdout.count("losses agree: True") == 2
+
+
+def test_packing_benchmark_reports_padding_and_speed_of_both(tmp_path):
+    out = tmp_path / "packing.jsonl"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_packing.py"), "--samples", "18",
+                           "--model_max_length", "1024", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["setting"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert rows["unpacked"]["padding_share"] > 0.05 and rows["packed"]["padding_share"] == 0
+    assert 0 <= rows["packed"]["pack_room_unused"] < 0.5
+    assert rows["packed"]["steps"] < 18 and rows["unpacked"]["steps"] == 18 // 4 + 1
+    assert all(row["tokens_per_second"] > 0 for row in rows.values())
+    assert "packed / unpacked tokens/s: x" in done.stdout

@@ -12,6 +12,7 @@ from conftest import VERSIONS, ROOT
 
 import finetune
 from dataset import SupervisedDataset, data_collator
+from minicpmv_ft.packing import PackedDataset
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import VERSIONS as REGISTRY
 
@@ -123,6 +124,7 @@ def test_qlora_preparation_keeps_the_embedding_output_writable(tiny, tiny_model_
     (["--use_lora", "true", "--q_lora", "true"], "--q_lora true needs a CUDA GPU"),
     (["--q_lora", "true"], "--q_lora true needs --use_lora true"),
     (["--max_slice_nums", "0"], "--max_slice_nums must be >= 1"),
+    (["--packing", "true", "--group_by_length", "true"], "--packing and --group_by_length both"),
     # issue 8.10: these used to fail only after the weights loaded, or to "train" nothing
     (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be >= 1, got 0"),
     (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be >= 1, got 0"),
@@ -163,7 +165,6 @@ def test_lora_run_is_reproducible_with_seed(tiny_model_dir, sample_data, tmp_pat
 def test_nothing_to_train_on_fails_before_weights_load(tiny_model_dir, sample_data, tmp_path, monkeypatch):
     """Issue 8.8: every sample dropped used to crash with num_samples=0 after loading the weights."""
     monkeypatch.setattr(finetune, "load_model", lambda *a: pytest.fail("weights loaded with nothing to train on"))
-    from minicpmv_ft.samples import DataError
 
     with pytest.raises(DataError, match="train.json: no sample left to train on"):
         finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
@@ -173,7 +174,6 @@ def test_nothing_to_train_on_fails_before_weights_load(tiny_model_dir, sample_da
 def test_bad_data_fails_before_weights_load(tiny_model_dir, tmp_path, monkeypatch):
     (tmp_path / "bad.json").write_text(json.dumps([{"id": "q", "conversations": [{"role": "user", "content": "x"}]}]))
     monkeypatch.setattr(finetune, "load_model", lambda *a: pytest.fail("weights loaded before the data check"))
-    from minicpmv_ft.samples import DataError
 
     with pytest.raises(DataError, match=r"sample 0 \(id 'q'\): no assistant turn"):
         finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "bad.json"),
@@ -367,6 +367,21 @@ def test_group_by_length_uses_the_checked_lengths_without_building_items(tiny_mo
     assert isinstance(sampler, LengthGroupedSampler) and not built
     assert sorted(order) == list(range(len(dataset)))
     assert dataset.lengths[order[0]] == max(dataset.lengths)  # the longest batch comes first (memory errors early)
+
+
+@pytest.mark.parametrize("version", ["2.0", "4.5"])  # a 4-D mask LLM and a position-ids one
+def test_packed_training_memorises_and_logs_its_packs(tiny_model_dir, sample_data, tmp_path, caplog, version):
+    caplog.set_level(logging.INFO)
+    args = ["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(sample_data / "train.json"),
+            "--packing", "true", "--model_max_length", "400"] + cpu_flags(tmp_path / "out", epochs=8, lr=6e-3) \
+        + ["--per_device_train_batch_size", "1"]
+    trainer = finetune.train(args)
+    packs = trainer.train_dataset
+    assert isinstance(packs, PackedDataset) and len(packs) < len(packs.dataset) == len(packs.dataset.samples)
+    assert f"into {len(packs)} packs of up to 400 tokens" in caplog.text
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[-1] < losses[0] * 0.3, losses
+    assert trainer.state.global_step == 8 * len(packs)
 
 
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):

@@ -36,6 +36,11 @@ class ModelVersion:
     default_query_num: int
     # 4.5's 3-D resampler reads data["temporal_ids"] (one group per view; [-1] for a still image).
     temporal_ids: bool = False
+    # How --packing keeps samples apart in the LLM (minicpmv_ft/packing.py): "position_ids"
+    # (transformers' packed-sequence support in its Llama/Qwen classes: no attention_mask,
+    # position ids restarting per sample) or "mask_4d" (a remote LLM that takes a prepared
+    # block-causal 4-D attention_mask instead).
+    packed_attention: str = "position_ids"
     # chat() signatures: 2.0 is chat(image, msgs, context, tokenizer) -> (answer, context, config);
     # later ones chat(image, msgs, tokenizer) -> answer; 2.6+ take images inside message content.
     chat_takes_context: bool = False

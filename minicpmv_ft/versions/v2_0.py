@@ -17,5 +17,6 @@ VERSION = ModelVersion(
     default_query_num=64,
     chat_takes_context=True,
     vision_call_per_image=True,
+    packed_attention="mask_4d",  # its remote MiniCPM LLM ignores packed position ids
     after_load=(load_fixes.cast_to_dtype, load_fixes.input_embeddings_from_llm),
 )

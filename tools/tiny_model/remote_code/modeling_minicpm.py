@@ -132,7 +132,9 @@ class MiniCPMModel(MiniCPMPreTrainedModel):
             position_ids = torch.arange(length, device=inputs_embeds.device).unsqueeze(0).expand(batch, -1)
         causal = torch.ones(length, length, dtype=torch.bool, device=inputs_embeds.device).tril()
         mask = causal[None, None]
-        if attention_mask is not None:
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = self._prepared_mask(attention_mask, inputs_embeds.dtype)
+        elif attention_mask is not None:
             mask = mask & attention_mask.bool()[:, None, None, :]
             # a fully padded query row would give NaN; let it attend to itself only
             mask = mask | torch.eye(length, dtype=torch.bool, device=mask.device)[None, None]
@@ -149,6 +151,17 @@ class MiniCPMModel(MiniCPMPreTrainedModel):
         if all_hidden is not None:
             all_hidden.append(hidden)
         return BaseModelOutputWithPast(last_hidden_state=hidden, hidden_states=tuple(all_hidden) if all_hidden else None)
+
+
+    def _prepared_mask(self, mask, dtype):
+        """A 4-D [B, 1, L, L] mask taken as the real class takes it (through transformers'
+        _prepare_4d_causal_attention_mask helpers): eager attention inverts a 1 (attend) / 0
+        mask into an additive one, sdpa uses the given additive mask as it is."""
+        mask = mask.to(dtype)
+        if self.config._attn_implementation == "eager":
+            inverted = 1.0 - mask
+            mask = inverted.masked_fill(inverted.bool(), torch.finfo(dtype).min)
+        return mask
 
 
 class MiniCPMForCausalLM(MiniCPMPreTrainedModel):

@@ -1,0 +1,141 @@
+"""--packing: several samples in one training sequence, each attending only to itself.
+
+    packs = plan_packs(dataset.lengths, model_max_length)   # sample indices per pack
+    PackedDataset(dataset, model_max_length)[i]              # one pack as one item
+    packed_collator([item, item, ...])                       # the micro-batch as ONE row [1, T]
+
+A pack is whole samples (a sample is never split, so neither is an image), their token ids
+laid end to end with position ids restarting at 0 at each sample, pixel views and
+`tgt_sizes` concatenated in order and `image_bound` rows shifted by the sample's offset.
+The collator lays the packs of a micro-batch end to end too, so there is no padding and no
+attention_mask: sample boundaries are where position ids restart. How the LLM keeps samples
+apart is the version's `packed_attention` (registry):
+- "position_ids": transformers' own packed-sequence support in the Llama / Qwen2 / Qwen3
+  classes (2.5, 2.6, 4.0, 4.5): with attention_mask None it builds a block-causal mask from
+  the position ids for eager / sdpa / flex attention, and flash_attention_2 runs varlen
+  kernels over the same boundaries (it needs the single row the collator makes).
+- "mask_4d": 2.0's remote MiniCPM LLM has no such support; it takes a prepared 4-D mask
+  (`block_causal_mask`), in the form its attention implementation expects (no flash).
+
+The first token of every sample is prompt (label -100), so the last token of one sample is
+never trained to predict the first token of the next.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+
+import torch
+from torch.utils.data import Dataset
+
+from .chat_tokens import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+
+def plan_packs(lengths: list[int], budget: int) -> list[list[int]]:
+    """Sample indices grouped into packs of at most `budget` tokens: best-fit decreasing (each
+    sample, longest first, goes to the pack it fills most tightly). Packs keep their samples in
+    data order. A sample longer than the budget (none after truncation) gets a pack of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    packs: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, pack number), sorted
+    for i in order:
+        slot = bisect.bisect_left(room, (lengths[i], -1))
+        if slot < len(room):
+            free, pack = room.pop(slot)
+        else:
+            free, pack = budget, len(packs)
+            packs.append([])
+        packs[pack].append(i)
+        if free - lengths[i] > 0:
+            bisect.insort(room, (free - lengths[i], pack))
+    return [sorted(pack) for pack in packs]
+
+
+def pack_items(items: list[dict]) -> dict:
+    """Items of SampleEncoder.item() -> one item holding them end to end (see the module doc)."""
+    if any(int(item["labels"][0]) != IGNORE_INDEX for item in items):
+        # the chat formats always start with prompt; a trained first token would be predicted
+        # from the previous sample
+        raise ValueError("cannot pack a sample whose first token is trained")
+    packed = {key: torch.cat([item[key] for item in items])
+              for key in ("input_ids", "position_ids", "labels", "attention_mask")}
+    offsets = torch.tensor([0] + [len(item["input_ids"]) for item in items]).cumsum(0)
+    bounds = torch.cat([item["image_bound"] + offset for item, offset in zip(items, offsets)]).reshape(-1, 2)
+    packed.update({
+        "pixel_values": [view for item in items for view in item["pixel_values"]],
+        "tgt_sizes": torch.cat([item["tgt_sizes"] for item in items]).reshape(-1, 2),
+        "image_bound": bounds,
+        "image_bounds": bounds,
+    })
+    if "temporal_ids" in items[0]:
+        packed["temporal_ids"] = [group for item in items for group in item["temporal_ids"]]
+    return packed
+
+
+class PackedDataset(Dataset):
+    """Packs of `dataset`'s samples (planned once from the lengths the data check measured);
+    the Trainer's sampler shuffles the packs each epoch."""
+
+    def __init__(self, dataset, budget: int):
+        self.dataset, self.budget = dataset, int(budget)
+        self.packs = plan_packs(dataset.lengths, self.budget)
+        self.lengths = [sum(dataset.lengths[i] for i in pack) for pack in self.packs]
+        logger.info("packing: %d samples into %d packs of up to %d tokens (%.1f%% of the packs' room filled)",
+                    len(dataset), len(self.packs), self.budget, 100 * self.fill)
+
+    @property
+    def fill(self) -> float:
+        """Tokens / (packs x budget)."""
+        return sum(self.lengths) / max(1, len(self.packs) * self.budget)
+
+    def __len__(self):
+        return len(self.packs)
+
+    def __getitem__(self, i):
+        return pack_items([self.dataset[j] for j in self.packs[i]])
+
+
+def packed_collator(examples: list[dict]) -> dict:
+    """The micro-batch as one row [1, T] with no padding and no attention_mask (packs or
+    single samples alike: the per-token losses are those of the unpacked samples)."""
+    row = pack_items(examples)
+    batch = {key: row[key].unsqueeze(0) for key in ("input_ids", "position_ids", "labels")}
+    for key in ("pixel_values", "tgt_sizes", "image_bound", "image_bounds"):
+        batch[key] = [row[key]]
+    if "temporal_ids" in row:
+        batch["temporal_ids"] = [row["temporal_ids"]]
+    return batch
+
+
+def sample_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] -> [B, L] sample number of each token: a new sample wherever the position id
+    does not follow the previous one (the rule transformers applies to packed position ids)."""
+    previous = torch.cat([position_ids[:, :1] - 1, position_ids[:, :-1]], dim=1)
+    return (position_ids != previous + 1).cumsum(dim=1)
+
+
+def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype, attn_implementation: str) -> torch.Tensor:
+    """4-D mask [B, 1, L, L] letting each token see the earlier tokens of its own sample, in the
+    form transformers' _prepare_4d_causal_attention_mask helpers (which the 2.0 remote LLM
+    calls) take a prepared mask: eager inverts a 1 (attend) / 0 mask; sdpa adds the mask
+    as it is (0 / most negative)."""
+    if attn_implementation not in ("eager", "sdpa"):
+        raise ValueError(f"--packing on this model needs eager or sdpa attention, not {attn_implementation}")
+    sample = sample_starts(position_ids)
+    length = position_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (sample[:, :, None] == sample[:, None, :]) & causal
+    if attn_implementation == "eager":
+        return allowed[:, None].to(dtype)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def padding_share(lengths: list[int], batch_size: int) -> float:
+    """Padded / all positions when consecutive groups of `batch_size` samples are padded to their
+    longest (the unpacked collator)."""
+    padded = sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
+                 for i in range(0, len(lengths), batch_size))
+    return 1 - sum(lengths) / max(1, padded)
