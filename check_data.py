@@ -1,9 +1,12 @@
 """Check a dataset with exactly the preprocessing training uses, before spending GPU hours.
 
     python check_data.py --model_name_or_path M --data_path D [--eval_data_path E] [--llm_type T]
-        [--max_slice_nums N] [--model_max_length L] [--num_workers W] [--show N] [--json FILE]
+        [--max_slice_nums N] [--model_max_length L] [--verify_images] [--num_workers W] [--show N]
+        [--json FILE]
 
-Every image is decoded and sliced, every conversation tokenized. Prints each problem (file,
+Every conversation is tokenized and every image's header read (its size gives the slices and
+tokens) with a check that the file is whole, as training does; --verify_images decodes and
+slices every image too. Prints each problem (file,
 sample index, id, reason), the OK / truncated / dropped / failed counts, token lengths split
 into text and image tokens, the model_max_length that keeps all (or 99%) of the samples
 intact, slices per image, and animated images (only their first frame is trained on). Only the tokenizer and config are loaded, no weights.
@@ -24,6 +27,7 @@ from transformers import AutoConfig, AutoTokenizer
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records
 from minicpmv_ft.data_formats import FORMATS
+from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.samples import DataError, load_records
 from minicpmv_ft.versions import detect_version, image_settings
 
@@ -43,6 +47,9 @@ def parse_args(argv=None):
     parser.add_argument("--model_max_length", type=int, default=2048, help="as in training (default 2048)")
     parser.add_argument("--keep_earlier_reasoning", action="store_true",
                         help="as in training: keep and train the reasoning of earlier turns (4.5)")
+    parser.add_argument("--verify_images", action="store_true",
+                        help="decode and slice every image in full (slow); default: as training, read each "
+                             "image's header and check the file is whole")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     parser.add_argument("--show", type=int, default=0, metavar="N", help="print N samples with trained spans marked")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
@@ -146,17 +153,19 @@ def _shorten_unks(text: str, unk: str) -> str:
     return re.sub(f"(?:{re.escape(unk)}){{2,}}", lambda m: f"{unk}x{len(m.group(0)) // len(unk)}", text)
 
 
-def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None, data_format="auto"):
-    """[(SampleReport, Sample or None)] for every record of the file, and the summary."""
+def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None, data_format="auto",
+               verify_images=False, show=0):
+    """(the first `show` usable samples, the summary of every record of the file)."""
     records, source, folder = load_records(path, image_folder, data_format)
-    results = check_records(encoder, records, source, folder, verify_images=True, num_workers=num_workers,
+    reports = check_records(encoder, records, source, folder, verify_images=verify_images, num_workers=num_workers,
                             progress=True)
-    return results, summarise(source, encoder, [report for report, _ in results])
+    usable = [report.index for report in reports if report.usable][:show]
+    return [encoder.parse(records[i], i, source, folder) for i in usable], summarise(source, encoder, reports)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked
+    quiet_third_party()
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     version = detect_version(config, tokenizer, args.llm_type)
@@ -165,7 +174,8 @@ def main(argv=None) -> int:
     reports, failed, unusable = [], 0, []
     for path in filter(None, (args.data_path, args.eval_data_path)):
         try:
-            results, report = check_file(path, encoder, args.num_workers, args.image_folder, args.data_format)
+            shown, report = check_file(path, encoder, args.num_workers, args.image_folder, args.data_format,
+                                       args.verify_images, args.show)
         except DataError as error:  # the file itself: missing, not UTF-8, not JSON, empty
             print(f"FAILED {error}")
             unusable.append(path)
@@ -176,8 +186,7 @@ def main(argv=None) -> int:
         if report["counts"]["ok"] == 0:
             print(f"FAILED {path}: no sample left to train on")
             unusable.append(path)
-        kept = [sample for _, sample in results if sample is not None]
-        for sample in kept[: args.show]:
+        for sample in shown:
             print(render_trained(encoder, sample))
     if args.json:
         with open(args.json, "w") as handle:

@@ -15,6 +15,8 @@ another sample.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections import Counter
 
 from torch.nn.utils.rnn import pad_sequence
@@ -22,7 +24,7 @@ from torch.utils.data import Dataset
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records
-from minicpmv_ft.samples import DataError, load_records
+from minicpmv_ft.samples import DataError, Sample, load_records
 from minicpmv_ft.versions import detect_version, image_settings
 
 logger = logging.getLogger(__name__)
@@ -40,18 +42,18 @@ class SupervisedDataset(Dataset):
 
     def __init__(self, data, tokenizer, config, llm_type=None, max_slice_nums=None, model_max_length=2048,
                  base_dir=None, skip_bad_samples=False, verify_images=False, num_workers=1, progress=False,
-                 version=None, keep_earlier_reasoning=False, data_format="auto"):
+                 version=None, keep_earlier_reasoning=False, data_format="auto", image_cache_dir=None):
         self.version = version or detect_version(config, tokenizer, llm_type)
         self.settings = image_settings(config, self.version, max_slice_nums)
-        self.encoder = SampleEncoder(tokenizer, self.version, self.settings, model_max_length, keep_earlier_reasoning)
-        records, self.source, folder = load_records(data, base_dir, data_format)
-        results = check_records(self.encoder, records, self.source, folder, verify_images, num_workers, progress)
-        self.reports = [report for report, _ in results]
-        self.samples = [sample for _, sample in results if sample is not None]
-        # Tokens of each served sample, from the check (--group_by_length groups by these without
-        # building the items, which would decode every image).
-        self.lengths = [min(report.tokens, self.encoder.model_max_length)
-                        for report, sample in results if sample is not None]
+        self.encoder = SampleEncoder(tokenizer, self.version, self.settings, model_max_length, keep_earlier_reasoning,
+                                     image_cache_dir)
+        self.records, self.source, self.folder = load_records(data, base_dir, data_format)
+        self.reports = check_records(self.encoder, self.records, self.source, self.folder, verify_images, num_workers,
+                                     progress)
+        self.kept = [report.index for report in self.reports if report.usable]  # indices in the data file, in order
+        # Tokens of each served sample, from the check (--group_by_length and --packing use these
+        # without building the items, which would decode every image).
+        self.lengths = [min(report.tokens, self.encoder.model_max_length) for report in self.reports if report.usable]
         self.dropped = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "dropped"]
         self.failed = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "failed"]
         if self.failed and not skip_bad_samples:
@@ -59,22 +61,19 @@ class SupervisedDataset(Dataset):
             more = f" (and {len(self.failed) - 1} more failing samples: run check_data.py for all of them)" \
                 if len(self.failed) > 1 else ""
             raise DataError(self.source, index, sample_id, reason + more)
-        if not self.samples:
+        if not self.kept:
             reasons = Counter(reason for _, _, reason in self.dropped + self.failed)
             raise DataError(self.source, None, None, "no sample left to train on: " + "; ".join(
                 f"{n} {reason}" for reason, n in reasons.most_common(3)))
         self._log_summary()
-
-    @property
-    def kept(self) -> list[int]:
-        """Indices (in the data file) of the samples this dataset serves, in order."""
-        return [sample.index for sample in self.samples]
+        if image_cache_dir:
+            check_cache_room(image_cache_dir, sum(report.view_bytes for report in self.reports if report.usable))
 
     def _log_summary(self):
         reasons = Counter(reason for _, _, reason in self.dropped)
         logger.info(
             "%s: %d samples, %d kept, %d dropped%s, %d failed and skipped (MiniCPM-V %s, max_slice_nums=%d, "
-            "model_max_length=%d)", self.source, len(self.reports), len(self.samples), len(self.dropped),
+            "model_max_length=%d)", self.source, len(self.reports), len(self.kept), len(self.dropped),
             "".join(f"; {n} {r}" for r, n in reasons.items()), len(self.failed), self.version.name,
             self.settings.max_slice_nums, self.encoder.model_max_length,
         )
@@ -88,10 +87,28 @@ class SupervisedDataset(Dataset):
                            animated[0].index, animated[0].animated[0])
 
     def __len__(self):
-        return len(self.samples)
+        return len(self.kept)
+
+    def sample(self, i) -> Sample:
+        """The i-th served sample, parsed from its record (as the check parsed it)."""
+        return self.encoder.parse(self.records[self.kept[i]], self.kept[i], self.source, self.folder)
 
     def __getitem__(self, i):
-        return self.encoder.item(self.samples[i])
+        return self.encoder.item(self.sample(i))
+
+
+def check_cache_room(folder: str, needed: int):
+    """ValueError when the image cache would not fit on its disk (at most `needed` bytes: images
+    that several samples share count once per sample)."""
+    held = sum(entry.stat().st_size for sub in os.scandir(folder) if sub.is_dir() for entry in os.scandir(sub.path))
+    free = shutil.disk_usage(folder).free
+    gib = 2 ** 30
+    logger.info("image cache %s: views of this data take at most %.1f GiB (%.1f GiB cached already, %.1f GiB free)",
+                folder, needed / gib, held / gib, free / gib)
+    if needed - held > free:
+        raise ValueError(f"--image_cache_dir {folder}: this data's views need up to {needed / gib:.1f} GiB and "
+                         f"{(needed - held) / gib:.1f} GiB more than is cached, but the disk has "
+                         f"{free / gib:.1f} GiB free; choose a folder on a larger disk, or train without the cache")
 
 
 def data_collator(examples):

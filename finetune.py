@@ -77,6 +77,9 @@ class DataArguments:
     verify_images: bool = field(default=False, metadata={
         "help": "decode every image in full before training (as check_data.py does); default: a cheap check "
                 "that each file decodes (JPEG at 1/8 scale, other formats' checksums)"})
+    image_cache_dir: typing.Optional[str] = field(default=None, metadata={
+        "help": "folder that keeps every image's decoded and sliced views (uint8) after their first use, so "
+                "later epochs skip decoding and resizing; checked to fit on its disk before training"})
     keep_earlier_reasoning: bool = field(default=False, metadata={
         "help": "thinking models (4.5): keep the reasoning of every assistant turn as a trained think block. "
                 "Default: as the chat template, only the last answer carries its reasoning"})
@@ -122,12 +125,21 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "learning rate of the resampler (default: --learning_rate); same schedule"})
     report_to: typing.Union[None, str, list[str]] = field(default="tensorboard", metadata={
         "help": "where to log: tensorboard (OUTPUT_DIR/runs; `tensorboard --logdir OUTPUT_DIR/runs`), none, wandb, ..."})
+    dataloader_num_workers: int = field(default=-1, metadata={
+        "help": "processes that build batches (decode, slice, normalise, tokenize) while the model trains; "
+                "-1: this process's share of the node's cores minus one, at most 8; 0: in the training process"})
+    dataloader_persistent_workers: bool = field(default=True, metadata={
+        "help": "keep the DataLoader workers from one epoch to the next instead of starting new ones"})
     gradient_checkpointing_kwargs: typing.Optional[dict] = field(
         default_factory=lambda: {"use_reentrant": False}, metadata={"help": "kwargs for gradient checkpointing"})
 
     def __post_init__(self):
         if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             self.ddp_find_unused_parameters = False  # one process: nothing to synchronise, only a warning to print
+        if self.dataloader_num_workers < 0:
+            self.dataloader_num_workers = min(8, check_workers() - 1)
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False  # nothing to keep; the DataLoader refuses the flag
         # Before the Trainer's own checks: with --deepspeed they set up process-wide DeepSpeed state.
         if (self.vision_lr is not None or self.resampler_lr is not None) and "optimizer" in deepspeed_config(self):
             raise ValueError(f"--vision_lr / --resampler_lr need the Trainer's optimizer, but {self.deepspeed} has "
@@ -219,12 +231,19 @@ def model_dtype(train_args) -> torch.dtype:
     return torch.bfloat16 if train_args.bf16 else torch.float16 if train_args.fp16 else torch.float32
 
 
+def check_workers() -> int:
+    """Processes for the data check: the cores this process may use, shared among the node's
+    training processes (each checks the data at the same time, before training starts)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def load_datasets(version, data_args, tokenizer, config, num_workers=1):
     common = {"version": version, "max_slice_nums": data_args.max_slice_nums,
               "model_max_length": data_args.model_max_length, "skip_bad_samples": data_args.skip_bad_samples,
               "verify_images": data_args.verify_images, "num_workers": max(1, num_workers),
               "keep_earlier_reasoning": data_args.keep_earlier_reasoning, "data_format": data_args.data_format,
-              "base_dir": data_args.image_folder}
+              "base_dir": data_args.image_folder, "image_cache_dir": data_args.image_cache_dir}
     train_set = SupervisedDataset(data_args.data_path, tokenizer, config, **common)
     eval_set = SupervisedDataset(data_args.eval_data_path, tokenizer, config, **common) if data_args.eval_data_path else None
     return train_set, eval_set
@@ -274,7 +293,7 @@ def configure_trainable(model, version, train_args):
     return get_peft_model(model, config)
 
 
-def log_settings(model, version, train_set, eval_set, data_args):
+def log_settings(model, version, train_set, eval_set, data_args, train_args):
     def numel(p):
         return getattr(p, "ds_numel", p.numel())  # ZeRO-3 partitions parameters
 
@@ -285,6 +304,9 @@ def log_settings(model, version, train_set, eval_set, data_args):
     logger.info("MiniCPM-V %s (%s), query_num=%d, max_slice_nums=%d, scale_resolution=%d, image ids=%s, "
                 "model_max_length=%d", version.name, version.checkpoints, settings.query_num,
                 settings.max_slice_nums, settings.scale_resolution, settings.use_image_id, data_args.model_max_length)
+    logger.info("data loading: %d worker processes%s, pin_memory=%s, image cache: %s",
+                train_args.dataloader_num_workers, " (persistent)" * train_args.dataloader_persistent_workers,
+                train_args.dataloader_pin_memory, data_args.image_cache_dir or "off")
     for name, ds in (("train", train_set), ("eval", eval_set)):
         if ds is not None:
             logger.info("%s data: %d samples used, %d dropped, %d failing samples skipped", name, len(ds),
@@ -381,13 +403,13 @@ def run_training(model_args, data_args, train_args, callbacks=None):
         log_resume(resume, train_args.max_steps)
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
-    train_set, eval_set = load_datasets(version, data_args, tokenizer, config, train_args.dataloader_num_workers)
+    train_set, eval_set = load_datasets(version, data_args, tokenizer, config, check_workers())
     transformers.set_seed(train_args.seed)  # LoRA adapters are initialised before the Trainer seeds
     model = load_model(model_args, train_args, version, model_dtype(train_args))
     if data_args.max_slice_nums is not None:  # saved with the model, so its chat() slices as training did
         set_max_slice_nums(model.config, version, data_args.max_slice_nums)
     model = configure_trainable(model, version, train_args)
-    log_settings(model, version, train_set, eval_set, data_args)
+    log_settings(model, version, train_set, eval_set, data_args, train_args)
     stop_on_signal = StopOnSignal()
     served, collator = batching(train_set, data_args, train_args)
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=served, eval_dataset=eval_set,

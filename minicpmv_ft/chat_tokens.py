@@ -14,8 +14,11 @@ never by searching the ids.
 """
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from dataclasses import dataclass
+from operator import itemgetter
+from types import SimpleNamespace
 
 from .chat_formats import TextBuilder, Turn
 from .slicing import SlicePlan
@@ -32,8 +35,19 @@ class Placeholder:
     queries: tuple[tuple[int, int], ...]  # [start, end) of each run of unk tokens, in order
 
 
+# The tokenizer's string attributes that placeholders are made of.
+PLACEHOLDER_TOKENS = ("unk_token", "im_start", "im_end", "slice_start", "slice_end", "im_id_start", "im_id_end")
+
+
+def placeholder_tokens(tokenizer) -> SimpleNamespace:
+    """The PLACEHOLDER_TOKENS of a tokenizer as plain attributes (each read through the
+    tokenizer's __getattr__ costs microseconds, which a data check of 200k samples notices)."""
+    return SimpleNamespace(**{name: getattr(tokenizer, name, None) for name in PLACEHOLDER_TOKENS})
+
+
 def image_placeholder(plan: SlicePlan, settings: ImageSettings, tokenizer, image_index: int) -> Placeholder:
-    """An image's placeholder exactly as the version's inference code writes it."""
+    """An image's placeholder exactly as the version's inference code writes it (`tokenizer`:
+    the tokenizer or its placeholder_tokens)."""
     unks = tokenizer.unk_token * settings.query_num
     pieces, queries = [], []
     length = 0
@@ -75,6 +89,23 @@ def tokenize_with_starts(tokenizer, text: str, add_special_tokens: bool) -> tupl
         return encoded["input_ids"], [start for start, _ in encoded["offset_mapping"]]
     ids = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
     return ids, _sentencepiece_starts(tokenizer, text, ids)
+
+
+def tokenize_many_with_starts(tokenizer, texts: list[str], add_special_tokens: bool) -> list[tuple[list[int], list[int]]]:
+    """tokenize_with_starts of each text; a fast tokenizer encodes them in one batch call (the
+    same ids, without the per-call overhead that dominated the data check of large sets)."""
+    if not tokenizer.is_fast or not texts:
+        return [tokenize_with_starts(tokenizer, text, add_special_tokens) for text in texts]
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None or backend.padding is not None:  # left set by some other call
+        encoded = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        return [(ids, [start for start, _ in offsets])
+                for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"])]
+    # The Rust tokenizer itself: what tokenizer(texts) calls, without converting every encoding
+    # into Python dicts of attention masks and type ids first.
+    first = itemgetter(0)
+    return [(encoding.ids, list(map(first, encoding.offsets)))
+            for encoding in backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
 
 def _sentencepiece_starts(tokenizer, text: str, ids: list[int]) -> list[int]:
@@ -133,13 +164,18 @@ class ChatEncoder:
                    if t in tokenizer.added_tokens_encoder and len(t) > 1]
         allowed = set(GROUNDING_TOKENS)  # grounding text: tokenized as these special tokens, as chat() does
         self.forbidden = sorted((set(special) - allowed) | set(self.format.structural), key=lambda t: (-len(t), t))
+        self._forbidden_pattern = re.compile("|".join(map(re.escape, self.forbidden))) if self.forbidden else None
+        self.unk_id, self.unk_length = tokenizer.unk_token_id, len(tokenizer.unk_token)
 
     def check_text(self, turns: list[Turn]):
         """ValueError naming the turn when content holds a special or chat-control token."""
+        if self._forbidden_pattern is None:
+            return
         for turn in turns:
             texts = [p for p in turn.parts if isinstance(p, str)] + [turn.reasoning or ""]
-            for token in self.forbidden:
-                if any(token in text for text in texts):
+            found = [m.group() for text in texts for m in self._forbidden_pattern.finditer(text)]
+            for token in self.forbidden:  # the first in self.forbidden's order, as reported before
+                if token in found:
                     raise ValueError(f"{turn.role} turn {turn.index} contains {token!r}, a special token of this "
                                      "model, in its text; write it differently (images go in through their markers)")
 
@@ -162,9 +198,18 @@ class ChatEncoder:
         return out
 
     def encode(self, turns: list[Turn]) -> Encoding:
+        rendered = self.render_checked(turns)
+        return self.label(rendered, *tokenize_with_starts(self.tokenizer, rendered.text,
+                                                          self.version.encode_adds_special_tokens))
+
+    def render_checked(self, turns: list[Turn]) -> TextBuilder:
+        """The conversation as the one string the tokenizer encodes (ValueError for text that
+        holds a special token)."""
         self.check_text(turns)
-        rendered = self.render(turns)
-        ids, starts = tokenize_with_starts(self.tokenizer, rendered.text, self.version.encode_adds_special_tokens)
+        return self.render(turns)
+
+    def label(self, rendered: TextBuilder, ids: list[int], starts: list[int]) -> Encoding:
+        """Labels and image spans of `rendered`, tokenized as (ids, start character of each)."""
         labels = [IGNORE_INDEX] * len(ids)
         for begin, end in rendered.trained:
             for i in range(bisect_left(starts, begin), bisect_left(starts, end)):
@@ -181,8 +226,7 @@ class ChatEncoder:
 
     def _query_span(self, ids, starts, begin: int, end: int) -> tuple[int, int]:
         first, last = bisect_left(starts, begin), bisect_left(starts, end)
-        unk = self.tokenizer.unk_token_id
-        if any(t != unk for t in ids[first:last]) or last - first != (end - begin) // len(self.tokenizer.unk_token):
+        if ids[first:last].count(self.unk_id) != last - first or last - first != (end - begin) // self.unk_length:
             raise ValueError(f"an image placeholder did not encode as {self.tokenizer.unk_token} tokens "
                              "(text next to an image marker merged with it)")
         return first, last

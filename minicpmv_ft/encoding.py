@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .chat_tokens import IGNORE_INDEX, ChatEncoder, image_placeholder
+from .chat_tokens import (IGNORE_INDEX, ChatEncoder, image_placeholder, placeholder_tokens, tokenize_many_with_starts,
+                          tokenize_with_starts)
 from .images import frame_count, to_rgb
 from .samples import DataError, Sample, parse_sample
-from .slicing import plan_slices, slice_image, view_to_model_input
+from .slicing import layout_shape, model_input, plan_slices, slice_image, view_bytes, view_pixels
 from .versions import ImageSettings, ModelVersion
+from .view_cache import ViewCache
 
 
 @dataclass
@@ -47,25 +49,53 @@ class SampleReport:
     tokens: int = 0  # before truncation
     image_tokens: int = 0  # placeholder tokens of all images (query blocks and their markers)
     views_per_image: list[int] = field(default_factory=list)  # 1 + slices, per image
+    view_bytes: int = 0  # uint8 RGB bytes of all views of all images (what the image cache stores)
     animated: list[str] = field(default_factory=list)  # "path (N frames)": only the first frame is trained on
+
+    @property
+    def usable(self) -> bool:
+        """The sample trains (in full or truncated)."""
+        return self.status in ("ok", "truncated")
 
 
 class SampleEncoder:
     """Samples of one checkpoint -> token ids, labels and pixel tensors for model(data=...)."""
 
     def __init__(self, tokenizer, version: ModelVersion, settings: ImageSettings, model_max_length: int = 2048,
-                 keep_earlier_reasoning: bool = False):
+                 keep_earlier_reasoning: bool = False, image_cache_dir: str | None = None):
         self.tokenizer, self.version, self.settings = tokenizer, version, settings
         self.model_max_length = int(model_max_length)
         self.chat = ChatEncoder(tokenizer, version, keep_earlier_reasoning)
+        self.placeholder_tokens = placeholder_tokens(tokenizer)
+        self.cache = ViewCache(image_cache_dir, settings) if image_cache_dir else None
 
     def encode(self, sample: Sample, image_sizes) -> EncodedSample:
         """Token ids, labels and image spans for a sample whose images have these (W, H) sizes."""
+        rendered, plans = self._render(sample, image_sizes)
+        ids, starts = tokenize_with_starts(self.tokenizer, rendered.text, self.version.encode_adds_special_tokens)
+        return self._finish(sample, rendered, plans, ids, starts)
+
+    def encode_from_headers(self, sample: Sample) -> EncodedSample:
+        """encode() with image sizes read from the files' headers (no pixel decoding)."""
+        headers = [read_image(sample, path, decode=False) for path in sample.image_paths]
+        encoded = self.encode(sample, [size for size, _ in headers])
+        encoded.frames = [frames for _, frames in headers]
+        return encoded
+
+    def _render(self, sample: Sample, image_sizes):
+        """(the conversation as one string with its placeholders, the images' slice plans)."""
         plans = [plan_slices(size, self.settings) for size in image_sizes]
-        placeholders = {marker: image_placeholder(plan, self.settings, self.tokenizer, k)
+        placeholders = {marker: image_placeholder(plan, self.settings, self.placeholder_tokens, k)
                         for k, (marker, plan) in enumerate(zip(sample.markers, plans))}
         try:
-            encoding = self.chat.encode(sample.with_placeholders(placeholders))
+            return self.chat.render_checked(sample.with_placeholders(placeholders)), plans
+        except ValueError as exc:
+            raise sample.error(str(exc)) from None
+
+    def _finish(self, sample: Sample, rendered, plans, ids, starts) -> EncodedSample:
+        """The EncodedSample of a rendered conversation tokenized as (ids, starts), truncated."""
+        try:
+            encoding = self.chat.label(rendered, ids, starts)
         except ValueError as exc:
             raise sample.error(str(exc)) from None
         spans = [span for per_image in encoding.queries for span in per_image]
@@ -73,13 +103,6 @@ class SampleEncoder:
                                 len(encoding.input_ids))
         if len(encoded.input_ids) > self.model_max_length:
             self._truncate(encoded)
-        return encoded
-
-    def encode_from_headers(self, sample: Sample) -> EncodedSample:
-        """encode() with image sizes read from the files' headers (no pixel decoding)."""
-        headers = [read_image(sample, path, decode=False) for path in sample.image_paths]
-        encoded = self.encode(sample, [size for size, _ in headers])
-        encoded.frames = [frames for _, frames in headers]
         return encoded
 
     def _truncate(self, encoded: EncodedSample):
@@ -97,19 +120,30 @@ class SampleEncoder:
         encoded.spans = encoded.spans[:sum(1 + plan.num_slices for plan in encoded.plans)]
 
     def with_pixels(self, sample: Sample):
-        """(encoded sample, pixel tensors of every kept view, their tgt_sizes) from the image files."""
-        read = [read_image(sample, path, decode=True) for path in sample.image_paths]
-        images = [image for image, _ in read]
-        encoded = self.encode(sample, [image.size for image in images])
-        encoded.frames = [frames for _, frames in read]
-        pixel_values, tgt_sizes = [], []
-        for image in images[: len(encoded.plans)]:
-            views, _ = slice_image(image, self.settings)
-            for view in views:
-                tensor, tgt = view_to_model_input(view, self.settings)
-                pixel_values.append(tensor)
-                tgt_sizes.append(tgt)
-        return encoded, pixel_values, tgt_sizes
+        """(encoded sample, pixel tensors of every kept view, their tgt_sizes) from the image files
+        (or their views in the image cache)."""
+        images = [self._views(sample, path) for path in sample.image_paths]
+        encoded = self.encode(sample, [size for size, _, _ in images])
+        encoded.frames = [frames for _, frames, _ in images]
+        patch = self.settings.patch_size
+        views = [view for _, _, views in images[: len(encoded.plans)] for view in views]
+        return encoded, [model_input(pixels) for _, _, pixels in views], [(h // patch, w // patch) for h, w, _ in views]
+
+    def _views(self, sample: Sample, path: str):
+        """((W, H), frames, [(height, width, uint8 pixels in the model's layout) per view, source
+        first]) of one image file."""
+        if self.cache is not None:
+            cached = self.cache.get(path)
+            if cached is not None:
+                size, frames, views = cached
+                return size, frames, [(h, w, torch.from_numpy(flat).reshape(layout_shape(h, w, self.settings)))
+                                      for h, w, flat in views]
+        image, frames = read_image(sample, path, decode=True)
+        views = [(view.height, view.width, view_pixels(view, self.settings))
+                 for view in slice_image(image, self.settings)[0]]
+        if self.cache is not None:
+            self.cache.put(path, image.size, frames, [(h, w, pixels.numpy()) for h, w, pixels in views])
+        return image.size, frames, views
 
     def item(self, sample: Sample) -> dict:
         """input_ids, position_ids, labels, attention_mask [L]; pixel_values (list of per-view
@@ -132,31 +166,64 @@ class SampleEncoder:
             item["temporal_ids"] = [[-1] for _ in pixel_values]
         return item
 
-    def check(self, record, index: int, source: str, folder: str, verify_images: bool):
-        """(SampleReport, Sample or None): the record through the training preprocessing; never raises DataError."""
-        try:
-            sample = parse_sample(record, index, source, folder, self.version.chat.system_allowed)
-            encoded = self.with_pixels(sample)[0] if verify_images else self.encode_from_headers(sample)
-        except DataError as error:
-            return SampleReport(index, error.sample_id, "failed", error.reason), None
-        report = SampleReport(index, sample.sample_id, "ok", tokens=encoded.length_before_truncation,
+    def parse(self, record, index: int, source: str, folder: str) -> Sample:
+        return parse_sample(record, index, source, folder, self.version.chat.system_allowed)
+
+    def check_many(self, records: list, indices, source: str, folder: str, verify_images: bool) -> list:
+        """[SampleReport] of records[i] for each index, through the training preprocessing; never
+        raises DataError. The conversations of a call are tokenized in one batch (per-call
+        tokenizer overhead dominated the check of large sets)."""
+        results, pending = {}, []
+        for index in indices:
+            try:
+                sample = self.parse(records[index], index, source, folder)
+                if verify_images:
+                    results[index] = self._report(sample, self.with_pixels(sample)[0])
+                    continue
+                headers = [read_image(sample, path, decode=False) for path in sample.image_paths]
+                pending.append((sample, headers, *self._render(sample, [size for size, _ in headers])))
+            except DataError as error:
+                results[index] = SampleReport(index, error.sample_id, "failed", error.reason)
+        texts = [rendered.text for _, _, rendered, _ in pending]
+        tokenized = tokenize_many_with_starts(self.tokenizer, texts, self.version.encode_adds_special_tokens)
+        for (sample, headers, rendered, plans), (ids, starts) in zip(pending, tokenized):
+            try:
+                encoded = self._finish(sample, rendered, plans, ids, starts)
+            except DataError as error:
+                results[sample.index] = SampleReport(sample.index, error.sample_id, "failed", error.reason)
+                continue
+            encoded.frames = [frames for _, frames in headers]
+            results[sample.index] = self._report(sample, encoded)
+        return [results[index] for index in indices]
+
+    @staticmethod
+    def _report(sample: Sample, encoded: EncodedSample) -> SampleReport:
+        report = SampleReport(sample.index, sample.sample_id, "ok", tokens=encoded.length_before_truncation,
                               image_tokens=sum(last - first + 1 for first, last in encoded.blocks),
                               views_per_image=[1 + plan.num_slices for plan in encoded.all_plans],
+                              view_bytes=sum(view_bytes(plan) for plan in encoded.all_plans),
                               animated=[f"{path} ({n} frames)" for path, n in zip(sample.image_paths, encoded.frames)
                                         if n > 1])
         if encoded.drop_reason:
             report.status, report.reason = "dropped", encoded.drop_reason
-            return report, None
-        if encoded.length_before_truncation > len(encoded.input_ids):
+        elif encoded.length_before_truncation > len(encoded.input_ids):
             report.status = "truncated"
-        return report, sample
+        return report
+
+
+# The last bytes of an intact file: JPEG's end-of-image marker, PNG's IEND chunk. A copy or
+# download cut short lacks them.
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
 
 
 def read_image(sample: Sample, path: str, decode: bool):
-    """(the decoded RGB image (decode=True), or its (W, H) after a cheap check that the whole file
-    decodes (JPEG: at 1/8 scale; other formats: their own verify, e.g. PNG chunk checksums), so
-    a truncated file fails the data check instead of the training step that reaches it; its
-    number of frames, from the same open). DataError if unreadable."""
+    """(the decoded RGB image (decode=True), or its (W, H) after a cheap check that the file is
+    whole; its number of frames, from the same open). DataError if unreadable.
+
+    The cheap check reads the header and the file's last bytes: a JPEG or PNG that ends with its
+    end marker passes; one that does not (cut short, or with data appended after the image) is
+    decoded, JPEG at 1/8 scale, other formats by their own verify (e.g. PNG chunk checksums), so a
+    truncated file fails the data check instead of the training step that reaches it."""
     if not os.path.isfile(path):
         raise sample.error(f"image not found: {path}")
     try:
@@ -165,6 +232,8 @@ def read_image(sample: Sample, path: str, decode: bool):
             if decode:
                 return to_rgb(image), frames
             size = image.size
+            if _ends_with_marker(image):
+                return size, frames
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
                 image.load()
@@ -175,12 +244,30 @@ def read_image(sample: Sample, path: str, decode: bool):
         raise sample.error(f"cannot read image {path}: {exc}") from None
 
 
+def _ends_with_marker(image) -> bool:
+    marker = END_MARKERS.get(image.format)
+    if marker is None:
+        return False
+    handle = image.fp
+    handle.seek(-len(marker), os.SEEK_END)
+    return handle.read(len(marker)) == marker
+
+
+# Records per check_many call: large enough that batch tokenization pays, small enough for a
+# smooth progress bar and balanced workers.
+CHECK_CHUNK = 256
+
+
 def check_records(encoder: SampleEncoder, records: list, source: str, folder: str, verify_images: bool = False,
                   num_workers: int = 1, progress: bool = False) -> list:
-    """encoder.check() of every record, in order: [(SampleReport, Sample or None)], in forked
-    worker processes when num_workers > 1."""
-    def check(index):
-        return encoder.check(records[index], index, source, folder, verify_images)
+    """encoder.check_many() of every record, in order: [SampleReport], in forked worker processes
+    when num_workers > 1. Reports only: a kept sample is parsed again from its record when it is
+    used (cheap), rather than sent back from a worker (unpickling 200k samples took longer in
+    the parent than checking them in the workers)."""
+    chunks = [range(start, min(start + CHECK_CHUNK, len(records))) for start in range(0, len(records), CHECK_CHUNK)]
+
+    def check(indices):
+        return encoder.check_many(records, indices, source, folder, verify_images)
 
     bar = None
     if progress:
@@ -188,19 +275,19 @@ def check_records(encoder: SampleEncoder, records: list, source: str, folder: st
 
         bar = tqdm(total=len(records), desc=f"checking {source}", unit="sample")
     results = []
-    if num_workers > 1 and len(records) > 1:
-        chunk = max(1, min(64, len(records) // (4 * num_workers)))
-        # fork: workers inherit `check` (the encoder with its tokenizer) instead of unpickling it per task
+    if num_workers > 1 and len(chunks) > 1:
+        # fork: workers inherit `check` (the encoder with its tokenizer, the records) instead of
+        # unpickling them per task
         with multiprocessing.get_context("fork").Pool(num_workers, initializer=_worker_init, initargs=(check,)) as pool:
-            for result in pool.imap(_worker_check, range(len(records)), chunksize=chunk):
-                results.append(result)
+            for chunk_results in pool.imap(_worker_check, chunks):
+                results += chunk_results
                 if bar:
-                    bar.update()
+                    bar.update(len(chunk_results))
     else:
-        for index in range(len(records)):
-            results.append(check(index))
+        for indices in chunks:
+            results += check(indices)
             if bar:
-                bar.update()
+                bar.update(len(indices))
     if bar:
         bar.close()
     return results
@@ -217,5 +304,5 @@ def _worker_init(check):
     _worker_check_function = check
 
 
-def _worker_check(index):
-    return _worker_check_function(index)
+def _worker_check(indices):
+    return _worker_check_function(indices)

@@ -24,6 +24,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND + (255,)), rgba).convert("RGB")
+    if image.mode == "RGB":  # most JPEGs: convert() would copy every pixel for nothing
+        image.load()
+        return image
     return image.convert("RGB")
 
 

@@ -10,3 +10,6 @@ def quiet_third_party():
     # DeepSpeed then warns "Setting accelerator to CPU" on every machine without a GPU.
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
+    # The data check's and the DataLoader's workers are forked; a tokenizer that used its own
+    # threads before a fork prints a warning in every child and turns them off anyway.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -73,6 +73,13 @@ def plan_slices(size, settings: ImageSettings) -> SlicePlan:
     return SlicePlan(best_resize(size, s, p), grid, cell)
 
 
+def view_bytes(plan: SlicePlan) -> int:
+    """uint8 RGB bytes of all views of an image with this plan."""
+    source = plan.source_size[0] * plan.source_size[1]
+    cells = plan.num_slices * plan.cell_size[0] * plan.cell_size[1] if plan.grid else 0
+    return 3 * (source + cells)
+
+
 def slice_image(image: Image.Image, settings: ImageSettings):
     """[source, slice(0,0), slice(0,1), ...] as PIL images (row-major), and the plan."""
     plan = plan_slices(image.size, settings)
@@ -87,24 +94,55 @@ def slice_image(image: Image.Image, settings: ImageSettings):
     return views, plan
 
 
-def normalise(image: Image.Image) -> torch.Tensor:
-    """[3, H, W] float32: ToTensor then mean 0.5 / std 0.5 per channel."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return (torch.from_numpy(array).permute(2, 0, 1) - 0.5) / 0.5
+def normalise(view) -> torch.Tensor:
+    """[3, H, W] float32 of an RGB view (PIL image or uint8 H x W x 3 array): ToTensor (x / 255)
+    then mean 0.5 / std 0.5 per channel, the same float32 operations in the same order, so the
+    same bits, as the checkpoints' processors."""
+    return _normalised(_channels_first(view).contiguous())
+
+
+def _channels_first(view) -> torch.Tensor:
+    return torch.from_numpy(np.array(view, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def _normalised(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.float().div_(255).sub_(0.5).div_(0.5)
 
 
 def reshape_by_patch(image: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[3, H, W] -> [3, patch, H*W/patch]: patches in row-major order laid side by side."""
-    channels = image.shape[0]
-    patches = torch.nn.functional.unfold(image, (patch_size, patch_size), stride=(patch_size, patch_size))
-    patches = patches.reshape(channels, patch_size, patch_size, -1)
-    return patches.permute(0, 1, 3, 2).reshape(channels, patch_size, -1)
+    """[C, H, W] -> [C, patch, H*W/patch]: the patch x patch squares in row-major order laid side
+    by side (out[c, a, (i * W/patch + j) * patch + b] = image[c, i * patch + a, j * patch + b]).
+    One permuted copy; any dtype (the data path moves uint8, a quarter of the bytes)."""
+    channels, height, width = image.shape
+    rows, cols = height // patch_size, width // patch_size
+    blocks = image.reshape(channels, rows, patch_size, cols, patch_size)
+    return blocks.permute(0, 2, 1, 3, 4).reshape(channels, patch_size, rows * cols * patch_size)
 
 
-def view_to_model_input(view: Image.Image, settings: ImageSettings):
-    """One view -> (pixel tensor in the version's layout, tgt_size (H/patch, W/patch))."""
-    tensor = normalise(view)
-    tgt = (tensor.shape[1] // settings.patch_size, tensor.shape[2] // settings.patch_size)
+def view_pixels(view, settings: ImageSettings) -> torch.Tensor:
+    """uint8 pixels of one view (PIL image or H x W x 3 array) in the version's layout: [3, H, W]
+    or patch-major [3, patch, H*W/patch]; model_input() makes the model's floats of them."""
+    pixels = _channels_first(view)
     if settings.pixel_layout == "patch_major":
-        tensor = reshape_by_patch(tensor, settings.patch_size)
-    return tensor, tgt
+        return reshape_by_patch(pixels, settings.patch_size)
+    return pixels.contiguous()
+
+
+def layout_shape(height: int, width: int, settings: ImageSettings) -> tuple[int, int, int]:
+    """Shape of view_pixels() for an H x W view."""
+    if settings.pixel_layout == "patch_major":
+        return 3, settings.patch_size, height * width // settings.patch_size
+    return 3, height, width
+
+
+def model_input(pixels: torch.Tensor) -> torch.Tensor:
+    """view_pixels() -> the float32 the model takes. Rearranging before normalising gives the same
+    values: normalisation works on each pixel alone."""
+    return _normalised(pixels)
+
+
+def view_to_model_input(view, settings: ImageSettings):
+    """One view (PIL image or uint8 H x W x 3 array) -> (pixel tensor in the version's layout,
+    tgt_size (H/patch, W/patch))."""
+    width, height = view.size if isinstance(view, Image.Image) else (view.shape[1], view.shape[0])
+    return model_input(view_pixels(view, settings)), (height // settings.patch_size, width // settings.patch_size)

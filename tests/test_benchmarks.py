@@ -1,5 +1,6 @@
 """Smoke runs of the benchmarks in CI-sized settings: they run, and report what they claim."""
 import json
+import os
 import subprocess
 import sys
 
@@ -50,3 +51,30 @@ def test_packing_benchmark_reports_padding_and_speed_of_both(tmp_path):
     assert rows["packed"]["steps"] < 18 and rows["unpacked"]["steps"] == 18 // 4 + 1
     assert all(row["tokens_per_second"] > 0 for row in rows.values())
     assert "packed / unpacked tokens/s: x" in done.stdout
+
+
+def test_data_check_benchmark_times_both_commands(tmp_path):
+    out = tmp_path / "check.jsonl"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_data_check.py"), "--samples", "800",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(row["samples"], row["way"]) for row in rows] == [
+        (200, "finetune.py"), (200, "check_data.py"), (800, "finetune.py"), (800, "check_data.py")]
+    assert all(row["seconds"] > 0 and row["peak_mib"] > 0 for row in rows)
+    assert [row["kept"] for row in rows if row["way"] == "finetune.py"] == [200, 800]  # every sample passed
+    assert "800 samples, check_data.py" in done.stdout
+
+
+def test_data_path_benchmark_compares_with_the_official_bit_for_bit(tmp_path):
+    out = tmp_path / "path.jsonl"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_data_path.py"), "--samples", "4",
+                           "--epochs", "2", "--max_slice_nums", "4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["way"] for row in rows[:3]] == ["official", "ours", "ours+cache"]
+    assert all(row["same_tensors"] for row in rows) and rows[0]["vs_official"] == 1
+    assert rows[2]["samples_per_s"] > rows[2]["first_epoch_samples_per_s"]  # the second epoch reads the cache
+    assert [row["workers"] for row in rows[3:]] == sorted({1, 2, len(os.sched_getaffinity(0))})
+    assert "same tensors as the official, bit for bit: True" in done.stdout

@@ -37,7 +37,7 @@ def write_dataset(folder):
 
 EXPECTED_PROBLEMS = [
     (2, "missing", "failed", "image not found: {folder}/nope.png"),
-    (3, "cut", "failed", "cannot read image {folder}/cut.png: image file is truncated"),
+    (3, "cut", "failed", "cannot read image {folder}/cut.png: Truncated File Read"),
     (4, "count", "failed", "image count mismatch: <image_01> appears 0 times in the text (must be once)"),
     (5, "unknown", "failed", 'unknown image placeholder(s) <image_03>: not keys of "image"'),
     (6, "roles", "failed", "turn 1 is 'user' but 'assistant' was expected: turns must be an optional system turn, "
@@ -69,7 +69,7 @@ def test_reports_every_problem_and_the_lengths(tiny_model_dir, tiny, tmp_path, c
     tok, model = tiny(version)
     full = SupervisedDataset(str(data), tok, model.config, skip_bad_samples=True, verify_images=True,
                              model_max_length=10**6)
-    lengths = {sample.sample_id: len(full[k]["input_ids"]) for k, sample in enumerate(full.samples)}
+    lengths = {full.sample(k).sample_id: len(full[k]["input_ids"]) for k in range(len(full))}
     assert file_report["model_max_length_to_keep"]["all"] == max(lengths.values())
     assert file_report["tokens"]["total"]["max"] == max(lengths.values())
     assert file_report["views_per_image"] == {"1": 1, "4": 1}  # ok.png whole; wide.png 1 + 3 slices (3 x 1 grid)
@@ -94,6 +94,23 @@ def test_clean_data_exits_zero_and_shows_trained_spans(tiny_model_dir, tmp_path,
             "<|im_start|>assistant\n[[Noise.<|im_end|>]]\n") in out
     assert "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n" \
            "[[Hey.<|im_end|>]]\n" in out
+
+
+def test_verify_images_decodes_what_the_default_check_only_reads_the_ends_of(tiny_model_dir, tmp_path, capsys):
+    """A PNG with intact header and end but broken compressed pixels passes the default check
+    (header + end marker, as training) and fails with --verify_images."""
+    make_image(tmp_path / "ok.png", (300, 300))
+    whole = bytearray((tmp_path / "ok.png").read_bytes())
+    whole[2000:2400] = bytes(400)  # inside the pixel data
+    (tmp_path / "broken.png").write_bytes(bytes(whole))
+    samples = [{"id": "b", "image": "broken.png", "conversations": conv(("user", "<image>\nWhat?"), ("assistant", "N."))}]
+    (tmp_path / "d.json").write_text(json.dumps(samples))
+    argv = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "d.json"),
+            "--num_workers", "1"]
+    assert check_data.main(argv) == 0
+    assert check_data.main(argv + ["--verify_images"]) == 1
+    assert f"FAILED {tmp_path / 'd.json'}, sample 0 (id 'b'): cannot read image {tmp_path / 'broken.png'}" \
+        in capsys.readouterr().out
 
 
 def test_dropped_samples_are_a_warning_not_ok(tiny_model_dir, tmp_path, capsys):
@@ -129,7 +146,7 @@ def test_finetune_refuses_the_same_samples(tiny_model_dir, tmp_path, index, samp
     samples = json.loads(data.read_text())
     (tmp_path / "one_bad.json").write_text(json.dumps([samples[0], samples[index]]))
     args = ["--model_name_or_path", str(tiny_model_dir("2.5")), "--data_path", str(tmp_path / "one_bad.json"),
-            "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--verify_images", "true"]
+            "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"]
     with pytest.raises(DataError) as info:
         finetune.train(args)
     assert (info.value.index, info.value.sample_id) == (1, sample_id)

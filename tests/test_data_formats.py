@@ -109,7 +109,7 @@ def test_image_folder_is_where_relative_paths_start(tiny, tiny_model_dir, tmp_pa
     tok, model = tiny("2.6")
     ds = SupervisedDataset(str(tmp_path / "data" / "train.json"), tok, model.config,
                            base_dir=str(tmp_path / "pictures"))
-    assert ds.samples[0].image_paths == [str(tmp_path / "pictures" / "a.png")]
+    assert ds.sample(0).image_paths == [str(tmp_path / "pictures" / "a.png")]
     code = check_data.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--num_workers", "1",
                             "--data_path", str(tmp_path / "data" / "train.json"),
                             "--image_folder", str(tmp_path / "pictures")])

@@ -377,11 +377,29 @@ def test_packed_training_memorises_and_logs_its_packs(tiny_model_dir, sample_dat
         + ["--per_device_train_batch_size", "1"]
     trainer = finetune.train(args)
     packs = trainer.train_dataset
-    assert isinstance(packs, PackedDataset) and len(packs) < len(packs.dataset) == len(packs.dataset.samples)
+    assert isinstance(packs, PackedDataset) and len(packs) < len(packs.dataset) == len(packs.dataset.kept)
     assert f"into {len(packs)} packs of up to 400 tokens" in caplog.text
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert losses[-1] < losses[0] * 0.3, losses
     assert trainer.state.global_step == 8 * len(packs)
+
+
+def test_data_loading_defaults_and_the_image_cache_in_a_run(tiny_model_dir, sample_data, tmp_path, caplog,
+                                                            monkeypatch):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(finetune, "check_workers", lambda: 3)  # this process's share of the cores
+    _, _, args = finetune.parse_arguments(["--model_name_or_path", str(tmp_path), "--data_path", "x.json",
+                                           "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (2, True)
+    monkeypatch.setattr(finetune, "check_workers", lambda: 1)
+    _, _, args = finetune.parse_arguments(["--model_name_or_path", str(tmp_path), "--data_path", "x.json",
+                                           "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (0, False)
+    cache = tmp_path / "cache"
+    finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+                    "--image_cache_dir", str(cache), "--num_train_epochs", "1"] + cpu_flags(tmp_path / "out", 1, 1e-3))
+    assert len(list(cache.glob("*/*.views"))) == 6  # the sample data's six image files, each once
+    assert f"image cache: {cache}" in caplog.text and "image cache " + str(cache) + ": views of this data" in caplog.text
 
 
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):

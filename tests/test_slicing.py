@@ -1,11 +1,13 @@
 """Slicing follows the specification exactly (values worked out by hand from its formulas)."""
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from minicpmv_ft.slicing import best_grid, ensure_divide, plan_slices, reshape_by_patch, slice_image, view_to_model_input
+from minicpmv_ft.slicing import (best_grid, ensure_divide, normalise, plan_slices, reshape_by_patch, slice_image,
+                                 view_to_model_input)
 from minicpmv_ft.versions import ImageSettings
 
 
@@ -95,6 +97,18 @@ def test_pixels_normalised_and_patch_major_layout():
     assert torch.allclose(tensor[:, 0, 0], torch.tensor([1.0, -1.0, 128 / 255 * 2 - 1]), atol=1e-6)
     patched, tgt = view_to_model_input(image, settings(layout="patch_major"))
     assert patched.shape == (3, 14, 42 * 28 // 14) and tgt == (3, 2)
+
+
+def test_normalised_pixels_equal_torchvision_bit_for_bit():
+    """The checkpoints' processors: transforms.ToTensor() then Normalize(mean 0.5, std 0.5)."""
+    from torchvision import transforms
+
+    pixels = np.random.RandomState(0).randint(0, 256, (37, 53, 3), dtype=np.uint8)
+    official = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    expected = official(Image.fromarray(pixels))
+    for view in (Image.fromarray(pixels), pixels):  # PIL view, or a cached uint8 array
+        ours = normalise(view)
+        assert ours.dtype == torch.float32 and torch.equal(ours, expected)
 
 
 def test_reshape_by_patch_lays_patches_side_by_side_in_row_major_order():
