@@ -49,7 +49,19 @@ class ModelArguments:
         "help": "checkpoint version or its alias: 2.0 (minicpm), 2.5 (llama3), 2.6 (qwen, qwen2), 4.0 (llama), "
                 "4.5 (qwen3). Default: read from the checkpoint; a value contradicting it is an error"})
 
+    attn_implementation: typing.Optional[str] = field(default=None, metadata={
+        "help": "attention of the LLM: eager, sdpa or flash_attention_2 (CUDA, pip install flash-attn; packed "
+                "samples then run as variable-length sequences); default: transformers' choice for the "
+                "checkpoint (sdpa)"})
+
     def __post_init__(self):
+        if self.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2"):
+            raise ValueError(f"--attn_implementation {self.attn_implementation!r}: choose eager, sdpa or "
+                             "flash_attention_2")
+        if self.attn_implementation == "flash_attention_2" and (
+                not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None):
+            raise ValueError("--attn_implementation flash_attention_2 needs a CUDA GPU and flash-attn "
+                             "(pip install flash-attn); sdpa works everywhere")
         path = self.model_name_or_path
         if not looks_like_hub_id(path) and not os.path.isdir(path):
             raise ValueError(f"--model_name_or_path {path}: no such folder (and not a hub id like openbmb/MiniCPM-V-4_5)")
@@ -119,6 +131,9 @@ class TrainingArguments(transformers.TrainingArguments):
     packing: bool = field(default=False, metadata={
         "help": "train on packs of whole samples up to --model_max_length tokens, each sample attending only "
                 "to itself (no padding; see README, Packing)"})
+    loss_kernel: str = field(default="chunked", metadata={
+        "help": "chunked (--loss_chunk_tokens rows of logits at a time, any device) or liger (Liger's fused "
+                "linear cross-entropy; CUDA and pip install liger-kernel)"})
     vision_lr: typing.Optional[float] = field(default=None, metadata={
         "help": "learning rate of the vision tower (default: --learning_rate); same schedule"})
     resampler_lr: typing.Optional[float] = field(default=None, metadata={
@@ -150,6 +165,12 @@ class TrainingArguments(transformers.TrainingArguments):
                      "loss_chunk_tokens"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
+        if self.loss_kernel not in ("chunked", "liger"):
+            raise ValueError(f"--loss_kernel {self.loss_kernel!r}: choose chunked or liger")
+        if self.loss_kernel == "liger" and (not torch.cuda.is_available()
+                                            or importlib.util.find_spec("liger_kernel") is None):
+            raise ValueError("--loss_kernel liger needs a CUDA GPU and liger-kernel (pip install liger-kernel); "
+                             "--loss_kernel chunked works everywhere")
         if self.packing and self.group_by_length:
             raise ValueError("--packing and --group_by_length both arrange samples by length; use one")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
@@ -257,6 +278,8 @@ def load_model(model_args, train_args, version, dtype):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=[version.vision_module, version.resampler_module,
                                                                  "lm_head"])
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
     # Under ZeRO-3 the weights are already partitioned in `dtype` and DeepSpeed owns their casting.
     cast = not train_args.q_lora and not is_deepspeed_zero3_enabled()
     model = load_checkpoint(model_args.model_name_or_path, version, dtype, cast=cast, **kwargs)

@@ -38,16 +38,20 @@ def lm_head_on_positions(lm_head: torch.nn.Module, positions: torch.Tensor):
 
 
 @contextmanager
-def lm_head_loss_at(lm_head: torch.nn.Module, positions: torch.Tensor, targets: torch.Tensor, chunk_tokens: int):
+def lm_head_loss_at(lm_head: torch.nn.Module, positions: torch.Tensor, targets: torch.Tensor, chunk_tokens: int,
+                    kernel: str = "chunked"):
     """Within the block the model's LM head returns, in place of logits, the summed
-    cross-entropy of its input at `positions` against `targets` (a 0-dim tensor), computed
-    `chunk_tokens` rows at a time (chunked_cross_entropy). It stays inside the model's forward,
-    where DDP and DeepSpeed expect the head's weight to be used."""
+    cross-entropy of its input at `positions` against `targets` (a 0-dim tensor): computed
+    `chunk_tokens` rows at a time (chunked_cross_entropy), or with kernel "liger" by Liger's
+    fused linear cross-entropy (CUDA), which never holds the logits at all. It stays inside the
+    model's forward, where DDP and DeepSpeed expect the head's weight to be used."""
     project = type(lm_head).forward  # the head's own computation, without its hooks (they ran for this call)
 
     def loss_forward(hidden, *args, **kwargs):
-        return chunked_cross_entropy(lambda rows: project(lm_head, rows), hidden.reshape(-1, hidden.shape[-1]),
-                                     targets, chunk_tokens)
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        if kernel == "liger":
+            return fused_linear_cross_entropy(lm_head, rows, targets)
+        return chunked_cross_entropy(lambda part: project(lm_head, part), rows, targets, chunk_tokens)
 
     with lm_head_on_positions(lm_head, positions):
         lm_head.forward = loss_forward  # an instance attribute over the class method
@@ -69,6 +73,17 @@ def chunked_cross_entropy(project, hidden: torch.Tensor, targets: torch.Tensor, 
         end = start + chunk_tokens
         total = total + checkpoint(_chunk_loss, project, hidden[start:end], targets[start:end], use_reentrant=False)
     return total
+
+
+def fused_linear_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of lm_head(hidden) against targets by Liger's fused kernel (logits
+    are made and reduced block by block on the GPU; gradients computed in the same pass)."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    if not isinstance(lm_head, torch.nn.Linear):
+        raise ValueError(f"--loss_kernel liger needs the LM head to be a plain Linear layer, not "
+                         f"{type(lm_head).__name__}; use --loss_kernel chunked")
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum")(lm_head.weight, hidden, targets, lm_head.bias)
 
 
 def _chunk_loss(project, hidden, targets):
@@ -102,7 +117,7 @@ class MiniCPMVTrainer(Trainer):
         # ZeRO-3 gathers the head's weight per call, which checkpoint recomputation cannot rely
         # on: one chunk there (the labelled positions only, as before chunking).
         chunk = max(targets.numel(), 1) if is_deepspeed_zero3_enabled() else self.args.loss_chunk_tokens
-        with lm_head_loss_at(lm_head, positions, targets, chunk):
+        with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel):
             loss = model(data=inputs, attention_mask=self._attention_mask(model, inputs), use_cache=False).logits
         if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
             loss = loss / max(targets.numel(), 1)

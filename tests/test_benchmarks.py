@@ -15,15 +15,22 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.jsonl"
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_gpu.py"), "--size", "tiny", "--versions", "2.6",
                            "--steps", "2", "--tokens", "700", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {row["setting"]: row for row in map(json.loads, out.read_text().splitlines())}
-    assert set(rows) == {"lora", "lora-full-logits"}  # qlora needs CUDA
+    assert set(rows) == {"lora", "lora-full-logits", "lora-padded-mixed", "lora-packed-mixed"}  # qlora needs CUDA
     assert "qlora             skipped: needs CUDA" in done.stdout
-    for row in rows.values():
+    for name in ("lora", "lora-full-logits"):  # one sample per step, no padding
+        row = rows[name]
         assert abs(row["tokens"] - 700) <= 35 and 0 < row["labelled"] < row["tokens"]
-        assert row["tokens_per_second"] > 0 and row["peak_gib"] is None
-    assert "lora-full-logits: speed x" in done.stdout
+        assert row["tokens_per_step"] == row["tokens"]
+    # four padded samples per step against packs of up to 1400 tokens
+    assert rows["lora-padded-mixed"]["tokens_per_step"] <= 4 * 700
+    assert 700 < rows["lora-packed-mixed"]["tokens_per_step"] <= 1400
+    assert all(row["tokens_per_second"] > 0 and row["peak_gib"] is None and row["attention"] == "sdpa"
+               for row in rows.values())
+    assert "lora              " in done.stdout and "vs lora-full-logits: speed x" in done.stdout
+    assert "vs lora-padded-mixed: speed x" in done.stdout
 
 
 def test_loss_memory_benchmark_shows_the_chunked_loss_flat_and_small(tmp_path):

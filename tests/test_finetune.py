@@ -125,6 +125,9 @@ def test_qlora_preparation_keeps_the_embedding_output_writable(tiny, tiny_model_
     (["--q_lora", "true"], "--q_lora true needs --use_lora true"),
     (["--max_slice_nums", "0"], "--max_slice_nums must be >= 1"),
     (["--packing", "true", "--group_by_length", "true"], "--packing and --group_by_length both"),
+    (["--attn_implementation", "flash"], "--attn_implementation 'flash': choose eager, sdpa or flash_attention_2"),
+    (["--attn_implementation", "flash_attention_2"], "needs a CUDA GPU and flash-attn"),
+    (["--loss_kernel", "liger"], "--loss_kernel liger needs a CUDA GPU and liger-kernel"),
     # issue 8.10: these used to fail only after the weights loaded, or to "train" nothing
     (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be >= 1, got 0"),
     (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be >= 1, got 0"),
@@ -369,13 +372,16 @@ def test_group_by_length_uses_the_checked_lengths_without_building_items(tiny_mo
     assert dataset.lengths[order[0]] == max(dataset.lengths)  # the longest batch comes first (memory errors early)
 
 
-@pytest.mark.parametrize("version", ["2.0", "4.5"])  # a 4-D mask LLM and a position-ids one
-def test_packed_training_memorises_and_logs_its_packs(tiny_model_dir, sample_data, tmp_path, caplog, version):
+@pytest.mark.parametrize("version,attention", [("2.0", "sdpa"), ("2.0", "eager"), ("4.5", "sdpa"), ("4.5", "eager")])
+def test_packed_training_memorises_and_logs_its_packs(tiny_model_dir, sample_data, tmp_path, caplog, version,
+                                                      attention):
+    """A 4-D mask LLM (2.0) and a position-ids one (4.5), in both attention forms the mask takes."""
     caplog.set_level(logging.INFO)
     args = ["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(sample_data / "train.json"),
-            "--packing", "true", "--model_max_length", "400"] + cpu_flags(tmp_path / "out", epochs=8, lr=6e-3) \
-        + ["--per_device_train_batch_size", "1"]
+            "--packing", "true", "--model_max_length", "400", "--attn_implementation", attention] \
+        + cpu_flags(tmp_path / "out", epochs=8, lr=6e-3) + ["--per_device_train_batch_size", "1"]
     trainer = finetune.train(args)
+    assert trainer.model.llm.config._attn_implementation == attention
     packs = trainer.train_dataset
     assert isinstance(packs, PackedDataset) and len(packs) < len(packs.dataset) == len(packs.dataset.kept)
     assert f"into {len(packs)} packs of up to 400 tokens" in caplog.text

@@ -84,12 +84,14 @@ def test_packed_batch_has_the_loss_and_gradients_of_its_samples_one_by_one(tiny,
         torch.testing.assert_close(packed_grads[name], grads[name], rtol=1e-4, atol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("version", VERSIONS)
-def test_a_packed_sample_cannot_see_the_one_before_it(tiny, image_file, tmp_path, version):
+def test_a_packed_sample_cannot_see_the_one_before_it(tiny, image_file, tmp_path, version, attention):
     """Changing the first sample's tokens moves its own logits and none of the later samples'
     (with an ordinary causal mask instead, they do move: the check has teeth)."""
     tok, model = tiny(version)
-    model.eval()
+    model = copy.deepcopy(model).eval()
+    model.llm.config._attn_implementation = attention
     dataset = SupervisedDataset(samples(image_file), tok, model.config)
     items = [dataset[i] for i in (0, 1, 2)]
     trainer = make_trainer(model, version, tmp_path)

@@ -1,5 +1,7 @@
 """The trainer's loss: the LM head sees only labelled positions, and the value equals the
 plain shifted cross-entropy over the full logits."""
+import importlib.util
+
 import pytest
 import torch
 
@@ -90,3 +92,35 @@ def test_chunked_loss_equals_one_cross_entropy_and_bounds_the_logits(tiny, image
     reference = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                                   reduction="sum")
     torch.testing.assert_close(whole, reference, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None,
+                    reason="--loss_kernel liger needs CUDA and liger-kernel")
+@pytest.mark.parametrize("version", ["2.5", "4.5"])
+def test_liger_fused_loss_equals_the_chunked_loss(tiny, image_file, version):
+    """--loss_kernel liger: same summed loss and gradients as the chunked loss (1e-5)."""
+    import copy
+
+    from trainer import lm_head_loss_at
+
+    tok, model = tiny(version)
+    model = copy.deepcopy(model).cuda().train()
+    cpu_batch = data_collator([SupervisedDataset(samples(image_file), tok, model.config)[i] for i in range(2)])
+    labels = cpu_batch.pop("labels").cuda()
+
+    def to_cuda(value):  # tensors inside the batch's nested lists
+        return value.cuda() if torch.is_tensor(value) else [to_cuda(v) for v in value] if isinstance(value, list) \
+            else value
+
+    batch = {key: to_cuda(value) for key, value in cpu_batch.items()}
+    positions, targets = shifted_targets(labels)
+    results = {}
+    for kernel in ("chunked", "liger"):
+        model.zero_grad()
+        with lm_head_loss_at(model.llm.get_output_embeddings(), positions, targets, 16, kernel):
+            loss = model(data=batch, attention_mask=batch["attention_mask"]).logits
+        loss.backward()
+        results[kernel] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(results["liger"][0], results["chunked"][0], rtol=1e-5, atol=1e-5)
+    for name, grad in results["chunked"][1].items():
+        torch.testing.assert_close(results["liger"][1][name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max() + 1e-8)

@@ -5,7 +5,7 @@ one; nothing outside this package compares version names.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ..chat_formats import ChatFormat
@@ -54,6 +54,9 @@ class ModelVersion:
     resampler_module: str = "resampler"
     # Regex of LLM module names that LoRA adapts by default (q, k, v, o projections).
     lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    # The LLM sizes of the published checkpoint (its config.json), which tools/bench_gpu.py
+    # builds with random weights; empty: not benchmarked.
+    published_llm: dict = field(default_factory=dict)
     # Load fixes: called with no argument before from_pretrained, and with (model, dtype) after it.
     before_load: tuple[Callable[[], None], ...] = ()
     after_load: tuple[Callable, ...] = ()

@@ -16,4 +16,6 @@ VERSION = ModelVersion(
     pixel_layout="patch_major",
     default_query_num=96,
     before_load=(load_fixes.list_builtin,),
+    published_llm={"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 8},  # Llama-3 8B
 )
