@@ -139,10 +139,3 @@ def model_input(pixels: torch.Tensor) -> torch.Tensor:
     """view_pixels() -> the float32 the model takes. Rearranging before normalising gives the same
     values: normalisation works on each pixel alone."""
     return _normalised(pixels)
-
-
-def view_to_model_input(view, settings: ImageSettings):
-    """One view (PIL image or uint8 H x W x 3 array) -> (pixel tensor in the version's layout,
-    tgt_size (H/patch, W/patch))."""
-    width, height = view.size if isinstance(view, Image.Image) else (view.shape[1], view.shape[0])
-    return model_input(view_pixels(view, settings)), (height // settings.patch_size, width // settings.patch_size)

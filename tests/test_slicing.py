@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from minicpmv_ft.slicing import (best_grid, ensure_divide, normalise, plan_slices, reshape_by_patch, slice_image,
-                                 view_to_model_input)
+from minicpmv_ft.slicing import (best_grid, ensure_divide, layout_shape, model_input, normalise, plan_slices,
+                                 reshape_by_patch, slice_image, view_pixels)
 from minicpmv_ft.versions import ImageSettings
 
 
@@ -92,11 +92,14 @@ def test_training_slicing_matches_inference_processor(max_slices):
 
 def test_pixels_normalised_and_patch_major_layout():
     image = Image.new("RGB", (28, 42), (255, 0, 128))
-    tensor, tgt = view_to_model_input(image, settings(layout="chw"))
-    assert tensor.shape == (3, 42, 28) and tgt == (3, 2)
+    pixels = view_pixels(image, settings(layout="chw"))
+    assert pixels.dtype == torch.uint8 and pixels.shape == layout_shape(42, 28, settings(layout="chw")) == (3, 42, 28)
+    tensor = model_input(pixels)
     assert torch.allclose(tensor[:, 0, 0], torch.tensor([1.0, -1.0, 128 / 255 * 2 - 1]), atol=1e-6)
-    patched, tgt = view_to_model_input(image, settings(layout="patch_major"))
-    assert patched.shape == (3, 14, 42 * 28 // 14) and tgt == (3, 2)
+    patched = view_pixels(image, settings(layout="patch_major"))
+    assert patched.shape == layout_shape(42, 28, settings(layout="patch_major")) == (3, 14, 42 * 28 // 14)
+    # rearranged as uint8 then normalised: the floats of normalising first, then rearranging
+    assert torch.equal(model_input(patched), reshape_by_patch(normalise(image), 14))
 
 
 def test_normalised_pixels_equal_torchvision_bit_for_bit():
