@@ -82,3 +82,19 @@ def image_file(tmp_path):
         return make_image(tmp_path / name, size, seed)
 
     return write
+
+
+def make_video(path, frames, fps=10, size=(64, 48)):
+    """An MPEG-4 video whose frame k is a flat grey of value (10 * k) % 256, written with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for k in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), (10 * k) % 256, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..chat_formats import ChatFormat
+from ..video import VideoScheme
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class ModelVersion:
     resampler_module: str = "resampler"
     # Regex of LLM module names that LoRA adapts by default (q, k, v, o projections).
     lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    # How the checkpoint's inference samples a video (minicpmv_ft/video.py); None: no video.
+    video: VideoScheme | None = None
     # The LLM sizes of the published checkpoint (its config.json), which tools/bench_gpu.py
     # builds with random weights; empty: not benchmarked.
     published_llm: dict = field(default_factory=dict)

@@ -1,6 +1,7 @@
 """MiniCPM-V 2.6 and o-2.6: Qwen2 7B, ChatML with the template's default system turn, image ids."""
 from ..chat_formats import ChatMLChat
 from . import load_fixes
+from ..video import VideoScheme
 from .spec import ModelVersion
 
 VERSION = ModelVersion(
@@ -19,4 +20,6 @@ VERSION = ModelVersion(
     before_load=(load_fixes.list_builtin,),
     published_llm={"vocab_size": 151666, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                    "num_attention_heads": 28, "num_key_value_heads": 4},  # Qwen2-7B
+    # the published video example: 1 frame a second, at most 64, image ids off, 2 slices a frame
+    video=VideoScheme("stride", fps=1, max_frames=64, max_slice_nums=2),
 )

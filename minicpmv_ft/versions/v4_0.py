@@ -1,6 +1,7 @@
 """MiniCPM-V 4.0: MiniCPM4-3B run as LlamaForCausalLM, SigLIP2 NaViT, plain ChatML, <s> first."""
 from ..chat_formats import ChatMLChat
 from . import load_fixes
+from ..video import VideoScheme
 from .spec import ModelVersion
 
 VERSION = ModelVersion(
@@ -19,4 +20,5 @@ VERSION = ModelVersion(
     before_load=(load_fixes.list_builtin,),
     published_llm={"vocab_size": 73448, "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 32,
                    "num_attention_heads": 32, "num_key_value_heads": 2},  # MiniCPM4-3B
+    video=VideoScheme("stride", fps=1, max_frames=64, max_slice_nums=2),  # as 2.6's video example
 )

@@ -1,6 +1,7 @@
 """MiniCPM-V 4.5: Qwen3-8B, SigLIP2 NaViT + 3-D resampler, ChatML with Qwen3 thinking blocks."""
 from ..chat_formats import Qwen3ThinkingChat
 from . import load_fixes
+from ..video import VideoScheme
 from .spec import ModelVersion
 
 VERSION = ModelVersion(
@@ -20,4 +21,7 @@ VERSION = ModelVersion(
     before_load=(load_fixes.list_builtin,),
     published_llm={"vocab_size": 151748, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128},  # Qwen3-8B
+    # the published video example: 3 frames a second, 180 at most before packing up to 3 frames
+    # into one group (its MAX_NUM_PACKING; the model takes up to 6), unsliced frames
+    video=VideoScheme("grouped", fps=3, max_frames=180, max_slice_nums=1, max_group=3),
 )
