@@ -141,8 +141,8 @@ def test_4_5_temporal_ids_are_checked(tiny, image_file):
             for k, v in batch.items() if k not in ("labels", "image_bounds")}
     with torch.no_grad():
         model(data=data)
-        data["temporal_ids"] = [[[0, 1]]]
-        with pytest.raises(NotImplementedError, match="only still images"):
+        data["temporal_ids"] = [[[0, 1]]]  # a group of two frames for a sample of one view
+        with pytest.raises(ValueError, match=r"temporal_ids \[\[0, 1\]\] cover 2 views; the sample has 1"):
             model(data=data)
 
 

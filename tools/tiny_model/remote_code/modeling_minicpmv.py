@@ -109,7 +109,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             out.append(self.resampler(features, (math.ceil(h / patch), math.ceil(w / patch))))
         return torch.vstack(out)
 
-    def _navit_embedding(self, pixel_values_list, tgt_sizes, dtype, device):
+    def _navit_embedding(self, pixel_values_list, tgt_sizes, dtype, device, temporal_ids=None):
         all_pixels = [p.flatten(end_dim=1).permute(1, 0) for sample in pixel_values_list for p in sample]
         # As the real 2.5 code: every sample's tgt_sizes is stacked, so a text-only sample must
         # bring an empty [0, 2] tensor (an empty list crashes here).
@@ -122,19 +122,20 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         for i in range(batch):
             mask[i, 0, : int(tgt_sizes[i][0] * tgt_sizes[i][1])] = True
         features = self.vpm(pixels.type(dtype), patch_attention_mask=mask, tgt_sizes=tgt_sizes).last_hidden_state
-        return self.resampler(features, tgt_sizes)
+        # as the real 4.5 code: the groups of every sample in one list (one output per group)
+        groups = None if temporal_ids is None else [group for sample in temporal_ids for group in sample]
+        return self.resampler(features, tgt_sizes, groups)
 
     def _check_temporal_ids(self, temporal_ids, counts):
-        """4.5's 3-D resampler reads data["temporal_ids"]: per sample, one group of frame times per
-        view, [-1] for a still image. Only still images are implemented in the tiny models."""
+        """4.5's 3-D resampler reads data["temporal_ids"]: per sample, groups of frame times whose
+        lengths add up to the sample's views ([-1] for each view of a still image)."""
         if temporal_ids is None:
             return
         if not getattr(self.config, "batch_3d_resampler", False):
             raise TypeError("temporal_ids given to a model without a 3-D resampler")
         for groups, count in zip(temporal_ids, counts):
-            if len(groups) != count or any(list(group) != [-1] for group in groups):
-                raise NotImplementedError(f"tiny 4.5 model: temporal_ids {groups} for {count} views; only still "
-                                          "images ([-1] per view) are implemented")
+            if sum(len(group) for group in groups) != count:
+                raise ValueError(f"temporal_ids {groups} cover {sum(len(g) for g in groups)} views; the sample has {count}")
 
     def get_vllm_embedding(self, data):
         """(inputs_embeds [B, L, H], per-sample vision features) with image features scattered
@@ -154,7 +155,11 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
                 if self.uses_timm:
                     features = self.get_vision_embedding([p for sample in pixel_values_list for p in sample])
                 else:
-                    features = self._navit_embedding(pixel_values_list, data["tgt_sizes"], dtype, device)
+                    features = self._navit_embedding(pixel_values_list, data["tgt_sizes"], dtype, device,
+                                                     data.get("temporal_ids"))
+                # Split between samples by VIEW count, as the real 4.5 code does even when the
+                # resampler returned one output per group (so with grouped frames a later sample
+                # gets the wrong features, or none).
                 vision_hidden_states, start = [], 0
                 for count in counts:
                     vision_hidden_states.append(features[start:start + count] if count else [])

@@ -1,5 +1,9 @@
 """Perceiver-style resampler of the tiny MiniCPM-V models: query_num learned queries attend
-to the vision tokens plus a 2-D sin-cos position embedding sized by each image's tgt_size."""
+to the vision tokens plus a 2-D sin-cos position embedding sized by each image's tgt_size.
+
+With `temporal_ids` (4.5's 3-D resampler: a list of groups of frame times, [-1] for a still
+view) each view's keys also get a 1-D sin-cos embedding of its time (zero for -1), and the
+queries attend to all views of a group at once: one output per GROUP, not per view."""
 import numpy as np
 import torch
 from torch import nn
@@ -37,8 +41,9 @@ class Resampler(nn.Module):
         pos = torch.from_numpy(sincos_2d(self.embed_dim, max_size)).float().to(device)
         self.register_buffer("pos_embed", pos, persistent=False)
 
-    def forward(self, x, tgt_sizes):
-        """x [B, N, kv_dim] vision tokens; tgt_sizes int [B, 2] (or one (h, w)). -> [B, query_num, D]."""
+    def forward(self, x, tgt_sizes, temporal_ids=None):
+        """x [B, N, kv_dim] vision tokens; tgt_sizes int [B, 2] (or one (h, w)); temporal_ids None or
+        groups whose lengths sum to B. -> [B or number of groups, query_num, D]."""
         if not torch.is_tensor(tgt_sizes):
             tgt_sizes = torch.tensor([tgt_sizes], dtype=torch.int32)
         tgt_sizes = tgt_sizes.reshape(-1, 2)
@@ -57,7 +62,21 @@ class Resampler(nn.Module):
         pos_embed = nn.utils.rnn.pad_sequence(pos_embed, batch_first=True)
         if pos_embed.shape[1] < x.shape[1]:
             pos_embed = nn.functional.pad(pos_embed, (0, 0, 0, x.shape[1] - pos_embed.shape[1]))
-        x = self.ln_kv(self.kv_proj(x)).permute(1, 0, 2)
-        q = self.ln_q(self.query).unsqueeze(1).repeat(1, batch, 1)
-        out = self.attn(q, x + pos_embed.permute(1, 0, 2), x, key_padding_mask=key_padding_mask)[0]
-        return self.ln_post(out.permute(1, 0, 2)) @ self.proj
+        x = self.ln_kv(self.kv_proj(x)).permute(1, 0, 2)  # N x B x D
+        keys = x + pos_embed.permute(1, 0, 2)
+        q = self.ln_q(self.query)
+        if temporal_ids is None:
+            out = self.attn(q.unsqueeze(1).repeat(1, batch, 1), keys, x, key_padding_mask=key_padding_mask)[0]
+            return self.ln_post(out.permute(1, 0, 2)) @ self.proj
+        times = np.array([t for group in temporal_ids for t in group], dtype=np.float64)
+        assert len(times) == batch, f"temporal_ids cover {len(times)} views, the batch has {batch}"
+        temporal = torch.from_numpy(sincos_1d(self.embed_dim, np.maximum(times, 0))).to(device=device, dtype=dtype)
+        keys = keys + temporal.masked_fill(torch.from_numpy(times < 0)[:, None].to(device), 0)[None]
+        outs, start = [], 0
+        for group in temporal_ids:  # the group's views' tokens side by side, one attention
+            end = start + len(group)
+            outs.append(self.attn(q, keys[:, start:end].permute(1, 0, 2).reshape(-1, self.embed_dim),
+                                  x[:, start:end].permute(1, 0, 2).reshape(-1, self.embed_dim),
+                                  key_padding_mask=key_padding_mask[start:end].reshape(-1))[0])
+            start = end
+        return self.ln_post(torch.stack(outs)) @ self.proj
