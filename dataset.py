@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from dataclasses import replace
 
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
@@ -42,8 +43,11 @@ class SupervisedDataset(Dataset):
 
     def __init__(self, data, tokenizer, config, llm_type=None, max_slice_nums=None, model_max_length=2048,
                  base_dir=None, skip_bad_samples=False, verify_images=False, num_workers=1, progress=False,
-                 version=None, keep_earlier_reasoning=False, data_format="auto", image_cache_dir=None):
+                 version=None, keep_earlier_reasoning=False, data_format="auto", image_cache_dir=None,
+                 video=None):
         self.version = version or detect_version(config, tokenizer, llm_type)
+        if video is not None:  # a VideoScheme in place of the version's (--video_* options)
+            self.version = replace(self.version, video=video)
         self.settings = image_settings(config, self.version, max_slice_nums)
         self.encoder = SampleEncoder(tokenizer, self.version, self.settings, model_max_length, keep_earlier_reasoning,
                                      image_cache_dir)

@@ -7,6 +7,7 @@ option is accepted too.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -92,6 +93,14 @@ class DataArguments:
     image_cache_dir: typing.Optional[str] = field(default=None, metadata={
         "help": "folder that keeps every image's decoded and sliced views (uint8) after their first use, so "
                 "later epochs skip decoding and resizing; checked to fit on its disk before training"})
+    video_fps: typing.Optional[float] = field(default=None, metadata={
+        "help": "video frames sampled per second; default: the checkpoint's video example (2.6, 4.0: 1; 4.5: 3)"})
+    video_max_frames: typing.Optional[int] = field(default=None, metadata={
+        "help": "frames per video at most (4.5: before grouping); default 2.6, 4.0: 64; 4.5: 180"})
+    video_max_group: typing.Optional[int] = field(default=None, metadata={
+        "help": "4.5: frames per group at most, 1-6 (each group is one 64-token block); default 3"})
+    video_max_slice_nums: typing.Optional[int] = field(default=None, metadata={
+        "help": "2.6, 4.0: slices per video frame; default 2"})
     keep_earlier_reasoning: bool = field(default=False, metadata={
         "help": "thinking models (4.5): keep the reasoning of every assistant turn as a trained think block. "
                 "Default: as the chat template, only the last answer carries its reasoning"})
@@ -101,6 +110,11 @@ class DataArguments:
             raise ValueError(f"--data_format {self.data_format!r}: choose one of {', '.join(FORMATS)}")
         if self.image_folder is not None and not os.path.isdir(self.image_folder):
             raise ValueError(f"--image_folder {self.image_folder}: no such folder")
+        if self.video_max_group is not None and not 1 <= self.video_max_group <= 6:
+            raise ValueError(f"--video_max_group must be 1-6 (the 3-D resampler's groups), got {self.video_max_group}")
+        for flag in ("video_fps", "video_max_frames", "video_max_slice_nums"):
+            if getattr(self, flag) is not None and getattr(self, flag) <= 0:
+                raise ValueError(f"--{flag} must be positive, got {getattr(self, flag)}")
         if self.max_slice_nums is not None and self.max_slice_nums < 1:
             raise ValueError(f"--max_slice_nums must be >= 1, got {self.max_slice_nums}")
 
@@ -259,8 +273,24 @@ def check_workers() -> int:
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def video_scheme(version, data_args):
+    """The version's video sampling with the --video_* options applied (None: the version's own)."""
+    options = {"fps": data_args.video_fps, "max_frames": data_args.video_max_frames,
+               "max_group": data_args.video_max_group, "max_slice_nums": data_args.video_max_slice_nums}
+    options = {key: value for key, value in options.items() if value is not None}
+    if not options:
+        return None
+    if version.video is None:
+        raise ValueError(f"--video_* options: MiniCPM-V {version.name} takes no video")
+    if version.video.sampling == "grouped" and options.get("max_slice_nums", 1) != 1:
+        raise ValueError("--video_max_slice_nums: 4.5 groups whole frames, one view each; leave it out")
+    if version.video.sampling != "grouped" and "max_group" in options:
+        raise ValueError(f"--video_max_group: MiniCPM-V {version.name} does not group frames (4.5 does)")
+    return dataclasses.replace(version.video, **options)
+
+
 def load_datasets(version, data_args, tokenizer, config, num_workers=1):
-    common = {"version": version, "max_slice_nums": data_args.max_slice_nums,
+    common = {"video": video_scheme(version, data_args),"version": version, "max_slice_nums": data_args.max_slice_nums,
               "model_max_length": data_args.model_max_length, "skip_bad_samples": data_args.skip_bad_samples,
               "verify_images": data_args.verify_images, "num_workers": max(1, num_workers),
               "keep_earlier_reasoning": data_args.keep_earlier_reasoning, "data_format": data_args.data_format,
@@ -374,6 +404,12 @@ def batching(train_set, data_args, train_args):
     with --packing, else the samples, right-padded per micro-batch."""
     if train_args.packing:
         return PackedDataset(train_set, data_args.model_max_length), packed_collator
+    if train_set.version.vision_split_by_frames and any(
+            video["groups"] < video["frames"] for report in train_set.reports for video in report.videos):
+        logger.info("grouped video frames (MiniCPM-V %s): each micro-batch goes to the model as one row, samples "
+                    "kept apart as with --packing (its remote code would give a later sample of a batch another "
+                    "sample's video features, or none)", train_set.version.name)
+        return train_set, packed_collator
     return train_set, data_collator
 
 

@@ -21,7 +21,7 @@ from operator import itemgetter
 from types import SimpleNamespace
 
 from .chat_formats import TextBuilder, Turn
-from .slicing import SlicePlan
+from .slicing import SlicePlan, plan_slices
 from .versions import ImageSettings, ModelVersion
 
 IGNORE_INDEX = -100
@@ -78,6 +78,23 @@ def image_placeholder(plan: SlicePlan, settings: ImageSettings, tokenizer, image
                 block(opener, closer)
         if not per_slice:
             add(tokenizer.slice_end)
+    return Placeholder("".join(pieces), tuple(queries))
+
+
+def video_placeholder(frame_size, frames, settings: ImageSettings, tokenizer) -> Placeholder:
+    """A video's placeholder as chat() writes the frames it is given: each frame's image
+    placeholder (`settings`: the version's frame settings, no image ids), joined by "\n". With
+    4.5's groups (`frames`: a FramePlan) only the first frame of a group has one: its processor
+    drops the others' placeholders and the newline before each."""
+    frame = image_placeholder(plan_slices(frame_size, settings), settings, tokenizer, 0)
+    pieces, queries, length = [], [], 0
+    for k in range(sum(frames.kept)):
+        if k:
+            pieces.append("\n")
+            length += 1
+        queries += [(length + start, length + end) for start, end in frame.queries]
+        pieces.append(frame.text)
+        length += len(frame.text)
     return Placeholder("".join(pieces), tuple(queries))
 
 

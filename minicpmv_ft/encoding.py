@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from .chat_tokens import (IGNORE_INDEX, ChatEncoder, image_placeholder, placeholder_tokens, tokenize_many_with_starts,
-                          tokenize_with_starts)
+                          tokenize_with_starts, video_placeholder)
 from .images import frame_count, to_rgb
 from .samples import DataError, Sample, parse_sample
 from .slicing import layout_shape, model_input, plan_slices, slice_image, view_bytes, view_pixels
 from .versions import ImageSettings, ModelVersion
+from .video import VideoError, decode_frames, plan_frames, read_video_info
 from .view_cache import ViewCache
 
 
@@ -29,13 +30,18 @@ class EncodedSample:
 
     input_ids: list[int]
     labels: list[int]
-    spans: list[tuple[int, int]]  # query blocks of the kept images, in order (the image_bound rows)
-    plans: list  # SlicePlan per image kept after truncation, in order
+    spans: list[tuple[int, int]]  # query blocks of the kept images and videos, in order (the image_bound rows)
     all_plans: list  # SlicePlan per image of the sample
-    blocks: list[tuple[int, int]]  # (first, last) token of each image's whole placeholder
+    blocks: list[tuple[int, int]]  # (first, last) token of each image's or video's whole placeholder, text order
     length_before_truncation: int
+    queries: list = field(default_factory=list)  # per image / video, text order: its query spans
     drop_reason: str | None = None
     frames: list[int] = field(default_factory=list)  # per image: > 1 for an animation (its first frame is used)
+
+    @property
+    def kept_media(self) -> int:
+        """Images and videos (in text order) whose placeholders survive truncation."""
+        return sum(1 for _, last in self.blocks if last < len(self.input_ids))
 
 
 @dataclass
@@ -51,6 +57,7 @@ class SampleReport:
     views_per_image: list[int] = field(default_factory=list)  # 1 + slices, per image
     view_bytes: int = 0  # uint8 RGB bytes of all views of all images (what the image cache stores)
     animated: list[str] = field(default_factory=list)  # "path (N frames)": only the first frame is trained on
+    videos: list[dict] = field(default_factory=list)  # per video: path, frames, groups (placeholders), tokens
 
     @property
     def usable(self) -> bool:
@@ -68,25 +75,34 @@ class SampleEncoder:
         self.chat = ChatEncoder(tokenizer, version, keep_earlier_reasoning)
         self.placeholder_tokens = placeholder_tokens(tokenizer)
         self.cache = ViewCache(image_cache_dir, settings) if image_cache_dir else None
+        self.video = version.video
+        # Video frames as the checkpoint's video example feeds them: no image ids, its slice count
+        self.frame_settings = replace(settings, max_slice_nums=self.video.max_slice_nums, use_image_id=False) \
+            if self.video else None
 
-    def encode(self, sample: Sample, image_sizes) -> EncodedSample:
-        """Token ids, labels and image spans for a sample whose images have these (W, H) sizes."""
-        rendered, plans = self._render(sample, image_sizes)
+    def encode(self, sample: Sample, image_sizes, videos=()) -> EncodedSample:
+        """Token ids, labels and image spans for a sample whose images have these (W, H) sizes and
+        whose videos these (VideoInfo, FramePlan)."""
+        rendered, plans = self._render(sample, image_sizes, videos)
         ids, starts = tokenize_with_starts(self.tokenizer, rendered.text, self.version.encode_adds_special_tokens)
         return self._finish(sample, rendered, plans, ids, starts)
 
     def encode_from_headers(self, sample: Sample) -> EncodedSample:
         """encode() with image sizes read from the files' headers (no pixel decoding)."""
         headers = [read_image(sample, path, decode=False) for path in sample.image_paths]
-        encoded = self.encode(sample, [size for size, _ in headers])
+        encoded = self.encode(sample, [size for size, _ in headers], self._video_plans(sample))
         encoded.frames = [frames for _, frames in headers]
         return encoded
 
-    def _render(self, sample: Sample, image_sizes):
-        """(the conversation as one string with its placeholders, the images' slice plans)."""
-        plans = [plan_slices(size, self.settings) for size in image_sizes]
-        placeholders = {marker: image_placeholder(plan, self.settings, self.placeholder_tokens, k)
+    def _render(self, sample: Sample, image_sizes, videos=()):
+        """(the conversation as one string with its placeholders, the images' slice plans). A sample
+        with a video has no image ids at all, as chat() is called for videos (use_image_id=False)."""
+        settings = replace(self.settings, use_image_id=False) if sample.video_paths else self.settings
+        plans = [plan_slices(size, settings) for size in image_sizes]
+        placeholders = {marker: image_placeholder(plan, settings, self.placeholder_tokens, k)
                         for k, (marker, plan) in enumerate(zip(sample.markers, plans))}
+        for marker, (info, frame_plan) in zip(sample.video_markers, videos):
+            placeholders[marker] = video_placeholder(info.size, frame_plan, self.frame_settings, self.placeholder_tokens)
         try:
             return self.chat.render_checked(sample.with_placeholders(placeholders)), plans
         except ValueError as exc:
@@ -99,8 +115,8 @@ class SampleEncoder:
         except ValueError as exc:
             raise sample.error(str(exc)) from None
         spans = [span for per_image in encoding.queries for span in per_image]
-        encoded = EncodedSample(encoding.input_ids, encoding.labels, spans, plans, plans, encoding.blocks,
-                                len(encoding.input_ids))
+        encoded = EncodedSample(encoding.input_ids, encoding.labels, spans, plans, encoding.blocks,
+                                len(encoding.input_ids), encoding.queries)
         if len(encoded.input_ids) > self.model_max_length:
             self._truncate(encoded)
         return encoded
@@ -109,25 +125,63 @@ class SampleEncoder:
         cut = self.model_max_length
         for start, end in encoded.blocks:
             if start < cut <= end:
-                encoded.drop_reason = f"model_max_length {cut} cuts an image span"
+                encoded.drop_reason = f"model_max_length {cut} cuts an image span"  # or a video's
                 return
         if all(label == IGNORE_INDEX for label in encoded.labels[1:cut]):
             encoded.drop_reason = f"no trained token within model_max_length {cut}"
             return
         encoded.input_ids, encoded.labels = encoded.input_ids[:cut], encoded.labels[:cut]
-        kept_images = sum(1 for _, last in encoded.blocks if last < cut)
-        encoded.plans = encoded.plans[:kept_images]
-        encoded.spans = encoded.spans[:sum(1 + plan.num_slices for plan in encoded.plans)]
+        encoded.spans = [span for per_media in encoded.queries[:encoded.kept_media] for span in per_media]
 
     def with_pixels(self, sample: Sample):
-        """(encoded sample, pixel tensors of every kept view, their tgt_sizes) from the image files
-        (or their views in the image cache)."""
-        images = [self._views(sample, path) for path in sample.image_paths]
-        encoded = self.encode(sample, [size for size, _, _ in images])
-        encoded.frames = [frames for _, frames, _ in images]
+        """(encoded sample, pixel tensors of every view of the kept images and videos in text
+        order, their tgt_sizes, their temporal groups: [-1] per image view, a video's frame groups
+        (4.5) or [-1] per frame view) from the files (or the image cache)."""
+        images = {m: self._views(sample, path) for m, path in zip(sample.markers, sample.image_paths)}
+        videos = {m: self._video_views(sample, path) for m, path in zip(sample.video_markers, sample.video_paths)}
+        encoded = self.encode(sample, [images[m][0] for m in sample.markers],
+                              [videos[m][:2] for m in sample.video_markers])
+        encoded.frames = [images[m][1] for m in sample.markers]
+        views, groups = [], []
+        for marker in sample.media_order()[:encoded.kept_media]:
+            if marker in images:
+                views += images[marker][2]
+                groups += [[-1]] * len(images[marker][2])
+            else:
+                _, plan, frame_views = videos[marker]
+                views += frame_views
+                groups += plan.groups if self.video.sampling == "grouped" else [[-1]] * len(frame_views)
         patch = self.settings.patch_size
-        views = [view for _, _, views in images[: len(encoded.plans)] for view in views]
-        return encoded, [model_input(pixels) for _, _, pixels in views], [(h // patch, w // patch) for h, w, _ in views]
+        return (encoded, [model_input(pixels) for _, _, pixels in views], [(h // patch, w // patch) for h, w, _ in views],
+                groups)
+
+    def _video_plans(self, sample: Sample) -> list:
+        """(VideoInfo, FramePlan) of each video of the sample, from the containers (no decoding)."""
+        if sample.video_paths and self.video is None:
+            raise sample.error(f"MiniCPM-V {self.version.name} takes no video; use 2.6, 4.0 or 4.5, or give frames "
+                               "as images")
+        plans = []
+        for path in sample.video_paths:
+            if not os.path.isfile(path):
+                raise sample.error(f"video not found: {path}")
+            try:
+                info = read_video_info(path)
+            except VideoError as exc:
+                raise sample.error(f"{path}: {exc}") from None
+            plans.append((info, plan_frames(info, self.video)))
+        return plans
+
+    def _video_views(self, sample: Sample, path: str):
+        """(VideoInfo, FramePlan, [(height, width, uint8 pixels in the model's layout)] of every view
+        of every sampled frame, in time order)."""
+        (info, plan), = self._video_plans(replace(sample, video_paths=[path]))
+        try:
+            frames = decode_frames(path, plan.indices)
+        except VideoError as exc:
+            raise sample.error(f"{path}: {exc}") from None
+        views = [(view.height, view.width, view_pixels(view, self.frame_settings))
+                 for frame in frames for view in slice_image(frame, self.frame_settings)[0]]
+        return info, plan, views
 
     def _views(self, sample: Sample, path: str):
         """((W, H), frames, [(height, width, uint8 pixels in the model's layout) per view, source
@@ -147,9 +201,10 @@ class SampleEncoder:
 
     def item(self, sample: Sample) -> dict:
         """input_ids, position_ids, labels, attention_mask [L]; pixel_values (list of per-view
-        tensors); tgt_sizes int32 [n_views, 2]; image_bound / image_bounds long [n_views, 2];
-        4.5: temporal_ids, one group [-1] per view (still images)."""
-        encoded, pixel_values, tgt_sizes = self.with_pixels(sample)
+        tensors); tgt_sizes int32 [n_views, 2]; image_bound / image_bounds long [n_spans, 2] (one
+        per query block: per view, or per group of frames on 4.5); 4.5: temporal_ids, the groups
+        of views ([-1] for each view of an image)."""
+        encoded, pixel_values, tgt_sizes, groups = self.with_pixels(sample)
         bounds = torch.tensor(encoded.spans, dtype=torch.long).reshape(-1, 2)
         length = len(encoded.input_ids)
         item = {
@@ -163,8 +218,18 @@ class SampleEncoder:
             "image_bounds": bounds,
         }
         if self.version.temporal_ids:
-            item["temporal_ids"] = [[-1] for _ in pixel_values]
+            item["temporal_ids"] = groups
         return item
+
+    @staticmethod
+    def _video_summaries(sample: Sample, encoded: EncodedSample, videos) -> list[dict]:
+        order = sample.media_order()
+        summaries = []
+        for marker, path, (info, plan) in zip(sample.video_markers, sample.video_paths, videos):
+            first, last = encoded.blocks[order.index(marker)]
+            summaries.append({"path": path, "seconds": round(info.duration, 3), "frames": len(plan.indices),
+                              "groups": len(plan.groups), "tokens": last - first + 1})
+        return summaries
 
     def parse(self, record, index: int, source: str, folder: str) -> Sample:
         return parse_sample(record, index, source, folder, self.version.chat.system_allowed)
@@ -178,32 +243,34 @@ class SampleEncoder:
             try:
                 sample = self.parse(records[index], index, source, folder)
                 if verify_images:
-                    results[index] = self._report(sample, self.with_pixels(sample)[0])
+                    results[index] = self._report(sample, self.with_pixels(sample)[0], self._video_plans(sample))
                     continue
                 headers = [read_image(sample, path, decode=False) for path in sample.image_paths]
-                pending.append((sample, headers, *self._render(sample, [size for size, _ in headers])))
+                videos = self._video_plans(sample)
+                pending.append((sample, headers, videos,
+                                *self._render(sample, [size for size, _ in headers], videos)))
             except DataError as error:
                 results[index] = SampleReport(index, error.sample_id, "failed", error.reason)
-        texts = [rendered.text for _, _, rendered, _ in pending]
+        texts = [rendered.text for _, _, _, rendered, _ in pending]
         tokenized = tokenize_many_with_starts(self.tokenizer, texts, self.version.encode_adds_special_tokens)
-        for (sample, headers, rendered, plans), (ids, starts) in zip(pending, tokenized):
+        for (sample, headers, videos, rendered, plans), (ids, starts) in zip(pending, tokenized):
             try:
                 encoded = self._finish(sample, rendered, plans, ids, starts)
             except DataError as error:
                 results[sample.index] = SampleReport(sample.index, error.sample_id, "failed", error.reason)
                 continue
             encoded.frames = [frames for _, frames in headers]
-            results[sample.index] = self._report(sample, encoded)
+            results[sample.index] = self._report(sample, encoded, videos)
         return [results[index] for index in indices]
 
-    @staticmethod
-    def _report(sample: Sample, encoded: EncodedSample) -> SampleReport:
+    def _report(self, sample: Sample, encoded: EncodedSample, videos=()) -> SampleReport:
         report = SampleReport(sample.index, sample.sample_id, "ok", tokens=encoded.length_before_truncation,
                               image_tokens=sum(last - first + 1 for first, last in encoded.blocks),
                               views_per_image=[1 + plan.num_slices for plan in encoded.all_plans],
                               view_bytes=sum(view_bytes(plan) for plan in encoded.all_plans),
                               animated=[f"{path} ({n} frames)" for path, n in zip(sample.image_paths, encoded.frames)
-                                        if n > 1])
+                                        if n > 1],
+                              videos=self._video_summaries(sample, encoded, videos))
         if encoded.drop_reason:
             report.status, report.reason = "dropped", encoded.drop_reason
         elif encoded.length_before_truncation > len(encoded.input_ids):

@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .chat_formats import Turn
 from .data_formats import FORMATS, Unconvertible, to_native
 
 SINGLE_IMAGE_MARKER = "<image>"
 MULTI_IMAGE_MARKER = re.compile(r"<image_\d+>")
-MARKERS = re.compile(r"<image>|<image_\d+>")
-# Keys other tools use for images; silently ignored they would train the sample as text-only.
-IMAGE_LIKE_KEY = re.compile(r"images|imgs?|image_(path|paths|file|files|url|urls)|pictures?|photos?", re.IGNORECASE)
+SINGLE_VIDEO_MARKER = "<video>"
+MULTI_VIDEO_MARKER = re.compile(r"<video_\d+>")
+MARKERS = re.compile(r"<image>|<image_\d+>|<video>|<video_\d+>")
+# Keys other tools use for images and videos; silently ignored they would train the sample as text-only.
+IMAGE_LIKE_KEY = re.compile(r"images|imgs?|image_(path|paths|file|files|url|urls)|pictures?|photos?|videos|clips?|"
+                            r"video_(path|paths|file|files|url|urls)", re.IGNORECASE)
 
 
 class DataError(ValueError):
@@ -42,6 +45,9 @@ class Sample:
     markers: list[str]  # image markers in order of appearance
     image_paths: list[str]  # resolved paths, same order as markers
     marker_missing: bool  # single image with no <image> in the text: goes before the first user turn
+    video_markers: list[str] = field(default_factory=list)  # video markers in order of appearance
+    video_paths: list[str] = field(default_factory=list)  # resolved paths, same order
+    video_marker_missing: bool = False  # single video with no <video>: before the first user turn
 
     def error(self, reason: str) -> DataError:
         return DataError(self.source, self.index, self.sample_id, reason)
@@ -58,10 +64,22 @@ class Sample:
                 elif piece:
                     parts.append(piece)
             turns.append(Turn(turn.role, parts, turn.index, turn.reasoning))
-        if self.marker_missing:
-            first_user = next(t for t in turns if t.role == "user")
-            first_user.parts[:0] = [placeholders[SINGLE_IMAGE_MARKER], "\n"]
+        first_user = next(t for t in turns if t.role == "user")
+        for missing, marker in ((self.video_marker_missing, SINGLE_VIDEO_MARKER),
+                                (self.marker_missing, SINGLE_IMAGE_MARKER)):
+            if missing:
+                first_user.parts[:0] = [placeholders[marker], "\n"]
         return turns
+
+    def media_order(self) -> list[str]:
+        """Image and video markers in the order their placeholders appear in the rendered text."""
+        first_user = next(t for t in self.turns if t.role == "user")
+        order = []
+        for turn in self.turns:
+            if turn is first_user:  # where with_placeholders puts an image / video without a marker
+                order += [SINGLE_IMAGE_MARKER] * self.marker_missing + [SINGLE_VIDEO_MARKER] * self.video_marker_missing
+            order += MARKERS.findall(turn.parts[0])
+        return order
 
 
 def load_records(data, base_dir: str | None = None, data_format: str = "auto") -> tuple[list, str, str]:
@@ -209,35 +227,45 @@ def parse_sample(record, index: int, source: str, folder: str, system_allowed: b
         if IMAGE_LIKE_KEY.fullmatch(key):
             raise fail(f'unknown key {key!r}: images go in "image" (a path, or {{"<image_00>": path, ...}} for '
                        'several)')
-    image = record.get("image")
-    found_multi = MULTI_IMAGE_MARKER.findall(text)
-    if image is None:
-        if SINGLE_IMAGE_MARKER in text or found_multi:
-            raise fail("the text has an image marker but the sample has no \"image\"")
-        return Sample(index, sample_id, source, turns, [], [], False)
-    if isinstance(image, str):
-        count = text.count(SINGLE_IMAGE_MARKER)
+    images = _media(record, "image", SINGLE_IMAGE_MARKER, MULTI_IMAGE_MARKER, text, folder, fail)
+    videos = _media(record, "video", SINGLE_VIDEO_MARKER, MULTI_VIDEO_MARKER, text, folder, fail)
+    if images[2] and videos[2]:
+        raise fail("an image and a video without <image> / <video> markers: put the markers where they go")
+    return Sample(index, sample_id, source, turns, *images, *videos)
+
+
+def _media(record, key, single, multi, text, folder, fail):
+    """(markers in order of appearance, resolved paths, marker missing) of the sample's "image" or
+    "video": a path with one `single` marker (or none: before the first user turn), or
+    {"<key_00>": path, ...} with each key once in the text."""
+    value = record.get(key)
+    found_multi = multi.findall(text)
+    if value is None:
+        if single in text or found_multi:
+            article = "an" if key[0] in "aeiou" else "a"
+            raise fail(f'the text has {article} {key} marker but the sample has no "{key}"')
+        return [], [], False
+    if isinstance(value, str):
+        count = text.count(single)
         if count > 1:
-            raise fail(f"{count} <image> markers for one image; use \"image\": {{\"<image_00>\": ..., ...}} for several")
+            raise fail(f'{count} {single} markers for one {key}; use "{key}": {{"<{key}_00>": ..., ...}} for several')
         if found_multi:
-            raise fail(f"marker {found_multi[0]} in a single-image sample; use <image>")
-        return Sample(index, sample_id, source, turns, [SINGLE_IMAGE_MARKER],
-                      [_resolve(image, folder)], count == 0)
-    if isinstance(image, dict) and image:
-        for key, value in image.items():
-            if not MULTI_IMAGE_MARKER.fullmatch(key) or not isinstance(value, str):
-                raise fail(f'image key {key!r} must look like "<image_00>" and map to a path')
-        if SINGLE_IMAGE_MARKER in text:
-            raise fail('<image> in a multi-image sample; use the keys of "image" as markers')
-        unknown = sorted(set(found_multi) - set(image))
+            raise fail(f"marker {found_multi[0]} in a single-{key} sample; use {single}")
+        return [single], [_resolve(value, folder)], count == 0
+    if isinstance(value, dict) and value:
+        for name, path in value.items():
+            if not multi.fullmatch(name) or not isinstance(path, str):
+                raise fail(f'{key} key {name!r} must look like "<{key}_00>" and map to a path')
+        if single in text:
+            raise fail(f'{single} in a multi-{key} sample; use the keys of "{key}" as markers')
+        unknown = sorted(set(found_multi) - set(value))
         if unknown:
-            raise fail(f"unknown image placeholder(s) {', '.join(unknown)}: not keys of \"image\"")
-        for key in image:
-            if found_multi.count(key) != 1:
-                raise fail(f"image count mismatch: {key} appears {found_multi.count(key)} times in the text (must be once)")
-        return Sample(index, sample_id, source, turns, list(found_multi),
-                      [_resolve(image[m], folder) for m in found_multi], False)
-    raise fail('"image" must be a path or a non-empty {"<image_00>": path, ...} object')
+            raise fail(f"unknown {key} placeholder(s) {', '.join(unknown)}: not keys of \"{key}\"")
+        for name in value:
+            if found_multi.count(name) != 1:
+                raise fail(f"{key} count mismatch: {name} appears {found_multi.count(name)} times in the text (must be once)")
+        return list(found_multi), [_resolve(value[m], folder) for m in found_multi], False
+    raise fail(f'"{key}" must be a path or a non-empty {{"<{key}_00>": path, ...}} object')
 
 
 def _resolve(path: str, folder: str) -> str:

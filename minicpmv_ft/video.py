@@ -50,7 +50,7 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class FramePlan:
-    indices: list[int]  # frame numbers in decoding order, increasing
+    indices: list[int]  # frame numbers in decoding order, non-decreasing
     groups: list[list[int]]  # temporal ids per group (grouped), or one [-1] per frame (stride)
 
     @property
@@ -110,7 +110,8 @@ def plan_frames(info: VideoInfo, scheme: VideoScheme) -> FramePlan:
             count = round(duration * scheme.fps)
         else:
             count, per_group = round(scheme.max_frames * scheme.max_group), scheme.max_group
-    indices = uniform_sample(list(range(info.frames)), max(1, min(count, info.frames)))
+    # more frames than the video has repeat some, as the example's sampler does
+    indices = uniform_sample(list(range(info.frames)), max(1, count))
     ids = temporal_ids(np.asarray(indices) / info.fps, duration, scheme.time_scale)
     return FramePlan(indices, [ids[k:k + per_group] for k in range(0, len(ids), per_group)])
 

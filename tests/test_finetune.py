@@ -125,6 +125,7 @@ def test_qlora_preparation_keeps_the_embedding_output_writable(tiny, tiny_model_
     (["--q_lora", "true"], "--q_lora true needs --use_lora true"),
     (["--max_slice_nums", "0"], "--max_slice_nums must be >= 1"),
     (["--packing", "true", "--group_by_length", "true"], "--packing and --group_by_length both"),
+    (["--video_max_group", "7"], "--video_max_group must be 1-6"),
     (["--attn_implementation", "flash"], "--attn_implementation 'flash': choose eager, sdpa or flash_attention_2"),
     (["--attn_implementation", "flash_attention_2"], "needs a CUDA GPU and flash-attn"),
     (["--loss_kernel", "liger"], "--loss_kernel liger needs a CUDA GPU and liger-kernel"),
@@ -406,6 +407,30 @@ def test_data_loading_defaults_and_the_image_cache_in_a_run(tiny_model_dir, samp
                     "--image_cache_dir", str(cache), "--num_train_epochs", "1"] + cpu_flags(tmp_path / "out", 1, 1e-3))
     assert len(list(cache.glob("*/*.views"))) == 6  # the sample data's six image files, each once
     assert f"image cache: {cache}" in caplog.text and "image cache " + str(cache) + ": views of this data" in caplog.text
+
+
+@pytest.mark.parametrize("version", ["2.6", "4.5"])
+def test_a_tiny_video_set_is_memorised(tiny_model_dir, tmp_path, caplog, version):
+    """Videos of 2.5 s (4.5: grouped two frames a group by --video_max_frames 4) with answers to
+    learn; 4.5's grouped batches go to the model as one row."""
+    from conftest import make_video
+
+    caplog.set_level(logging.INFO)
+    answers = ["It gets brighter.", "Nothing moves.", "A flash at the end.", "It fades to black."]
+    records = []
+    for k, answer in enumerate(answers):
+        make_video(tmp_path / f"v{k}.mp4", frames=25 + 5 * k, fps=10, size=(48, 32))
+        records.append({"video": f"v{k}.mp4", "conversations": [
+            {"role": "user", "content": "<video>\nWhat happens?"}, {"role": "assistant", "content": answer}]})
+    (tmp_path / "videos.json").write_text(json.dumps(records))
+    args = ["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(tmp_path / "videos.json")] \
+        + cpu_flags(tmp_path / "out", epochs=10, lr=6e-3) + ["--logging_steps", "4"]
+    if version == "4.5":
+        args += ["--video_max_frames", "4"]
+    trainer = finetune.train(args)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[-1] < losses[0] * 0.3, losses
+    assert ("each micro-batch goes to the model as one row" in caplog.text) == (version == "4.5")
 
 
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):

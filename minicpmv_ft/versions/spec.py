@@ -57,6 +57,10 @@ class ModelVersion:
     lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
     # How the checkpoint's inference samples a video (minicpmv_ft/video.py); None: no video.
     video: VideoScheme | None = None
+    # get_vllm_embedding splits the resampler's output between the samples of a batch by their
+    # frame counts while the 3-D resampler returns one output per group of frames: with grouped
+    # videos a later sample gets another's features, or none. Such batches go as one row.
+    vision_split_by_frames: bool = False
     # The LLM sizes of the published checkpoint (its config.json), which tools/bench_gpu.py
     # builds with random weights; empty: not benchmarked.
     published_llm: dict = field(default_factory=dict)

@@ -24,4 +24,5 @@ VERSION = ModelVersion(
     # the published video example: 3 frames a second, 180 at most before packing up to 3 frames
     # into one group (its MAX_NUM_PACKING; the model takes up to 6), unsliced frames
     video=VideoScheme("grouped", fps=3, max_frames=180, max_slice_nums=1, max_group=3),
+    vision_split_by_frames=True,
 )
