@@ -1,7 +1,8 @@
-"""Ask a fine-tuned MiniCPM-V checkpoint (full, LoRA adapter, or merged) about images.
+"""Ask a fine-tuned MiniCPM-V checkpoint (full, LoRA adapter, or merged) about images or a video.
 
     python chat.py --model output/minicpmv_full --image cat.jpg --question "What is this?"
     python chat.py --model output/minicpmv_lora [--base openbmb/MiniCPM-V-2_6] --image cat.jpg --interactive
+    python chat.py --model output/minicpmv_full --video clip.mp4 --question "What happens?"   # 2.6, 4.0, 4.5
 
 Uses the checkpoint's own inference path (its chat() and chat template), so the answer is
 what users of the checkpoint get. --interactive keeps a multi-turn conversation: one
@@ -18,6 +19,7 @@ from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.versions import image_settings, set_max_slice_nums
+from minicpmv_ft.video import VideoError, decode_frames, plan_frames, read_video_info
 
 
 def chat_options(model, version, max_new_tokens: int, thinking: bool, max_slice_nums: int | None) -> dict:
@@ -49,13 +51,29 @@ def chat_messages(version, images, question: str, history=()) -> list[dict]:
     return msgs
 
 
+def video_frames(version, path: str):
+    """(frames, chat() options) of a video as the checkpoint's own video example feeds it: the
+    version's frame sampling, no image ids, its slices per frame, and 4.5's temporal groups."""
+    if version.video is None:
+        raise ValueError(f"{version.checkpoints} takes no video")
+    try:
+        plan = plan_frames(read_video_info(path), version.video)
+        frames = decode_frames(path, plan.indices)
+    except VideoError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    options = {"use_image_id": False, "max_slice_nums": version.video.max_slice_nums}
+    if version.video.sampling == "grouped":
+        options["temporal_ids"] = plan.groups
+    return frames, options
+
+
 def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256,
-           thinking: bool = False, max_slice_nums: int | None = None) -> str:
+           thinking: bool = False, max_slice_nums: int | None = None, extra: dict | None = None) -> str:
     """One answer to `question` after earlier (role, content) turns. `thinking` switches a
     thinking model (4.5) to reason before answering; `max_slice_nums` overrides the slicing the
-    checkpoint was saved with."""
+    checkpoint was saved with; `extra`: more chat() options (a video's, from video_frames)."""
     msgs = chat_messages(version, images, question, history)
-    options = chat_options(model, version, max_new_tokens, thinking, max_slice_nums)
+    options = {**chat_options(model, version, max_new_tokens, thinking, max_slice_nums), **(extra or {})}
     image = None if version.chat_images_in_messages or not images else list(images)[0]
     with torch.no_grad():
         if version.chat_takes_context:  # 2.0: chat(image, msgs, context, tokenizer) -> (answer, ...)
@@ -82,7 +100,7 @@ def trained_slices(model, version, base) -> int | None:
 
 
 def converse(model, tokenizer, version, images, questions, out=None, max_new_tokens=256, thinking=False,
-             max_slice_nums=None):
+             max_slice_nums=None, extra=None):
     """Answers each question in turn, keeping the conversation; returns the (role, text) history."""
     out = out or sys.stdout
     history = []
@@ -90,7 +108,8 @@ def converse(model, tokenizer, version, images, questions, out=None, max_new_tok
         question = question.strip()
         if not question:
             break
-        reply = answer(model, tokenizer, version, images, question, history, max_new_tokens, thinking, max_slice_nums)
+        reply = answer(model, tokenizer, version, images, question, history, max_new_tokens, thinking, max_slice_nums,
+                       extra)
         print(reply, file=out, flush=True)
         history += [("user", question), ("assistant", reply)]
     return history
@@ -101,6 +120,7 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="fine-tuned checkpoint, merged model or LoRA adapter folder")
     parser.add_argument("--base", default=None, help="base model of a LoRA adapter (default: the one it records)")
     parser.add_argument("--image", action="append", default=[], help="image file; repeat for several")
+    parser.add_argument("--video", default=None, help="a video file instead of images (2.6, 4.0, 4.5)")
     parser.add_argument("--question", default=None, help="the question (without --interactive)")
     parser.add_argument("--interactive", action="store_true", help="read questions from standard input")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
@@ -112,16 +132,19 @@ def main(argv=None):
     quiet_third_party()
     if not args.interactive and not args.question:
         parser.error("give --question, or --interactive")
+    if args.video and args.image:
+        parser.error("give --image or --video, not both")
     try:
         tokenizer, model, version, base = load_for_inference(args.model, args.base, default_dtype())
     except AdapterBaseError as exc:
         parser.exit(2, f"chat.py: {exc}\n")
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
-    images = [open_rgb(path) for path in args.image]
     questions = iter(sys.stdin.readline, "") if args.interactive else [args.question]
     try:
+        images, extra = video_frames(version, args.video) if args.video else ([open_rgb(p) for p in args.image], None)
         converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens,
-                 thinking=args.thinking, max_slice_nums=args.max_slice_nums or trained_slices(model, version, base))
+                 thinking=args.thinking, max_slice_nums=args.max_slice_nums or trained_slices(model, version, base),
+                 extra=extra)
     except ValueError as exc:
         parser.exit(2, f"chat.py: {exc}\n")
 

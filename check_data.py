@@ -9,7 +9,9 @@ tokens) with a check that the file is whole, as training does; --verify_images d
 slices every image too. Prints each problem (file,
 sample index, id, reason), the OK / truncated / dropped / failed counts, token lengths split
 into text and image tokens, the model_max_length that keeps all (or 99%) of the samples
-intact, slices per image, and animated images (only their first frame is trained on). Only the tokenizer and config are loaded, no weights.
+intact, slices per image, frames / placeholders / tokens per video and tokens per second of
+video, and animated images (only their first frame is trained on). Only the tokenizer and
+config are loaded, no weights.
 Exit code 0 only when no sample failed (dropped samples are reported, not failures).
 """
 from __future__ import annotations
@@ -83,7 +85,20 @@ def summarise(source: str, encoder: SampleEncoder, reports) -> dict:
         "histogram": histogram(total),
         "model_max_length_to_keep": {"all": percentile(total, 1.0), "99%": percentile(total, 0.99)},
         "views_per_image": dict(sorted(Counter(n for r in measured for n in r.views_per_image).items())),
+        "videos": video_summary(measured),
     }
+
+
+def video_summary(reports) -> dict | None:
+    """Frames, groups (placeholders) and tokens per video, and the token cost per second."""
+    videos = [video for r in reports for video in r.videos]
+    if not videos:
+        return None
+    columns = {key: sorted(video[key] for video in videos) for key in ("seconds", "frames", "groups", "tokens")}
+    seconds = sum(columns["seconds"])
+    return {"count": len(videos),
+            **{key: {"p50": percentile(v, 0.5), "max": v[-1]} for key, v in columns.items()},
+            "tokens_per_second": round(sum(columns["tokens"]) / seconds, 1) if seconds else None}
 
 
 def histogram(values, bins=10):
@@ -112,6 +127,12 @@ def format_report(report: dict) -> str:
     lines.append(f"  model_max_length that keeps every sample intact: {keep['all']}; 99% of samples: {keep['99%']}")
     views = ", ".join(f"{n}: {count}" for n, count in report["views_per_image"].items()) or "no images"
     lines.append(f"  views per image (1 + slices) -> images: {views}")
+    video = report["videos"]
+    if video:
+        lines.append(f"  videos {video['count']}: seconds p50 {video['seconds']['p50']} max {video['seconds']['max']}; "
+                     f"frames p50 {video['frames']['p50']} max {video['frames']['max']}; placeholders (groups) p50 "
+                     f"{video['groups']['p50']} max {video['groups']['max']}; tokens p50 {video['tokens']['p50']} max "
+                     f"{video['tokens']['max']} ({video['tokens_per_second']} per second of video)")
     for p in report["problems"]:
         lines.append(f"  {p['status'].upper()} {report['file']}, sample {p['index']} (id {p['id']!r}): {p['reason']}")
     for a in report["animated_images"]:

@@ -2,6 +2,7 @@
 video path (frames as images through its inference slicer, no image ids; 4.5's processor drops
 the placeholders of all but the first frame of a group and the newline before each), and bad
 videos as data errors."""
+import dataclasses
 import re
 
 import pytest
@@ -148,3 +149,60 @@ def test_the_check_reports_frames_groups_and_tokens_per_video(tiny, tmp_path):
     q = model.config.query_num
     assert video == {"path": str(tmp_path / "clip.mp4"), "seconds": 2.5, "frames": 8, "groups": 4,
                      "tokens": 4 * (q + 2) + 3}  # 4 blocks of <image> + q + </image>, 3 newlines between
+
+
+def test_check_data_reports_video_frames_groups_and_tokens(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    import check_data
+
+    make_video(tmp_path / "clip.mp4", frames=25, fps=10)
+    sample = {"video": "clip.mp4", "conversations": [{"role": "user", "content": "<video>\nWhat?"},
+                                                     {"role": "assistant", "content": "x"}]}
+    (tmp_path / "d.json").write_text(json.dumps([sample]))
+    code = check_data.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "d.json"),
+                            "--num_workers", "1", "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    videos = json.loads((tmp_path / "r.json").read_text())["files"][0]["videos"]
+    tokens = 3 * 66 + 2  # 2.6: 3 frames (1 a second) of <image> + 64 + </image>, 2 newlines
+    assert videos == {"count": 1, "seconds": {"p50": 2.5, "max": 2.5}, "frames": {"p50": 3, "max": 3},
+                      "groups": {"p50": 3, "max": 3}, "tokens": {"p50": tokens, "max": tokens},
+                      "tokens_per_second": round(tokens / 2.5, 1)}
+    assert f"videos 1: seconds p50 2.5 max 2.5; frames p50 3 max 3; placeholders (groups) p50 3 max 3; tokens p50 " \
+           f"{tokens} max {tokens} ({round(tokens / 2.5, 1)} per second of video)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("version,scheme", [("2.6", None), ("4.0", None), ("4.5", None), ("4.5", GROUPED_SMALL)])
+def test_chat_about_a_video_sees_the_prompt_pixels_and_groups_training_uses(tiny, tmp_path, monkeypatch, version,
+                                                                            scheme):
+    import chat
+
+    tok, model = tiny(version)
+    entry = REGISTRY[version] if scheme is None else dataclasses.replace(REGISTRY[version], video=scheme)
+    path = make_video(tmp_path / "clip.mp4", frames=25, fps=10)
+    captured = []
+    monkeypatch.setattr(model, "_greedy", lambda data, tokenizer, n: captured.append(data) or "")
+    frames, extra = chat.video_frames(entry, path)
+    chat.answer(model, tok, entry, frames, "What changes?", extra=extra)
+    (data,) = captured
+    sample = {"video": path, "conversations": [{"role": "user", "content": "<video>\nWhat changes?"},
+                                               {"role": "assistant", "content": "It gets brighter."}]}
+    item = SupervisedDataset([sample], tok, model.config, version=entry)[0]
+    prompt = data["input_ids"][0].tolist()
+    assert item["input_ids"].tolist()[:len(prompt)] == prompt
+    assert item["image_bound"].tolist() == data["image_bound"][0].tolist()
+    assert len(item["pixel_values"]) == len(data["pixel_values"][0])
+    assert all(torch.equal(a, b) for a, b in zip(item["pixel_values"], data["pixel_values"][0]))
+    if entry.temporal_ids:
+        assert item["temporal_ids"] == data["temporal_ids"][0]
+
+
+def test_chat_command_line_answers_about_a_video(tiny_model_dir, tmp_path, capsys):
+    import chat
+
+    path = make_video(tmp_path / "clip.mp4", frames=25, fps=10)
+    chat.main(["--model", str(tiny_model_dir("4.5")), "--video", path, "--question", "What?", "--max_new_tokens", "3"])
+    assert capsys.readouterr().out.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_info:
+        chat.main(["--model", str(tiny_model_dir("2.5")), "--video", path, "--question", "What?"])
+    assert exit_info.value.code == 2 and "takes no video" in capsys.readouterr().err

@@ -20,6 +20,8 @@ from .modeling_minicpm import MiniCPMForCausalLM
 from .modeling_navit_siglip import SiglipVisionTransformer
 from .resampler import Resampler
 
+IMAGE_TAG = "(<image>./</image>)"  # where an image goes in the prompt, before its placeholder is known
+
 
 class MiniCPMVPreTrainedModel(PreTrainedModel):
     config_class = MiniCPMVConfig
@@ -199,21 +201,22 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             max_slice_nums or slicing.max_slice_nums, getattr(slicing, "scale_resolution", 448),
             per_slice=hasattr(cfg, "use_image_id"), use_image_id=bool(getattr(cfg, "use_image_id", False)))
 
-    def _prompt(self, msgs, tokenizer, system_prompt, enable_thinking):
-        """Prompt ids, encoded in one call as the real processors do (2.0, 4.0: <s> first)."""
+    def _prompt_text(self, msgs, tokenizer, system_prompt, enable_thinking):
+        """The prompt string, encoded in one call as the real processors do (2.0, 4.0: <s> first)."""
         if self.uses_timm:
             names = {"user": "<用户>", "assistant": "<AI>"}
-            return tokenizer.encode("".join(names[m["role"]] + m["content"] for m in msgs) + "<AI>")
+            return "".join(names[m["role"]] + m["content"] for m in msgs) + "<AI>"
         if system_prompt:
             msgs = [{"role": "system", "content": system_prompt}] + msgs
         options = {"enable_thinking": enable_thinking} if getattr(self.config, "batch_3d_resampler", False) else {}
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **options)
-        return tokenizer.encode(text)
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **options)
 
     def _answer(self, image, msgs, tokenizer, max_new_tokens=64, system_prompt="", max_slice_nums=None,
-                enable_thinking=False):
+                enable_thinking=False, use_image_id=None, temporal_ids=None):
         slicer = self._slicer(max_slice_nums)
-        images, prompt_msgs, image_count = [], [], 0
+        if use_image_id is not None:
+            slicer.use_image_id = bool(use_image_id)
+        images, prompt_msgs = [], []
         for m, msg in enumerate(msgs):
             content = msg["content"] if isinstance(msg["content"], list) else [msg["content"]]
             if m == 0 and image is not None:
@@ -223,17 +226,31 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
                 if isinstance(item, str):
                     parts.append(item)
                     continue
-                views, grid = slicer.slices(item.convert("RGB"))
-                images.extend(views)
-                parts.append(slicer.placeholder(tokenizer, grid, image_count))
-                image_count += 1
+                images.append(item.convert("RGB"))
+                parts.append(IMAGE_TAG)
             prompt_msgs.append({"role": msg["role"], "content": "\n".join(parts)})
-        ids = torch.tensor(self._prompt(prompt_msgs, tokenizer, system_prompt, enable_thinking), dtype=torch.long)
+        # As the real processors: each tag becomes its image's placeholder; with 4.5's temporal_ids
+        # an image (frame) that is not the first of its group gets none, and the text before it
+        # is stripped.
+        skipped = set()
+        if temporal_ids is not None:
+            index = 0
+            for group in temporal_ids:
+                skipped.update(range(index + 1, index + len(group)))
+                index += len(group)
+        chunks = self._prompt_text(prompt_msgs, tokenizer, system_prompt, enable_thinking).split(IMAGE_TAG)
+        text, views = "", []
+        for k, picture in enumerate(images):
+            picture_views, grid = slicer.slices(picture)
+            views.extend(picture_views)
+            text += chunks[k].strip() if k in skipped else chunks[k] + slicer.placeholder(tokenizer, grid, k)
+        text += chunks[-1]
+        ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
         openers = [tokenizer.im_start_id] + ([tokenizer.slice_start_id] if slicer.per_slice else [])
         closers = [tokenizer.im_end_id] + ([tokenizer.slice_end_id] if slicer.per_slice else [])
         starts = torch.where(torch.isin(ids, torch.tensor(openers)))[0] + 1
         ends = torch.where(torch.isin(ids, torch.tensor(closers)))[0]
-        tensors = [slicer.to_tensor(view, not self.uses_timm) for view in images]
+        tensors = [slicer.to_tensor(view, not self.uses_timm) for view in views]
         data = {
             "input_ids": ids.unsqueeze(0).to(self.device),
             "position_ids": torch.arange(len(ids)).unsqueeze(0).to(self.device),
@@ -242,7 +259,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             "image_bound": [torch.stack([starts, ends], dim=1)],
         }
         if getattr(self.config, "batch_3d_resampler", False):
-            data["temporal_ids"] = [[[-1] for _ in tensors]]
+            data["temporal_ids"] = [list(temporal_ids) if temporal_ids is not None else [[-1] for _ in tensors]]
         return self._greedy(data, tokenizer, max_new_tokens)
 
     @torch.no_grad()
@@ -275,7 +292,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             kwargs.pop("context", None)
         else:
             tokenizer = args[0] if args else kwargs.pop("tokenizer")
-        names = ("max_new_tokens", "system_prompt", "max_slice_nums", "enable_thinking")
+        names = ("max_new_tokens", "system_prompt", "max_slice_nums", "enable_thinking", "use_image_id", "temporal_ids")
         options = {k: kwargs[k] for k in names if k in kwargs}
         if not self.uses_timm and msgs and isinstance(msgs[0], list):  # batch: a list of conversations
             return [self._answer(image, conversation, tokenizer, **options) for conversation in msgs]
