@@ -21,7 +21,7 @@ from collections import Counter
 
 import torch
 
-from chat import answer_batch, trained_slices
+from chat import answer, answer_batch, trained_slices, video_frames
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
@@ -75,7 +75,10 @@ def read_samples(path, version, image_folder, data_format):
     samples, failed = [], []
     for index, record in enumerate(records):
         try:
-            samples.append(parse_sample(record, index, source, folder, version.chat.system_allowed))
+            sample = parse_sample(record, index, source, folder, version.chat.system_allowed)
+            if sample.video_paths and (len(sample.video_paths) > 1 or sample.image_paths):
+                raise sample.error("predict.py asks about one video, without images, per sample")
+            samples.append(sample)
         except DataError as error:
             failed.append(error)
     return samples, failed
@@ -92,9 +95,7 @@ def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinkin
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
             prompts = [prompt_of(sample) for sample in batch]
-            requests = [([open_rgb(path) for path in sample.image_paths], question, history)
-                        for sample, (history, question, _) in zip(batch, prompts)]
-            answers = answer_batch(model, tokenizer, version, requests, max_new_tokens, thinking, max_slice_nums)
+            answers = ask(model, tokenizer, version, batch, prompts, max_new_tokens, thinking, max_slice_nums)
             for sample, (_, question, reference), prediction in zip(batch, prompts, answers):
                 predictions.append(prediction)
                 references.append(reference)
@@ -103,6 +104,23 @@ def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinkin
                                       "f1": round(token_f1(prediction, reference), 4)}, ensure_ascii=False) + "\n")
             bar.update(len(batch))
     return predictions, references
+
+
+def ask(model, tokenizer, version, batch, prompts, max_new_tokens, thinking, max_slice_nums) -> list[str]:
+    """Answers to a batch: image and text samples in one batched chat() call, a video sample on its
+    own with its frames and chat() options (as chat.py --video asks)."""
+    plain = [k for k, sample in enumerate(batch) if not sample.video_paths]
+    answers = {}
+    if plain:
+        requests = [([open_rgb(path) for path in batch[k].image_paths], prompts[k][1], prompts[k][0]) for k in plain]
+        answers.update(zip(plain, answer_batch(model, tokenizer, version, requests, max_new_tokens, thinking,
+                                               max_slice_nums)))
+    for k, sample in enumerate(batch):
+        if sample.video_paths:
+            frames, extra = video_frames(version, sample.video_paths[0])
+            answers[k] = answer(model, tokenizer, version, frames, prompts[k][1], prompts[k][0], max_new_tokens,
+                                thinking, max_slice_nums, extra)
+    return [answers[k] for k in range(len(batch))]
 
 
 def scores(predictions, references) -> dict:

@@ -85,3 +85,21 @@ def test_data_path_benchmark_compares_with_the_official_bit_for_bit(tmp_path):
     assert rows[2]["samples_per_s"] > rows[2]["first_epoch_samples_per_s"]  # the second epoch reads the cache
     assert [row["workers"] for row in rows[3:]] == sorted({1, 2, len(os.sched_getaffinity(0))})
     assert "same tensors as the official, bit for bit: True" in done.stdout
+
+
+def test_video_benchmark_counts_tokens_per_minute_and_times_the_data_path(tmp_path):
+    out = tmp_path / "video.jsonl"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_video.py"), "--versions", "2.6", "4.5",
+                           "--minutes", "0.5", "5", "--size", "160x90", "--clip_seconds", "2", "--samples", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    tokens = {(row["version"], row["minutes"]): row for row in rows if "minutes" in row}
+    # 2.6: one frame a second up to 64; 160x90 frames are single views: <image> + 64 + </image> and a newline each
+    assert tokens[("2.6", 0.5)]["frames"] == 30 and tokens[("2.6", 0.5)]["tokens"] == 30 * 66 + 29
+    assert tokens[("2.6", 5)]["frames"] == 64
+    # 4.5, 5 min: 540 frames in 180 groups of 3 -> 180 blocks, a third of the frames-as-images count
+    five = tokens[("4.5", 5)]
+    assert five["frames"] == 540 and five["tokens"] == 180 * 66 + 179 and five["tokens_as_images"] == 540 * 66 + 539
+    assert [row["version"] for row in rows if "samples_per_s" in row] == ["2.6", "4.5"]
+    assert "as 540 independent images" in done.stdout

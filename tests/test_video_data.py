@@ -206,3 +206,25 @@ def test_chat_command_line_answers_about_a_video(tiny_model_dir, tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         chat.main(["--model", str(tiny_model_dir("2.5")), "--video", path, "--question", "What?"])
     assert exit_info.value.code == 2 and "takes no video" in capsys.readouterr().err
+
+
+def test_predict_asks_about_a_video_sample_as_chat_does(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    import predict
+
+    make_video(tmp_path / "clip.mp4", frames=25, fps=10)
+    samples = [{"id": "v", "video": "clip.mp4", "conversations": [{"role": "user", "content": "<video>\nWhat?"},
+                                                                 {"role": "assistant", "content": "x"}]},
+               {"id": "t", "conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "y"}]},
+               {"id": "two", "video": {"<video_00>": "clip.mp4", "<video_01>": "clip.mp4"},
+                "conversations": [{"role": "user", "content": "<video_00><video_01> Same?"},
+                                  {"role": "assistant", "content": "z"}]}]
+    (tmp_path / "d.json").write_text(json.dumps(samples))
+    predict.main(["--model", str(tiny_model_dir("2.6")), "--data", str(tmp_path / "d.json"), "--out",
+                  str(tmp_path / "p.jsonl"), "--max_new_tokens", "3"])
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["v", "t"] and rows[0]["question"] == "What?"
+    captured = capsys.readouterr()
+    assert "sample 2 (id 'two'): predict.py asks about one video, without images, per sample" in captured.err
+    assert "2 samples predicted (1 failed the data check and were skipped)" in captured.out
