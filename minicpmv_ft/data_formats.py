@@ -5,10 +5,11 @@
               "conversations": [{"from": "human" | "gpt" | "system", "value"}, ...]}
     messages  OpenAI style, as LLaMA-Factory and ms-swift write it:
               {"messages": [{"role", "content"}, ...], "images" or "image": [paths] | path}
+    (videos likewise: "video" or "videos", with `<video>` markers)
 
 In the foreign formats every image has one `<image>` in the text, in the order of the list;
-with several images they become `<image_00>`, `<image_01>`, ... A single image without a
-marker goes in front of the first question, as in ours. `auto` (the default) tells the
+with several images they become `<image_00>`, `<image_01>`, ... (videos: `<video_00>`, ...).
+A single image without a marker goes in front of the first question, as in ours. `auto` (the default) tells the
 formats apart per sample by their keys; naming a format makes any other an error.
 """
 from __future__ import annotations
@@ -52,7 +53,8 @@ def to_native(record, data_format: str = "auto"):
                              f"{found} (or auto)", sample_id)
     try:
         turns = from_sharegpt(record) if found == "sharegpt" else from_messages(record)
-        native = with_images(turns, images_of(record))
+        native = with_media({"conversations": turns}, media_of(record, "image"), "image")
+        native = with_media(native, media_of(record, "video"), "video")
     except ValueError as e:
         return Unconvertible(f"{found} sample: {e}", sample_id)
     if "id" in record:
@@ -92,37 +94,40 @@ def from_messages(record) -> list[dict]:
     return turns
 
 
-def images_of(record) -> list:
-    if "image" in record and "images" in record:
-        raise ValueError('both "image" and "images"; give the paths once')
-    images = record.get("images", record.get("image"))
-    if images is None:
+def media_of(record, key: str) -> list:
+    """The paths of a record's images (key "image": "image" or "images") or videos ("video" / "videos")."""
+    if key in record and key + "s" in record:
+        raise ValueError(f'both "{key}" and "{key}s"; give the paths once')
+    paths = record.get(key + "s", record.get(key))
+    if paths is None:
         return []
-    images = [images] if isinstance(images, str) else images
-    if not isinstance(images, list) or not all(isinstance(path, str) and path for path in images):
-        raise ValueError('"images" must be a path or a list of paths')
-    return images
+    paths = [paths] if isinstance(paths, str) else paths
+    if not isinstance(paths, list) or not all(isinstance(path, str) and path for path in paths):
+        raise ValueError(f'"{key}s" must be a path or a list of paths')
+    return paths
 
 
-def with_images(turns: list[dict], images: list) -> dict:
-    """Our record: one image keeps its `<image>`; several get numbered markers in order."""
-    if not images:
-        return {"conversations": turns}
-    if len(images) == 1:
-        return {"image": images[0], "conversations": turns}
-    markers = sum(turn["content"].count(MARKER) for turn in turns if isinstance(turn["content"], str))
-    if markers != len(images):
-        raise ValueError(f"{len(images)} images but {markers} {MARKER} markers; each image needs one {MARKER} in "
+def with_media(record: dict, paths: list, key: str) -> dict:
+    """`record` ({"conversations": turns, ...} in our format) with its images (key "image") or
+    videos ("video"): one keeps its `<image>` / `<video>`; several get numbered markers in order."""
+    if not paths:
+        return record
+    if len(paths) == 1:
+        return {**record, key: paths[0]}
+    marker, turns = f"<{key}>", record["conversations"]
+    markers = sum(turn["content"].count(marker) for turn in turns if isinstance(turn["content"], str))
+    if markers != len(paths):
+        raise ValueError(f"{len(paths)} {key}s but {markers} {marker} markers; each {key} needs one {marker} in "
                          "the text, in the order of the list")
     numbered, k = [], 0
     for turn in turns:
         if not isinstance(turn["content"], str):  # the sample check reports it
             numbered.append(turn)
             continue
-        pieces = turn["content"].split(MARKER)
+        pieces = turn["content"].split(marker)
         content = pieces[0]
         for piece in pieces[1:]:
-            content += f"<image_{k:02d}>" + piece
+            content += f"<{key}_{k:02d}>" + piece
             k += 1
         numbered.append({**turn, "content": content})
-    return {"image": {f"<image_{i:02d}>": path for i, path in enumerate(images)}, "conversations": numbered}
+    return {**record, key: {f"<{key}_{i:02d}>": path for i, path in enumerate(paths)}, "conversations": numbered}

@@ -164,3 +164,19 @@ def test_convert_csv_and_a_folder_of_captioned_images(tiny, tmp_path, images):
                                                         {"role": "assistant", "content": "A small shape."}]}]
     tok, model = tiny("2.6")
     assert len(SupervisedDataset(str(tmp_path / "captions.json"), tok, model.config)) == 1
+
+
+def test_videos_in_sharegpt_and_messages_data_equal_ours(tiny, tmp_path):
+    from conftest import make_video
+
+    make_video(tmp_path / "v.mp4", frames=12)
+    make_video(tmp_path / "w.mp4", frames=15)
+    ours = [{"video": "v.mp4", "conversations": [{"role": "user", "content": "<video>\nWhat?"},
+                                                 {"role": "assistant", "content": "Grey."}]},
+            {"video": {"<video_00>": "v.mp4", "<video_01>": "w.mp4"},
+             "conversations": [{"role": "user", "content": "<video_00> then <video_01>: longer?"},
+                               {"role": "assistant", "content": "The second."}]}]
+    foreign = [sharegpt(("user", "<video>\nWhat?"), ("assistant", "Grey."), videos=["v.mp4"]),
+               messages(("user", "<video> then <video>: longer?"), ("assistant", "The second."),
+                        videos=["v.mp4", "w.mp4"])]
+    assert_same_items(items(tiny, tmp_path, foreign), items(tiny, tmp_path, ours))
