@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
-from minicpmv_ft.encoding import SampleEncoder, check_records
+from minicpmv_ft.encoding import SampleEncoder, check_records, temporal_groups
 from minicpmv_ft.samples import DataError, Sample, load_records
 from minicpmv_ft.versions import detect_version, image_settings
 
@@ -136,6 +136,6 @@ def data_collator(examples):
         "image_bound": bounds,
         "image_bounds": bounds,
     }
-    if "temporal_ids" in examples[0]:
-        batch["temporal_ids"] = [e["temporal_ids"] for e in examples]
+    if any("temporal_ids" in e for e in examples):
+        batch["temporal_ids"] = [temporal_groups(e) for e in examples]
     return batch

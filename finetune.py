@@ -262,6 +262,17 @@ def check_version_supported(version, config, train_args, world_size: int):
             "Use ds_config_zero2.json (optimizer offload saves memory there too)")
 
 
+def check_video_supported(version, train_set, train_args, world_size: int):
+    """4.5's 3-D resampler runs its attention once per group of video frames: refused where
+    processes would hold different numbers of groups under ZeRO-3 (a hang, as for 2.0)."""
+    has_video = any(report.videos for report in train_set.reports)
+    if has_video and version.temporal_ids and zero_stage(train_args) == 3 and world_size > 1:
+        raise ValueError(
+            f"{version.checkpoints} runs its resampler once per group of video frames; under ZeRO-3 every run is a "
+            "collective weight gather, so processes holding different numbers of groups deadlock. Use "
+            "ds_config_zero2.json for video data (optimizer offload saves memory there too)")
+
+
 def model_dtype(train_args) -> torch.dtype:
     return torch.bfloat16 if train_args.bf16 else torch.float16 if train_args.fp16 else torch.float32
 
@@ -463,6 +474,7 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, check_workers())
+    check_video_supported(version, train_set, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     transformers.set_seed(train_args.seed)  # LoRA adapters are initialised before the Trainer seeds
     model = load_model(model_args, train_args, version, model_dtype(train_args))
     if data_args.max_slice_nums is not None:  # saved with the model, so its chat() slices as training did

@@ -44,6 +44,12 @@ class EncodedSample:
         return sum(1 for _, last in self.blocks if last < len(self.input_ids))
 
 
+def temporal_groups(item: dict) -> list:
+    """An item's temporal groups (4.5); for an item without a video one still group [-1] per view,
+    which a batch needs where another item has a video."""
+    return item.get("temporal_ids") or [[-1] for _ in item["pixel_values"]]
+
+
 @dataclass
 class SampleReport:
     """What the check of one sample found (check_data.py reports these)."""
@@ -202,8 +208,8 @@ class SampleEncoder:
     def item(self, sample: Sample) -> dict:
         """input_ids, position_ids, labels, attention_mask [L]; pixel_values (list of per-view
         tensors); tgt_sizes int32 [n_views, 2]; image_bound / image_bounds long [n_spans, 2] (one
-        per query block: per view, or per group of frames on 4.5); 4.5: temporal_ids, the groups
-        of views ([-1] for each view of an image)."""
+        per query block: per view, or per group of frames on 4.5); 4.5 with a video: temporal_ids,
+        the groups of views ([-1] for each view of an image)."""
         encoded, pixel_values, tgt_sizes, groups = self.with_pixels(sample)
         bounds = torch.tensor(encoded.spans, dtype=torch.long).reshape(-1, 2)
         length = len(encoded.input_ids)
@@ -217,7 +223,11 @@ class SampleEncoder:
             "image_bound": bounds,
             "image_bounds": bounds,
         }
-        if self.version.temporal_ids:
+        if self.version.temporal_ids and any(t >= 0 for group in groups for t in group):
+            # only with a video, as chat() passes temporal_ids only for one: without them the 3-D
+            # resampler attends to every view in one call, with them once per group (under
+            # ZeRO-3 each call gathers its weights, so the count must not differ between processes
+            # for image-only batches)
             item["temporal_ids"] = groups
         return item
 

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .chat_tokens import IGNORE_INDEX
+from .encoding import temporal_groups
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ def pack_items(items: list[dict]) -> dict:
         "image_bound": bounds,
         "image_bounds": bounds,
     })
-    if "temporal_ids" in items[0]:
-        packed["temporal_ids"] = [group for item in items for group in item["temporal_ids"]]
+    if any("temporal_ids" in item for item in items):
+        packed["temporal_ids"] = [group for item in items for group in temporal_groups(item)]
     return packed
 
 

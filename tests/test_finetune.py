@@ -433,6 +433,26 @@ def test_a_tiny_video_set_is_memorised(tiny_model_dir, tmp_path, caplog, version
     assert ("each micro-batch goes to the model as one row" in caplog.text) == (version == "4.5")
 
 
+@pytest.mark.parametrize("version,stage,world,refused", [
+    ("4.5", 3, 2, True), ("4.5", 2, 2, False), ("4.5", 3, 1, False), ("2.6", 3, 2, False)])
+def test_grouped_video_with_zero3_on_several_processes_is_refused(tiny, tmp_path, version, stage, world, refused):
+    from types import SimpleNamespace
+
+    from conftest import make_video
+
+    tok, model = tiny(version)
+    make_video(tmp_path / "v.mp4", frames=12)
+    data = SupervisedDataset([{"video": "v.mp4", "conversations": [{"role": "user", "content": "<video> ?"},
+                                                                   {"role": "assistant", "content": "x"}]}],
+                             tok, model.config, base_dir=str(tmp_path))
+    args = SimpleNamespace(deepspeed={"zero_optimization": {"stage": stage}})
+    if refused:
+        with pytest.raises(ValueError, match="once per group of video frames; under ZeRO-3"):
+            finetune.check_video_supported(REGISTRY[version], data, args, world)
+    else:
+        finetune.check_video_supported(REGISTRY[version], data, args, world)
+
+
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):
     """Issue 8.11: a save that runs out of space gave torch's bare zip-writer error. The write
     really fails here: checkpoint-4's optimizer.pt is a link to /dev/full (ENOSPC on every write)."""

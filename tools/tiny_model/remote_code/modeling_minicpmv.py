@@ -258,8 +258,8 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
             "tgt_sizes": [torch.tensor([tgt for _, tgt in tensors], dtype=torch.int32).reshape(-1, 2)],
             "image_bound": [torch.stack([starts, ends], dim=1)],
         }
-        if getattr(self.config, "batch_3d_resampler", False):
-            data["temporal_ids"] = [list(temporal_ids) if temporal_ids is not None else [[-1] for _ in tensors]]
+        if temporal_ids is not None:
+            data["temporal_ids"] = [list(temporal_ids)]
         return self._greedy(data, tokenizer, max_new_tokens)
 
     @torch.no_grad()
