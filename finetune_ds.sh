@@ -27,9 +27,11 @@ OUTPUT_DIR=$(from_caller "$OUTPUT_DIR" always)
 MODEL=$(from_caller "$MODEL")
 DS_CONFIG=$(from_caller "$DS_CONFIG")
 
-# The project's environment (bash run_tests.sh or demo.sh make it) without activating it by hand.
-if [ -x .venv/bin/python ]; then
-    PATH="$PWD/.venv/bin:$PATH"
+# The project's environment (bash run_tests.sh or demo.sh make it) without activating it by hand;
+# VENV=.venv-4.6 for MiniCPM-V 4.6 (README).
+VENV=${VENV:-.venv}
+if [ -x "$VENV/bin/python" ]; then
+    PATH="$PWD/$VENV/bin:$PATH"
 elif ! python -c 'import transformers, peft' 2>/dev/null; then
     echo "finetune: this python lacks the requirements and there is no .venv here; make it with" \
          "'bash run_tests.sh' (or: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)" >&2

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .checkpoints import ADAPTER_SETTINGS_FILE
 from .versions import ModelVersion, detect_version, set_max_slice_nums
+from .versions.environments import check_environment
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def load_model(path: str, version: ModelVersion, dtype=None, cast: bool = True, 
 
 def load_tokenizer_and_version(path: str, llm_type: str | None = None):
     """(tokenizer, config, version) of a checkpoint: the one version detection of a run."""
+    check_environment(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     config = AutoConfig.from_pretrained(path, trust_remote_code=True)
     return tokenizer, config, detect_version(config, tokenizer, llm_type)

@@ -453,6 +453,24 @@ def test_grouped_video_with_zero3_on_several_processes_is_refused(tiny, tmp_path
         finetune.check_video_supported(REGISTRY[version], data, args, world)
 
 
+def test_a_4_6_checkpoint_in_this_environment_names_the_command_for_its_own(tmp_path, capsys):
+    """MiniCPM-V 4.6's classes ship inside transformers >= 5.7: one line saying how to set its
+    environment up, before anything is loaded."""
+    model = tmp_path / "minicpm-v-4.6"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "minicpmv4_6", "architectures":
+                                                   ["MiniCPMV4_6ForConditionalGeneration"]}))
+    (tmp_path / "d.json").write_text("[]")
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main(["--model_name_or_path", str(model), "--data_path", str(tmp_path / "d.json")]
+                      + cpu_flags(tmp_path / "out", 1, 1e-3))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "is MiniCPM-V 4.6 (openbmb/MiniCPM-V-4.6, -Thinking) (model_type minicpmv4_6), whose classes ship inside " \
+           "transformers >= 5.7" in err
+    assert "`VENV=.venv-4.6 REQUIREMENTS=requirements-4.6.txt bash tools/setup_venv.sh`" in err
+
+
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):
     """Issue 8.11: a save that runs out of space gave torch's bare zip-writer error. The write
     really fails here: checkpoint-4's optimizer.pt is a link to /dev/full (ENOSPC on every write)."""

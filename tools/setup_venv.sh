@@ -1,12 +1,14 @@
-# Sourced by run_tests.sh and demo.sh: creates .venv from requirements.txt once (re-installs
-# when requirements.txt changes) and activates it.
+# Sourced by run_tests.sh and demo.sh: creates $VENV (default .venv) from $REQUIREMENTS (default
+# requirements.txt) once, re-installs when that file changes, and activates it. MiniCPM-V 4.6
+# needs transformers 5.x: VENV=.venv-4.6 REQUIREMENTS=requirements-4.6.txt.
 VENV="${VENV:-.venv}"
+REQUIREMENTS="${REQUIREMENTS:-requirements.txt}"
 STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum requirements.txt | cut -d' ' -f1)"
+WANT="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-    echo "setting up $VENV from requirements.txt ..."
+    echo "setting up $VENV from $REQUIREMENTS ..."
     python3 -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
     echo "$WANT" > "$STAMP"
 fi
 # shellcheck disable=SC1091
