@@ -88,8 +88,8 @@ class DataArguments:
         "help": "train without the samples that fail the data check (they are counted in the log); "
                 "default: any failing sample stops the run before training"})
     verify_images: bool = field(default=False, metadata={
-        "help": "decode every image in full before training (as check_data.py does); default: a cheap check "
-                "that each file decodes (JPEG at 1/8 scale, other formats' checksums)"})
+        "help": "decode every image (and the frames of every video) in full before training (check_data.py "
+                "--verify_images likewise); default: read each image's header and check the file ends whole"})
     image_cache_dir: typing.Optional[str] = field(default=None, metadata={
         "help": "folder that keeps every image's decoded and sliced views (uint8) after their first use, so "
                 "later epochs skip decoding and resizing; checked to fit on its disk before training"})
@@ -301,7 +301,7 @@ def video_scheme(version, data_args):
 
 
 def load_datasets(version, data_args, tokenizer, config, num_workers=1):
-    common = {"video": video_scheme(version, data_args),"version": version, "max_slice_nums": data_args.max_slice_nums,
+    common = {"version": version, "video": video_scheme(version, data_args), "max_slice_nums": data_args.max_slice_nums,
               "model_max_length": data_args.model_max_length, "skip_bad_samples": data_args.skip_bad_samples,
               "verify_images": data_args.verify_images, "num_workers": max(1, num_workers),
               "keep_earlier_reasoning": data_args.keep_earlier_reasoning, "data_format": data_args.data_format,

@@ -109,7 +109,7 @@ def main(argv=None):
         for _ in range(2):
             views = sum(len(dataset[i]["pixel_values"]) for i in range(len(dataset)))
         rate = 2 * len(dataset) / (time.perf_counter() - start)
-        rows.append({"version": name, "clip_seconds": args.clip_seconds, "samples_per_s": rate, "views": views // 1})
+        rows.append({"version": name, "clip_seconds": args.clip_seconds, "samples_per_s": rate, "views": views})
         print(f"  data path, a {args.clip_seconds:g} s clip: {rate:.2f} samples/s ({views // len(dataset)} views a "
               f"sample), one thread", flush=True)
     if args.out:
