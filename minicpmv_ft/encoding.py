@@ -44,6 +44,12 @@ class EncodedSample:
         return sum(1 for _, last in self.blocks if last < len(self.input_ids))
 
 
+def in_layout(cached_views, settings) -> list:
+    """Views read from the image cache, (height, width, flat uint8), as (height, width, pixels in
+    the model's layout)."""
+    return [(h, w, torch.from_numpy(flat).reshape(layout_shape(h, w, settings))) for h, w, flat in cached_views]
+
+
 def temporal_groups(item: dict) -> list:
     """An item's temporal groups (4.5); for an item without a video one still group [-1] per view,
     which a batch needs where another item has a video."""
@@ -61,7 +67,7 @@ class SampleReport:
     tokens: int = 0  # before truncation
     image_tokens: int = 0  # placeholder tokens of all images (query blocks and their markers)
     views_per_image: list[int] = field(default_factory=list)  # 1 + slices, per image
-    view_bytes: int = 0  # uint8 RGB bytes of all views of all images (what the image cache stores)
+    view_bytes: int = 0  # uint8 RGB bytes of all views of all images and video frames (what the image cache stores)
     animated: list[str] = field(default_factory=list)  # "path (N frames)": only the first frame is trained on
     videos: list[dict] = field(default_factory=list)  # per video: path, frames, groups (placeholders), tokens
 
@@ -85,6 +91,8 @@ class SampleEncoder:
         # Video frames as the checkpoint's video example feeds them: no image ids, its slice count
         self.frame_settings = replace(settings, max_slice_nums=self.video.max_slice_nums, use_image_id=False) \
             if self.video else None
+        self.video_cache = ViewCache(image_cache_dir, self.frame_settings, self.video) \
+            if image_cache_dir and self.video else None
 
     def encode(self, sample: Sample, image_sizes, videos=()) -> EncodedSample:
         """Token ids, labels and image spans for a sample whose images have these (W, H) sizes and
@@ -181,12 +189,18 @@ class SampleEncoder:
         """(VideoInfo, FramePlan, [(height, width, uint8 pixels in the model's layout)] of every view
         of every sampled frame, in time order)."""
         (info, plan), = self._video_plans(replace(sample, video_paths=[path]))
+        if self.video_cache is not None:
+            cached = self.video_cache.get(path)
+            if cached is not None:
+                return info, plan, in_layout(cached[2], self.frame_settings)
         try:
             frames = decode_frames(path, plan.indices)
         except VideoError as exc:
             raise sample.error(f"{path}: {exc}") from None
         views = [(view.height, view.width, view_pixels(view, self.frame_settings))
                  for frame in frames for view in slice_image(frame, self.frame_settings)[0]]
+        if self.video_cache is not None:
+            self.video_cache.put(path, info.size, len(plan.indices), [(h, w, pixels.numpy()) for h, w, pixels in views])
         return info, plan, views
 
     def _views(self, sample: Sample, path: str):
@@ -196,8 +210,7 @@ class SampleEncoder:
             cached = self.cache.get(path)
             if cached is not None:
                 size, frames, views = cached
-                return size, frames, [(h, w, torch.from_numpy(flat).reshape(layout_shape(h, w, self.settings)))
-                                      for h, w, flat in views]
+                return size, frames, in_layout(views, self.settings)
         image, frames = read_image(sample, path, decode=True)
         views = [(view.height, view.width, view_pixels(view, self.settings))
                  for view in slice_image(image, self.settings)[0]]
@@ -277,7 +290,9 @@ class SampleEncoder:
         report = SampleReport(sample.index, sample.sample_id, "ok", tokens=encoded.length_before_truncation,
                               image_tokens=sum(last - first + 1 for first, last in encoded.blocks),
                               views_per_image=[1 + plan.num_slices for plan in encoded.all_plans],
-                              view_bytes=sum(view_bytes(plan) for plan in encoded.all_plans),
+                              view_bytes=sum(view_bytes(plan) for plan in encoded.all_plans) + sum(
+                                  len(frames.indices) * view_bytes(plan_slices(info.size, self.frame_settings))
+                                  for info, frames in videos),
                               animated=[f"{path} ({n} frames)" for path, n in zip(sample.image_paths, encoded.frames)
                                         if n > 1],
                               videos=self._video_summaries(sample, encoded, videos))

@@ -1,6 +1,6 @@
-"""--image_cache_dir: each image's decoded and sliced views kept on disk as uint8 (in the
-model's pixel layout), so that epochs after the first skip decoding, resizing and
-rearranging (most of the data path's time).
+"""--image_cache_dir: each image's (and each video's sampled frames') decoded and sliced views
+kept on disk as uint8 (in the model's pixel layout), so that epochs after the first skip
+decoding, resizing and rearranging (most of the data path's time).
 
 One file per (image file, its modification time and size, slicing settings): a header with
 the image's size, frame count and view shapes, then the views' RGB bytes. Entries are written
@@ -25,10 +25,12 @@ logger = logging.getLogger(__name__)
 
 
 class ViewCache:
-    def __init__(self, folder: str, settings):
+    def __init__(self, folder: str, settings, *more_settings):
+        """`settings` (and `more_settings`): the dataclasses whose values decide the views (the
+        image settings; for a video's frames also its sampling scheme)."""
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
-        self.settings_key = repr(dataclasses.astuple(settings)).encode()
+        self.settings_key = "".join(repr(dataclasses.astuple(s)) for s in (settings, *more_settings)).encode()
         self.failed = False
 
     def path(self, image_path: str) -> str:

@@ -102,4 +102,5 @@ def test_video_benchmark_counts_tokens_per_minute_and_times_the_data_path(tmp_pa
     five = tokens[("4.5", 5)]
     assert five["frames"] == 540 and five["tokens"] == 180 * 66 + 179 and five["tokens_as_images"] == 540 * 66 + 539
     assert [row["version"] for row in rows if "samples_per_s" in row] == ["2.6", "4.5"]
+    assert all(row["cached_samples_per_s"] > 0 for row in rows if "samples_per_s" in row)
     assert "as 540 independent images" in done.stdout

@@ -87,3 +87,21 @@ def test_view_bytes_in_the_report_are_the_cached_views(tiny, tmp_path):
     wide_only, both = (report.view_bytes for report in ds.reports)
     assert both > wide_only > 0
     assert 0 < held - both < 1000  # each image's views once, plus small headers
+
+
+def test_a_videos_frames_are_cached_and_read_back_the_same(tiny, tmp_path, monkeypatch):
+    from conftest import make_video
+
+    tok, model = tiny("4.5")
+    make_video(tmp_path / "clip.mp4", frames=25, fps=10)
+    data = [{"video": "clip.mp4", "conversations": [{"role": "user", "content": "<video>\nWhat?"},
+                                                    {"role": "assistant", "content": "Grey."}]}]
+    expected = SupervisedDataset(data, tok, model.config, base_dir=str(tmp_path))[0]
+    cached = SupervisedDataset(data, tok, model.config, base_dir=str(tmp_path), image_cache_dir=str(tmp_path / "c"))
+    first = cached[0]
+    assert len(list((tmp_path / "c").glob("*/*.views"))) == 1
+    monkeypatch.setattr(encoding, "decode_frames", lambda *a: pytest.fail("frames decoded again"))
+    for item in (first, cached[0]):
+        assert_same_items(item, expected)
+    held = sum(entry.stat().st_size for entry in (tmp_path / "c").glob("*/*.views"))
+    assert 0 < held - cached.reports[0].view_bytes < 1000  # 8 frames' views, plus a header
