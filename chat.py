@@ -62,7 +62,7 @@ def video_frames(version, path: str):
     except VideoError as exc:
         raise ValueError(f"{path}: {exc}") from None
     options = {"use_image_id": False, "max_slice_nums": version.video.max_slice_nums}
-    if version.video.sampling == "grouped":
+    if version.video.grouped:
         options["temporal_ids"] = plan.groups
     return frames, options
 

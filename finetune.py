@@ -266,7 +266,7 @@ def check_video_supported(version, train_set, train_args, world_size: int):
     """4.5's 3-D resampler runs its attention once per group of video frames: refused where
     processes would hold different numbers of groups under ZeRO-3 (a hang, as for 2.0)."""
     has_video = any(report.videos for report in train_set.reports)
-    if has_video and version.temporal_ids and zero_stage(train_args) == 3 and world_size > 1:
+    if has_video and version.video.grouped and zero_stage(train_args) == 3 and world_size > 1:
         raise ValueError(
             f"{version.checkpoints} runs its resampler once per group of video frames; under ZeRO-3 every run is a "
             "collective weight gather, so processes holding different numbers of groups deadlock. Use "
@@ -293,9 +293,9 @@ def video_scheme(version, data_args):
         return None
     if version.video is None:
         raise ValueError(f"--video_* options: MiniCPM-V {version.name} takes no video")
-    if version.video.sampling == "grouped" and options.get("max_slice_nums", 1) != 1:
+    if version.video.grouped and options.get("max_slice_nums", 1) != 1:
         raise ValueError("--video_max_slice_nums: 4.5 groups whole frames, one view each; leave it out")
-    if version.video.sampling != "grouped" and "max_group" in options:
+    if not version.video.grouped and "max_group" in options:
         raise ValueError(f"--video_max_group: MiniCPM-V {version.name} does not group frames (4.5 does)")
     return dataclasses.replace(version.video, **options)
 

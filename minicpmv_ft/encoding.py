@@ -30,11 +30,10 @@ class EncodedSample:
 
     input_ids: list[int]
     labels: list[int]
-    spans: list[tuple[int, int]]  # query blocks of the kept images and videos, in order (the image_bound rows)
-    all_plans: list  # SlicePlan per image of the sample
+    image_plans: list  # SlicePlan per image of the sample
     blocks: list[tuple[int, int]]  # (first, last) token of each image's or video's whole placeholder, text order
+    queries: list  # per image / video, text order: the (start, end) token spans of its query blocks
     length_before_truncation: int
-    queries: list = field(default_factory=list)  # per image / video, text order: its query spans
     drop_reason: str | None = None
     frames: list[int] = field(default_factory=list)  # per image: > 1 for an animation (its first frame is used)
 
@@ -42,6 +41,11 @@ class EncodedSample:
     def kept_media(self) -> int:
         """Images and videos (in text order) whose placeholders survive truncation."""
         return sum(1 for _, last in self.blocks if last < len(self.input_ids))
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """Query blocks of the kept images and videos, in order (the image_bound rows)."""
+        return [span for per_media in self.queries[:self.kept_media] for span in per_media]
 
 
 def in_layout(cached_views, settings) -> list:
@@ -103,10 +107,15 @@ class SampleEncoder:
 
     def encode_from_headers(self, sample: Sample) -> EncodedSample:
         """encode() with image sizes read from the files' headers (no pixel decoding)."""
-        headers = [read_image(sample, path, decode=False) for path in sample.image_paths]
-        encoded = self.encode(sample, [size for size, _ in headers], self._video_plans(sample))
+        headers, videos = self._headers(sample)
+        encoded = self.encode(sample, [size for size, _ in headers], videos)
         encoded.frames = [frames for _, frames in headers]
         return encoded
+
+    def _headers(self, sample: Sample):
+        """([(W, H), frames] per image, [(VideoInfo, FramePlan)] per video) from the files'
+        headers and containers, nothing decoded."""
+        return [read_image(sample, path, decode=False) for path in sample.image_paths], self._video_plans(sample)
 
     def _render(self, sample: Sample, image_sizes, videos=()):
         """(the conversation as one string with its placeholders, the images' slice plans). A sample
@@ -128,9 +137,8 @@ class SampleEncoder:
             encoding = self.chat.label(rendered, ids, starts)
         except ValueError as exc:
             raise sample.error(str(exc)) from None
-        spans = [span for per_image in encoding.queries for span in per_image]
-        encoded = EncodedSample(encoding.input_ids, encoding.labels, spans, plans, encoding.blocks,
-                                len(encoding.input_ids), encoding.queries)
+        encoded = EncodedSample(encoding.input_ids, encoding.labels, plans, encoding.blocks, encoding.queries,
+                                len(encoding.input_ids))
         if len(encoded.input_ids) > self.model_max_length:
             self._truncate(encoded)
         return encoded
@@ -144,8 +152,7 @@ class SampleEncoder:
         if all(label == IGNORE_INDEX for label in encoded.labels[1:cut]):
             encoded.drop_reason = f"no trained token within model_max_length {cut}"
             return
-        encoded.input_ids, encoded.labels = encoded.input_ids[:cut], encoded.labels[:cut]
-        encoded.spans = [span for per_media in encoded.queries[:encoded.kept_media] for span in per_media]
+        encoded.input_ids, encoded.labels = encoded.input_ids[:cut], encoded.labels[:cut]  # spans follow
 
     def with_pixels(self, sample: Sample):
         """(encoded sample, pixel tensors of every view of the kept images and videos in text
@@ -164,7 +171,7 @@ class SampleEncoder:
             else:
                 _, plan, frame_views = videos[marker]
                 views += frame_views
-                groups += plan.groups if self.video.sampling == "grouped" else [[-1]] * len(frame_views)
+                groups += plan.groups if self.video.grouped else [[-1]] * len(frame_views)
         patch = self.settings.patch_size
         return (encoded, [model_input(pixels) for _, _, pixels in views], [(h // patch, w // patch) for h, w, _ in views],
                 groups)
@@ -268,8 +275,7 @@ class SampleEncoder:
                 if verify_images:
                     results[index] = self._report(sample, self.with_pixels(sample)[0], self._video_plans(sample))
                     continue
-                headers = [read_image(sample, path, decode=False) for path in sample.image_paths]
-                videos = self._video_plans(sample)
+                headers, videos = self._headers(sample)
                 pending.append((sample, headers, videos,
                                 *self._render(sample, [size for size, _ in headers], videos)))
             except DataError as error:
@@ -289,8 +295,8 @@ class SampleEncoder:
     def _report(self, sample: Sample, encoded: EncodedSample, videos=()) -> SampleReport:
         report = SampleReport(sample.index, sample.sample_id, "ok", tokens=encoded.length_before_truncation,
                               image_tokens=sum(last - first + 1 for first, last in encoded.blocks),
-                              views_per_image=[1 + plan.num_slices for plan in encoded.all_plans],
-                              view_bytes=sum(view_bytes(plan) for plan in encoded.all_plans) + sum(
+                              views_per_image=[1 + plan.num_slices for plan in encoded.image_plans],
+                              view_bytes=sum(view_bytes(plan) for plan in encoded.image_plans) + sum(
                                   len(frames.indices) * view_bytes(plan_slices(info.size, self.frame_settings))
                                   for info, frames in videos),
                               animated=[f"{path} ({n} frames)" for path, n in zip(sample.image_paths, encoded.frames)

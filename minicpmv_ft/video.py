@@ -36,6 +36,11 @@ class VideoScheme:
     max_group: int = 1  # grouped: frames per group at most (the example's MAX_NUM_PACKING)
     time_scale: float = 0.1  # grouped: the temporal id grid, seconds
 
+    @property
+    def grouped(self) -> bool:
+        """4.5's way: temporal groups (one placeholder each) and temporal ids for the model."""
+        return self.sampling == "grouped"
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -94,7 +99,7 @@ def uniform_sample(values: list, count: int) -> list:
 
 
 def plan_frames(info: VideoInfo, scheme: VideoScheme) -> FramePlan:
-    if scheme.sampling == "stride":
+    if not scheme.grouped:
         step = max(1, round(info.fps / scheme.fps))
         indices = list(range(0, info.frames, step))
         if len(indices) > scheme.max_frames:

@@ -92,7 +92,7 @@ def main(argv=None):
         scheme = version.video
         print(f"MiniCPM-V {name}: {scheme.sampling} sampling at {scheme.fps} frames/s, at most {scheme.max_frames} "
               f"frames, {scheme.max_slice_nums} slice(s) a frame" + (f", up to {scheme.max_group} frames a group"
-                                                                    if scheme.sampling == "grouped" else ""))
+                                                                    if scheme.grouped else ""))
         for minutes in args.minutes:
             info = VideoInfo(round(minutes * 60 * 30), 30.0, size)
             frames, tokens, singles = video_tokens(encoder, info)
@@ -100,7 +100,7 @@ def main(argv=None):
                    "tokens_per_minute": tokens / minutes, "tokens_as_images": singles}
             rows.append(row)
             grouped = f"; as {frames} independent images {singles} (x{singles / tokens:.1f})" \
-                if scheme.sampling == "grouped" else ""
+                if scheme.grouped else ""
             print(f"  {minutes:5g} min: {frames:4d} frames, {tokens:6d} tokens, {tokens / minutes:7.0f} tokens/minute"
                   + grouped, flush=True)
         records = [{"video": clip, "conversations": [{"role": "user", "content": "<video>\nWhat moves?"},
