@@ -17,6 +17,7 @@ import torch
 
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
+from minicpmv_ft.native_chat import generate_answers
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.versions import image_settings, set_max_slice_nums
 from minicpmv_ft.video import VideoError, decode_frames, plan_frames, read_video_info
@@ -73,6 +74,8 @@ def answer(model, tokenizer, version, images, question: str, history=(), max_new
     thinking model (4.5) to reason before answering; `max_slice_nums` overrides the slicing the
     checkpoint was saved with; `extra`: more chat() options (a video's, from video_frames)."""
     msgs = chat_messages(version, images, question, history)
+    if version.chat_api == "processor":  # `tokenizer` is its processor (load_for_inference)
+        return generate_answers(model, tokenizer, [msgs], max_new_tokens, thinking, max_slice_nums)[0]
     options = {**chat_options(model, version, max_new_tokens, thinking, max_slice_nums), **(extra or {})}
     image = None if version.chat_images_in_messages or not images else list(images)[0]
     with torch.no_grad():
@@ -89,6 +92,8 @@ def answer_batch(model, tokenizer, version, requests, max_new_tokens: int = 256,
         return [answer(model, tokenizer, version, *request, max_new_tokens, thinking, max_slice_nums)
                 for request in requests]
     batch = [chat_messages(version, *request) for request in requests]
+    if version.chat_api == "processor":
+        return generate_answers(model, tokenizer, batch, max_new_tokens, thinking, max_slice_nums)
     options = chat_options(model, version, max_new_tokens, thinking, max_slice_nums)
     with torch.no_grad():
         return list(model.chat(None, batch, tokenizer, **options))

@@ -24,14 +24,13 @@ import re
 import sys
 from collections import Counter
 
-from transformers import AutoConfig, AutoTokenizer
-
+from dataset import make_encoder
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records
+from minicpmv_ft.loading import load_tokenizer_and_version
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.samples import DataError, load_records
-from minicpmv_ft.versions import detect_version, image_settings
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 
@@ -150,7 +149,7 @@ def render_trained(encoder: SampleEncoder, sample) -> str:
     def flush():
         if group:
             text = tok.decode(group, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            text = _shorten_unks(text, tok.unk_token)
+            text = _shorten_unks(text, encoder.query_token)
             pieces.append(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text)
             group.clear()
 
@@ -187,11 +186,9 @@ def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None
 def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_third_party()
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-    config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=True)
-    version = detect_version(config, tokenizer, args.llm_type)
-    encoder = SampleEncoder(tokenizer, version, image_settings(config, version, args.max_slice_nums),
-                            args.model_max_length, args.keep_earlier_reasoning)
+    tokenizer, config, version = load_tokenizer_and_version(args.model_name_or_path, args.llm_type)
+    encoder = make_encoder(tokenizer, config, version, args.max_slice_nums, args.model_max_length,
+                           args.keep_earlier_reasoning)
     reports, failed, unusable = [], 0, []
     for path in filter(None, (args.data_path, args.eval_data_path)):
         try:

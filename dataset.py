@@ -25,6 +25,9 @@ from torch.utils.data import Dataset
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records, temporal_groups
+from minicpmv_ft.packing import pack_items, packed_collator
+from minicpmv_ft.processor_encoding import (ProcessorSampleEncoder, native_collator, native_pack_items,
+                                            native_packed_collator)
 from minicpmv_ft.samples import DataError, Sample, load_records
 from minicpmv_ft.versions import detect_version, image_settings
 
@@ -48,9 +51,13 @@ class SupervisedDataset(Dataset):
         self.version = version or detect_version(config, tokenizer, llm_type)
         if video is not None:  # a VideoScheme in place of the version's (--video_* options)
             self.version = replace(self.version, video=video)
-        self.settings = image_settings(config, self.version, max_slice_nums)
-        self.encoder = SampleEncoder(tokenizer, self.version, self.settings, model_max_length, keep_earlier_reasoning,
-                                     image_cache_dir)
+        self.encoder = make_encoder(tokenizer, config, self.version, max_slice_nums, model_max_length,
+                                    keep_earlier_reasoning, image_cache_dir)
+        self.settings = self.encoder.settings
+        # how items become batches: right-padded, or laid end to end in one row (--packing)
+        self.collator, self.packed_collator, self.pack_items = (
+            (native_collator, native_packed_collator, native_pack_items) if self.version.placeholder_scheme == "processor"
+            else (data_collator, packed_collator, pack_items))
         self.records, self.source, self.folder = load_records(data, base_dir, data_format)
         self.reports = check_records(self.encoder, self.records, self.source, self.folder, verify_images, num_workers,
                                      progress)
@@ -99,6 +106,23 @@ class SupervisedDataset(Dataset):
 
     def __getitem__(self, i):
         return self.encoder.item(self.sample(i))
+
+
+def make_encoder(tokenizer, config, version, max_slice_nums=None, model_max_length=2048, keep_earlier_reasoning=False,
+                 image_cache_dir=None) -> SampleEncoder:
+    """The sample encoder of a version: ours for the remote-code checkpoints, the checkpoint's own
+    processor for a native one (read from the tokenizer's folder or hub id)."""
+    if version.placeholder_scheme != "processor":
+        return SampleEncoder(tokenizer, version, image_settings(config, version, max_slice_nums), model_max_length,
+                             keep_earlier_reasoning, image_cache_dir)
+    if image_cache_dir:
+        raise ValueError(f"--image_cache_dir: MiniCPM-V {version.name}'s processor makes its pixels itself; train "
+                         "without the image cache")
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tokenizer.name_or_path)
+    return ProcessorSampleEncoder(tokenizer, version, processor, max_slice_nums, model_max_length,
+                                  keep_earlier_reasoning)
 
 
 def check_cache_room(folder: str, needed: int):

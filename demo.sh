@@ -3,12 +3,16 @@
 # model, writes and checks the bundled sample data, runs finetune_lora.sh and a short full fine-tune
 # (finetune_ds.sh) on CPU, then loads each result, asks it about a sample image and scores it
 # on the sample eval set with predict.py.
-# DEMO_VERSION=2.0|2.5|2.6|4.0|4.5 picks the tiny model's version (default 2.6).
+# DEMO_VERSION=2.0|2.5|2.6|4.0|4.5|4.6 picks the tiny model's version (default 2.6); 4.6 sets up
+# and uses its own environment (.venv-4.6 from requirements-4.6.txt, transformers 5.x).
 set -euo pipefail
 cd "$(dirname "$0")"
+VERSION=${DEMO_VERSION:-2.6}
+if [ "$VERSION" = "4.6" ]; then
+    export VENV=.venv-4.6 REQUIREMENTS=requirements-4.6.txt
+fi
 source tools/setup_venv.sh
 WORK=${WORK:-demo_output}
-VERSION=${DEMO_VERSION:-2.6}
 
 python tools/make_tiny_model.py --version "$VERSION" --out "$WORK/tiny-$VERSION"
 python tools/make_sample_data.py --out "$WORK/data"

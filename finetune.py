@@ -24,7 +24,7 @@ import transformers
 from transformers import HfArgumentParser
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from dataset import SupervisedDataset, data_collator
+from dataset import SupervisedDataset
 from minicpmv_ft.checkpoints import (CheckpointWriteError, MarkCompleteCheckpoints, StopOnSignal, checkpoint_step,
                                      explain_write_failures, resolve_resume, wants_resume)
 from minicpmv_ft.data_formats import FORMATS
@@ -32,11 +32,11 @@ from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
-from minicpmv_ft.packing import PackedDataset, packed_collator
+from minicpmv_ft.packing import PackedDataset, check_packable
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import check_new_run, identity_hash, output_dir_lock, run_identity, write_run
 from minicpmv_ft.samples import DataError
-from minicpmv_ft.versions import set_max_slice_nums
+from minicpmv_ft.versions import set_max_slice_nums, submodule
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
@@ -119,6 +119,9 @@ class DataArguments:
             raise ValueError(f"--max_slice_nums must be >= 1, got {self.max_slice_nums}")
 
 
+NATIVE_TRAINING_ARGUMENTS = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+
+
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     tune_vision: bool = field(default=True, metadata={"help": "train the vision tower (vpm)"})
@@ -159,10 +162,19 @@ class TrainingArguments(transformers.TrainingArguments):
                 "-1: this process's share of the node's cores minus one, at most 8; 0: in the training process"})
     dataloader_persistent_workers: bool = field(default=True, metadata={
         "help": "keep the DataLoader workers from one epoch to the next instead of starting new ones"})
+    # transformers 5 dropped these (warmup_steps < 1 is a ratio there; --train_sampling_strategy
+    # replaced group_by_length); the launchers and our runs use them in both environments
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of the steps that warm the learning rate up"})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "batch samples of similar token counts together (less padding), by the data check's counts"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "start a new run in an output folder that holds another run's checkpoints (see README, Resuming)"})
     gradient_checkpointing_kwargs: typing.Optional[dict] = field(
         default_factory=lambda: {"use_reentrant": False}, metadata={"help": "kwargs for gradient checkpointing"})
 
     def __post_init__(self):
+        if self.warmup_ratio and "warmup_ratio" not in NATIVE_TRAINING_ARGUMENTS and not self.warmup_steps:
+            self.warmup_steps = self.warmup_ratio  # transformers 5: a float below 1 is the ratio
         if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             self.ddp_find_unused_parameters = False  # one process: nothing to synchronise, only a warning to print
         if self.dataloader_num_workers < 0:
@@ -257,7 +269,8 @@ def check_version_supported(version, config, train_args, world_size: int):
     per_image = version.vision_call_per_image or not getattr(config, "batch_vision_input", True)
     if per_image and zero_stage(train_args) == 3 and world_size > 1:
         raise ValueError(
-            f"{version.checkpoints} runs its vision tower once per image; under ZeRO-3 every run is a "
+            f"{version.checkpoints} runs its vision tower once per image (4.6: its merger once per view); under "
+            "ZeRO-3 every run is a "
             "collective weight gather, so processes holding different numbers of images deadlock. "
             "Use ds_config_zero2.json (optimizer offload saves memory there too)")
 
@@ -326,13 +339,13 @@ def load_model(model_args, train_args, version, dtype):
     model = load_checkpoint(model_args.model_name_or_path, version, dtype, cast=cast, **kwargs)
     # Training needs no KV cache, and 2.0's remote code breaks with one on transformers >= 4.50.
     model.config.use_cache = False
-    getattr(model, version.llm_module).config.use_cache = False
+    submodule(model, version.llm_module).config.use_cache = False
     return model
 
 
 def configure_trainable(model, version, train_args):
     """Freezes what is not trained, or wraps the model with LoRA adapters."""
-    llm, vision = getattr(model, version.llm_module), getattr(model, version.vision_module)
+    llm, vision = submodule(model, version.llm_module), submodule(model, version.vision_module)
     for param in model.parameters():  # QLoRA's 4-bit weights are integer tensors and cannot require grad
         param.requires_grad_(param.is_floating_point())
     if not train_args.tune_vision:
@@ -414,14 +427,14 @@ def batching(train_set, data_args, train_args):
     """(what the Trainer samples from, the collator): packs of samples laid end to end in one row
     with --packing, else the samples, right-padded per micro-batch."""
     if train_args.packing:
-        return PackedDataset(train_set, data_args.model_max_length), packed_collator
+        return PackedDataset(train_set, data_args.model_max_length), train_set.packed_collator
     if train_set.version.vision_split_by_frames and any(
             video["groups"] < video["frames"] for report in train_set.reports for video in report.videos):
         logger.info("grouped video frames (MiniCPM-V %s): each micro-batch goes to the model as one row, samples "
                     "kept apart as with --packing (its remote code would give a later sample of a batch another "
                     "sample's video features, or none)", train_set.version.name)
-        return train_set, packed_collator
-    return train_set, data_collator
+        return train_set, train_set.packed_collator
+    return train_set, train_set.collator
 
 
 def module_lrs(version, train_args) -> dict:
@@ -473,6 +486,8 @@ def run_training(model_args, data_args, train_args, callbacks=None):
         log_resume(resume, train_args.max_steps)
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
+    if train_args.packing:
+        check_packable(config, version.checkpoints)
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, check_workers())
     check_video_supported(version, train_set, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     transformers.set_seed(train_args.seed)  # LoRA adapters are initialised before the Trainer seeds
@@ -485,7 +500,7 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     served, collator = batching(train_set, data_args, train_args)
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=served, eval_dataset=eval_set,
                               data_collator=collator, processing_class=tokenizer,
-                              packed_attention=version.packed_attention,
+                              version=version,
                               callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
                               source_model_dir=local_dir(model_args.model_name_or_path),
                               max_slice_nums=data_args.max_slice_nums, module_lrs=module_lrs(version, train_args))

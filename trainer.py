@@ -20,6 +20,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.checkpoints import copy_missing_checkpoint_files, record_max_slice_nums
 from minicpmv_ft.packing import block_causal_mask
+from minicpmv_ft.versions import ModelVersion, submodule
 
 @contextmanager
 def lm_head_on_positions(lm_head: torch.nn.Module, positions: torch.Tensor):
@@ -98,11 +99,12 @@ def shifted_targets(labels: torch.Tensor):
 
 
 class MiniCPMVTrainer(Trainer):
-    def __init__(self, *args, source_model_dir: str | None = None, max_slice_nums: int | None = None,
-                 module_lrs: dict | None = None, packed_attention: str = "position_ids", **kwargs):
+    def __init__(self, *args, version: ModelVersion, source_model_dir: str | None = None,
+                 max_slice_nums: int | None = None, module_lrs: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        # How a batch without attention_mask (packed: minicpmv_ft/packing.py) keeps samples apart
-        self.packed_attention = packed_attention
+        # the checkpoint generation: how its forward takes a batch, where its LM head is, how a
+        # batch without attention_mask (packed: minicpmv_ft/packing.py) keeps samples apart
+        self.version = version
         self.module_lrs = module_lrs or {}  # module name (vpm, resampler) -> its learning rate
         self.max_slice_nums = max_slice_nums  # --max_slice_nums, when given: saved into processor files too
         # compute_loss normalises by num_items_in_batch itself; this also stops the Trainer
@@ -113,12 +115,18 @@ class MiniCPMVTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         positions, targets = shifted_targets(labels)
-        lm_head = self.accelerator.unwrap_model(model).llm.get_output_embeddings()
+        lm_head = submodule(self.accelerator.unwrap_model(model), self.version.head_owner).get_output_embeddings()
         # ZeRO-3 gathers the head's weight per call, which checkpoint recomputation cannot rely
         # on: one chunk there (the labelled positions only, as before chunking).
         chunk = max(targets.numel(), 1) if is_deepspeed_zero3_enabled() else self.args.loss_chunk_tokens
+        # before the forward, where an image batch runs the tower too (ZeRO-3 gathers in the same order)
+        blank = self._blank_view_features(model).sum() * 0.0 \
+            if self.version.vision_skipped_without_images and "pixel_values" not in inputs else None
         with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel):
-            loss = model(data=inputs, attention_mask=self._attention_mask(model, inputs), use_cache=False).logits
+            loss = model(**self.version.forward_kwargs(inputs), attention_mask=self._attention_mask(model, inputs),
+                         use_cache=False).logits
+        if blank is not None:
+            loss = loss + blank
         if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
             loss = loss / max(targets.numel(), 1)
         else:
@@ -128,13 +136,23 @@ class MiniCPMVTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def _blank_view_features(self, model) -> torch.Tensor:
+        """The vision features of one blank view of 4 x 4 patches (the smallest its mergers take),
+        so that every process runs the vision tower on every step (registry:
+        vision_skipped_without_images)."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        patch = unwrapped.config.patch_size
+        pixels = torch.zeros(1, 3, patch, 16 * patch, device=self.args.device)
+        sizes = torch.tensor([[4, 4]], dtype=torch.int32, device=self.args.device)
+        return torch.cat(unwrapped.get_image_features(pixels, sizes).pooler_output)
+
     def _attention_mask(self, model, inputs):
         """The batch's padding mask; for a packed batch (none) None, so that the LLM finds the
         samples from the restarting position ids, or the block-causal 4-D mask for an LLM that
         cannot (registry: packed_attention)."""
-        if "attention_mask" in inputs or self.packed_attention == "position_ids":
+        if "attention_mask" in inputs or self.version.packed_attention == "position_ids":
             return inputs.get("attention_mask")
-        llm = self.accelerator.unwrap_model(model).llm
+        llm = submodule(self.accelerator.unwrap_model(model), self.version.llm_module)
         return block_causal_mask(inputs["position_ids"], llm.get_input_embeddings().weight.dtype,
                                  llm.config._attn_implementation)
 
@@ -193,9 +211,9 @@ def split_param_groups(optimizer, model, module_lrs: dict):
 
 
 def owner(name: str, modules) -> str | None:
-    """The module of `modules` a parameter name belongs to ('base_model.model.vpm.x' -> 'vpm')."""
-    parts = name.split(".")
-    return next((module for module in modules if module in parts), None)
+    """The module of `modules` a parameter name belongs to ('base_model.model.vpm.x' -> 'vpm';
+    dotted module paths as 'model.merger' match whole name parts)."""
+    return next((module for module in modules if f".{module}." in f".{name}."), None)
 
 
 def _is_peft(model) -> bool:

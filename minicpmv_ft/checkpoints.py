@@ -26,7 +26,8 @@ COMPLETE_MARKER = "checkpoint_complete.json"
 # Files of a checkpoint that inference needs and save_pretrained may not write:
 # processor/preprocessor configs, generation config, and remote code the model class does
 # not import itself (e.g. processing_minicpmv.py of 2.6).
-EXTRA_CHECKPOINT_FILES = (".py", "preprocessor_config.json", "processor_config.json", "generation_config.json")
+EXTRA_CHECKPOINT_FILES = (".py", "preprocessor_config.json", "processor_config.json", "generation_config.json",
+                          "chat_template.jinja")
 
 
 def copy_missing_checkpoint_files(source_dir: str, output_dir: str) -> list[str]:
@@ -45,15 +46,20 @@ ADAPTER_SETTINGS_FILE = "minicpmv_settings.json"
 
 
 def record_max_slice_nums(output_dir: str, max_slice_nums: int):
-    """--max_slice_nums into the saved processor config (what 2.5+ chat() slices with) and,
-    for an adapter, into ADAPTER_SETTINGS_FILE."""
-    processor = os.path.join(output_dir, "preprocessor_config.json")
-    if os.path.isfile(processor):
+    """--max_slice_nums into the saved processor config (what 2.5+ chat() slices with; 4.6's
+    processor_config.json holds it in its image_processor part) and, for an adapter, into
+    ADAPTER_SETTINGS_FILE."""
+    for name, part in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        processor = os.path.join(output_dir, name)
+        if not os.path.isfile(processor):
+            continue
         with open(processor) as f:
             settings = json.load(f)
-        settings["max_slice_nums"] = int(max_slice_nums)
-        with open(processor, "w") as f:
-            json.dump(settings, f, indent=2)
+        target = settings.get(part) if part else settings
+        if isinstance(target, dict):
+            target["max_slice_nums"] = int(max_slice_nums)
+            with open(processor, "w") as f:
+                json.dump(settings, f, indent=2)
     if os.path.isfile(os.path.join(output_dir, "adapter_config.json")):
         with open(os.path.join(output_dir, ADAPTER_SETTINGS_FILE), "w") as f:
             json.dump({"max_slice_nums": int(max_slice_nums)}, f)

@@ -90,6 +90,7 @@ class SampleEncoder:
         self.model_max_length = int(model_max_length)
         self.chat = ChatEncoder(tokenizer, version, keep_earlier_reasoning)
         self.placeholder_tokens = placeholder_tokens(tokenizer)
+        self.query_token = tokenizer.unk_token  # what fills an image's query blocks
         self.cache = ViewCache(image_cache_dir, settings) if image_cache_dir else None
         self.video = version.video
         # Video frames as the checkpoint's video example feeds them: no image ids, its slice count

@@ -6,7 +6,8 @@ import logging
 import os
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+import transformers
+from transformers import AutoConfig, AutoTokenizer
 
 from .checkpoints import ADAPTER_SETTINGS_FILE
 from .versions import ModelVersion, detect_version, set_max_slice_nums
@@ -52,7 +53,8 @@ def load_model(path: str, version: ModelVersion, dtype=None, cast: bool = True, 
     someone else (ZeRO-3, 4-bit quantisation)."""
     for fix in version.before_load:
         fix()
-    model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=dtype or "auto", **kwargs)
+    auto_class = getattr(transformers, version.auto_class)
+    model = auto_class.from_pretrained(path, trust_remote_code=True, dtype=dtype or "auto", **kwargs)
     for fix in version.after_load:
         model = fix(model, dtype if cast else None)
     return model
@@ -68,9 +70,13 @@ def load_tokenizer_and_version(path: str, llm_type: str | None = None):
 
 def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merge: bool = False):
     """(tokenizer, model, version, base path or None) for a full checkpoint or a LoRA adapter;
-    with merge=True an adapter is merged into its base (a plain MiniCPM-V model)."""
+    with merge=True an adapter is merged into its base (a plain MiniCPM-V model). For a native
+    checkpoint (4.6) the first is its processor (tokenizer, image processor, chat template),
+    which its inference goes through."""
     base_path = adapter_base(model_dir, base) if is_adapter(model_dir) else None
     tokenizer, _, version = load_tokenizer_and_version(base_path or model_dir)
+    if version.placeholder_scheme == "processor":
+        tokenizer = transformers.AutoProcessor.from_pretrained(base_path or model_dir)
     model = load_model(base_path or model_dir, version, dtype)
     if base_path:
         from peft import PeftModel

@@ -95,7 +95,8 @@ class PackedDataset(Dataset):
         return len(self.packs)
 
     def __getitem__(self, i):
-        return pack_items([self.dataset[j] for j in self.packs[i]])
+        pack = getattr(self.dataset, "pack_items", pack_items)  # the dataset's item format
+        return pack([self.dataset[j] for j in self.packs[i]])
 
 
 def packed_collator(examples: list[dict]) -> dict:
@@ -108,6 +109,24 @@ def packed_collator(examples: list[dict]) -> dict:
     if "temporal_ids" in row:
         batch["temporal_ids"] = [row["temporal_ids"]]
     return batch
+
+
+# Layer kinds that find sample boundaries from the position ids of a packed row; others (e.g.
+# Qwen3.5's gated-delta-net "linear_attention", whose convolution and recurrent state run
+# across the whole row in transformers' code) would let one sample see the previous one.
+PACKABLE_LAYERS = ("full_attention", "sliding_attention")
+
+
+def check_packable(config, model_name: str):
+    """ValueError when the LLM has layers that packing cannot keep samples apart in."""
+    text_config = getattr(config, "text_config", None) or config
+    kinds = sorted(set(getattr(text_config, "layer_types", None) or []) - set(PACKABLE_LAYERS))
+    if kinds:
+        layers = [k for k, kind in enumerate(text_config.layer_types) if kind in kinds]
+        raise ValueError(f"--packing: {model_name} has {', '.join(kinds)} layers ({len(layers)} of "
+                         f"{len(text_config.layer_types)}, e.g. layer {layers[0]}), whose state runs across a packed row "
+                         "from one sample into the next; train without --packing (--group_by_length true keeps "
+                         "padding low)")
 
 
 def sample_starts(position_ids: torch.Tensor) -> torch.Tensor:

@@ -14,13 +14,37 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: multi-process runs (torchrun, DeepSpeed); deselect with -m 'not slow'")
-
+import transformers  # noqa: E402
+from packaging.version import Version  # noqa: E402
 
 # Every checkpoint generation the tests run on: each has a registry entry
-# (minicpmv_ft/versions/) and a tiny-model recipe (tools/make_tiny_model.py).
-VERSIONS = ["2.0", "2.5", "2.6", "4.0", "4.5"]
+# (minicpmv_ft/versions/) and a tiny-model recipe (tools/make_tiny_model.py). The remote-code
+# ones need transformers 4.57 (requirements.txt), the native 4.6 its own environment with
+# transformers >= 5.7 (requirements-4.6.txt); each environment runs the tests of its versions.
+REMOTE_VERSIONS = ["2.0", "2.5", "2.6", "4.0", "4.5"]
+NATIVE_VERSIONS = ["4.6"]
+NATIVE_ENVIRONMENT = Version(transformers.__version__) >= Version("5.7")
+VERSIONS = NATIVE_VERSIONS if NATIVE_ENVIRONMENT else REMOTE_VERSIONS
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: multi-process runs (torchrun, DeepSpeed); deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "native: needs the 4.6 environment (transformers >= 5.7)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The default environment leaves out the tests marked native; the 4.6 environment runs those
+    and the tests parametrised with a native version, nothing else (the rest is about the
+    remote-code checkpoints, which need transformers 4.57)."""
+    def native(item):
+        callspec = getattr(item, "callspec", None)
+        return item.get_closest_marker("native") is not None or (
+            callspec is not None and callspec.params.get("version") in NATIVE_VERSIONS)
+
+    keep = [item for item in items if native(item) == NATIVE_ENVIRONMENT]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -40,16 +64,20 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
-    """version -> (tokenizer, model) loaded with trust_remote_code, as users load real ones."""
-    from transformers import AutoModel, AutoTokenizer
+    """version -> (tokenizer, model) loaded with trust_remote_code (by the version's Auto class),
+    as users load real ones."""
+    from transformers import AutoTokenizer
+
+    from minicpmv_ft.versions import VERSIONS as REGISTRY
 
     loaded = {}
 
     def get(version):
         if version not in loaded:
             path = tiny_model_dir(version)
+            auto_class = getattr(transformers, REGISTRY[version].auto_class)
             loaded[version] = (AutoTokenizer.from_pretrained(path, trust_remote_code=True),
-                               AutoModel.from_pretrained(path, trust_remote_code=True))
+                               auto_class.from_pretrained(path, trust_remote_code=True))
         return loaded[version]
 
     return get

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import check_data
-from conftest import VERSIONS, make_image
+from conftest import REMOTE_VERSIONS, make_image
 from dataset import SupervisedDataset
 
 
@@ -48,7 +48,7 @@ EXPECTED_PROBLEMS = [
 ]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_reports_every_problem_and_the_lengths(tiny_model_dir, tiny, tmp_path, capsys, version):
     data = write_dataset(tmp_path)
     report_file = tmp_path / "report.json"

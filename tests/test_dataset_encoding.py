@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import VERSIONS
+from conftest import REMOTE_VERSIONS
 from dataset import SupervisedDataset
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import VERSIONS as REGISTRY
@@ -87,7 +87,7 @@ def assert_matches_checkpoint(tiny, version, sample, answers, images=()):
     return item
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_single_turn_text_only(tiny, version):
     sample = {"id": "t", "conversations": conv(("user", "How are you?"), ("assistant", "Fine, thanks."))}
     item = assert_matches_checkpoint(tiny, version, sample, ["Fine, thanks."])
@@ -97,7 +97,7 @@ def test_single_turn_text_only(tiny, version):
     assert (item["input_ids"][0] == tok.bos_token_id) == (version in ("2.0", "2.5", "4.0"))
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_multi_turn_with_image_in_second_turn(tiny, version, image_file):
     path = image_file(size=(300, 300))  # not sliced
     turns = conv(("user", "Hi"), ("assistant", "Hello!"), ("user", "Look: <image> what is it?"), ("assistant", "Noise."))
@@ -110,7 +110,7 @@ def test_multi_turn_with_image_in_second_turn(tiny, version, image_file):
     assert item["tgt_sizes"].tolist() == [[32, 32]]  # 300x300 upscaled to 448x448
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_image_without_marker_goes_before_first_user_turn(tiny, version, image_file):
     path = image_file(size=(640, 480))  # sliced into a 2 x 1 grid
     sample = {"image": path, "conversations": conv(("user", "Describe."), ("assistant", "Random pixels."))}
@@ -127,7 +127,7 @@ def test_image_without_marker_goes_before_first_user_turn(tiny, version, image_f
     assert item["tgt_sizes"].tolist() == [[28, 37], [39, 26], [39, 26]]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_multi_image_ids_bounds_and_pixel_order(tiny, version, image_file):
     first, second = image_file("a.png", (640, 480), 1), image_file("b.png", (300, 300), 2)
     # <image_01> appears first in the text, so it is image 0 for ids, bounds and pixels
@@ -142,13 +142,13 @@ def test_multi_image_ids_bounds_and_pixel_order(tiny, version, image_file):
     assert "temporal_ids" not in item  # still images: as chat(), no temporal ids (4.5 takes them for videos)
 
 
-@pytest.mark.parametrize("version", [v for v in VERSIONS if REGISTRY[v].chat.system_allowed])
+@pytest.mark.parametrize("version", [v for v in REMOTE_VERSIONS if REGISTRY[v].chat.system_allowed])
 def test_system_turn(tiny, version):
     sample = {"conversations": conv(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hey."))}
     assert_matches_checkpoint(tiny, version, sample, ["Hey."])
 
 
-@pytest.mark.parametrize("version", [v for v in VERSIONS if REGISTRY[v].chat.system_allowed])
+@pytest.mark.parametrize("version", [v for v in REMOTE_VERSIONS if REGISTRY[v].chat.system_allowed])
 def test_whitespace_and_multi_turn_exactly_as_the_template(tiny, version):
     sample = {"conversations": conv(("system", "Answer in French."), ("user", "What is 2+2?"), ("assistant", " Four. "),
                                     ("user", "\nAnd 3+3?"), ("assistant", "Six!\n"))}
@@ -235,7 +235,7 @@ def test_4_5_earlier_reasoning_dropped_as_the_template_does_unless_kept(tiny):
     assert trained_runs(tok, kept["labels"].tolist()) == ["Because.\n</think>\n\nYes.<|im_end|>", "No.<|im_end|>"]
 
 
-@pytest.mark.parametrize("version", [v for v in VERSIONS if not REGISTRY[v].chat.thinking])
+@pytest.mark.parametrize("version", [v for v in REMOTE_VERSIONS if not REGISTRY[v].chat.thinking])
 def test_reasoning_on_a_model_without_thinking_is_an_error(tiny, version):
     sample = {"id": "r", "conversations": [{"role": "user", "content": "Q"},
                                            {"role": "assistant", "content": "A", "reasoning_content": "why"}]}

@@ -73,8 +73,8 @@ def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samp
                                        msg=f"{name}: {key}")
 
 
-# ZeRO-2 and ZeRO-3 for every version; 2.0 under ZeRO-3 on several processes is refused
-# (finetune.check_version_supported, tested in test_finetune.py) because it would deadlock.
+# ZeRO-2 and ZeRO-3 for every version; 2.0 and 4.6 under ZeRO-3 on several processes are refused
+# (finetune.check_version_supported, tested in test_finetune.py / test_v4_6.py): they would deadlock.
 DEEPSPEED_CASES = [(v, "ds_config_zero2.json", 2, False) for v in VERSIONS] + [
     (v, "ds_config_zero3.json", 3, False) for v in VERSIONS if not REGISTRY[v].vision_call_per_image] + [
     ("2.5", "ds_config_zero3.json", 3, True)]
@@ -83,6 +83,9 @@ DEEPSPEED_CASES = [(v, "ds_config_zero2.json", 2, False) for v in VERSIONS] + [
 @pytest.mark.parametrize("version,config,stage,lora", DEEPSPEED_CASES,
                          ids=[f"{v}-zero{stage}" + ("-lora" if lora else "") for v, _, stage, lora in DEEPSPEED_CASES])
 def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, version, config, stage, lora):
+    import transformers
+
+    entry = REGISTRY[version]
     source = tiny_model_dir(version)
     flags = ["--deepspeed", ROOT / config, "--max_steps", "3", "--per_device_train_batch_size", "1",
              "--learning_rate", "1e-3", "--save_strategy", "no"] + (["--use_lora", "true", "--lora_r", "4"] if lora else [])
@@ -94,10 +97,12 @@ def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, vers
         saved = load_file(tmp_path / "adapter_model.safetensors")
         assert any("lora_A" in k for k in saved) and any("resampler" in k for k in saved)
         return
-    trained = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
-    original = AutoModel.from_pretrained(source, trust_remote_code=True)
+    auto_class = getattr(transformers, entry.auto_class)
+    trained = auto_class.from_pretrained(tmp_path, trust_remote_code=True)
+    original = auto_class.from_pretrained(source, trust_remote_code=True)
     changed = [n for n, p in trained.state_dict().items() if not torch.equal(p, original.state_dict()[n])]
-    assert any(n.startswith("llm.") for n in changed) and any(n.startswith("resampler.") for n in changed)
+    assert any(n.startswith(entry.llm_module + ".") for n in changed)
+    assert any(n.startswith(entry.resampler_module + ".") for n in changed)
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):

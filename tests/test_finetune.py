@@ -6,12 +6,15 @@ import sys
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModel, AutoTokenizer
 
 from conftest import VERSIONS, ROOT
 
+import chat
 import finetune
 from dataset import SupervisedDataset, data_collator
+from minicpmv_ft.loading import load_for_inference
 from minicpmv_ft.packing import PackedDataset
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import VERSIONS as REGISTRY
@@ -33,10 +36,10 @@ def cpu_flags(output_dir, epochs, lr):
             "--logging_steps", "7", "--max_slice_nums", "1", "--disable_tqdm", "true", "--seed", "0"]
 
 
-def logits_on(model, batch):
+def logits_on(model, batch, version="2.6"):
     batch = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
-        return model(data=batch, attention_mask=batch["attention_mask"]).logits
+        return model(**REGISTRY[version].forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -54,32 +57,45 @@ def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, tmp_
     assert len(losses) >= 6
     assert losses[-1] < losses[0] * (0.3 if mode == "full" else 0.7), losses
 
+    entry = REGISTRY[version]
+    auto_class = getattr(transformers, entry.auto_class)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
     dataset = SupervisedDataset(str(sample_data / "train.json"), tokenizer, trainer.model.config, max_slice_nums=1)
-    batch = data_collator([dataset[0], dataset[3], dataset[len(dataset) - 1]])
+    batch = dataset.collator([dataset[0], dataset[3], dataset[len(dataset) - 1]])
     trained = trainer.model.eval()
-    expected = logits_on(trained, batch)
+    expected = logits_on(trained, batch, version)
     out = tmp_path / "out"
     if mode == "full":
-        reloaded = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
-        saved_tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
-        assert saved_tokenizer.chat_template == tokenizer.chat_template  # the inference template
-        assert (out / "image_processing_minicpmv.py").exists()
+        reloaded = auto_class.from_pretrained(out, trust_remote_code=True).eval()
+        # the inference files: remote code and chat template as they were; the processor config
+        # with the slice limit the model was trained with
+        for name in [p.name for p in source.iterdir() if p.suffix in (".py", ".jinja")]:
+            assert (out / name).read_text() == (source / name).read_text(), name
+        for name in [p.name for p in source.iterdir() if p.name.endswith("processor_config.json")]:
+            saved = json.loads((out / name).read_text())
+            assert saved.get("image_processor", saved)["max_slice_nums"] == 1, name
+        if entry.chat_api == "remote":
+            saved_tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+            assert saved_tokenizer.chat_template == tokenizer.chat_template
+            assert (out / "image_processing_minicpmv.py").exists()
         source_generation = json.loads((source / "generation_config.json").read_text())
         saved_generation = json.loads((out / "generation_config.json").read_text())
-        assert {k: saved_generation[k] for k in source_generation} == source_generation
-        if REGISTRY[version].chat.thinking:  # both modes of chat() work on the result
+        assert {k: saved_generation[k] for k in source_generation if k != "transformers_version"} == {
+            k: v for k, v in source_generation.items() if k != "transformers_version"}
+        if entry.chat.thinking:  # both modes of its inference work on the result
+            processing, model, loaded_version, _ = load_for_inference(str(out))
+            assert loaded_version is entry
             for thinking in (False, True):
-                assert isinstance(reloaded.chat(None, [{"role": "user", "content": "Hi"}], saved_tokenizer,
-                                                max_new_tokens=3, enable_thinking=thinking), str)
+                assert isinstance(chat.answer(model, processing, entry, [], "Hi", max_new_tokens=3,
+                                              thinking=thinking), str)
     else:
         from peft import PeftModel
 
-        reloaded = PeftModel.from_pretrained(AutoModel.from_pretrained(source, trust_remote_code=True), out).eval()
+        reloaded = PeftModel.from_pretrained(auto_class.from_pretrained(source, trust_remote_code=True), out).eval()
         adapter = json.loads((out / "adapter_config.json").read_text())
-        assert set(adapter["modules_to_save"]) == {"resampler", "vpm"}
+        assert set(adapter["modules_to_save"]) == {entry.resampler_module, entry.vision_module}
         assert not (out / "model.safetensors").exists()
-    torch.testing.assert_close(logits_on(reloaded, batch), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits_on(reloaded, batch, version), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_lora_trains_adapters_resampler_and_vision_only(tiny_model_dir, sample_data, tmp_path):

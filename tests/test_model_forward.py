@@ -3,7 +3,7 @@ each tiny model, including batches that mix image and text-only samples."""
 import pytest
 import torch
 
-from conftest import VERSIONS
+from conftest import REMOTE_VERSIONS
 from dataset import SupervisedDataset, data_collator
 
 
@@ -27,7 +27,7 @@ def loss_of(model, batch):
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 @pytest.mark.parametrize("picks", [[0, 1, 2], [1], [0, 2]], ids=["mixed", "text-only", "images"])
 def test_batch_forward_loss_backward(tiny, image_file, version, picks):
     tok, model = tiny(version)
@@ -46,7 +46,7 @@ def test_batch_forward_loss_backward(tiny, image_file, version, picks):
         assert model.resampler.query.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_padding_does_not_change_a_samples_logits(tiny, image_file, version):
     tok, model = tiny(version)
     model.eval()

@@ -5,12 +5,12 @@ import pytest
 import timm
 import torch
 
-from conftest import VERSIONS, chat_call
+from conftest import REMOTE_VERSIONS, chat_call
 from dataset import SupervisedDataset
 
 
 def test_config_fields(tiny):
-    v2, v25, v26, v40, v45 = (tiny(v)[1].config for v in VERSIONS)
+    v2, v25, v26, v40, v45 = (tiny(v)[1].config for v in REMOTE_VERSIONS)
     assert [c.query_num for c in (v2, v25, v26, v40, v45)] == [64, 96, 64, 64, 64]
     assert v2.max_slice_nums == 9 and v2.scale_resolution == 448 and v2.scale_emb == 12
     assert not hasattr(v2, "batch_vision_input") and not hasattr(v2, "slice_config")
@@ -24,7 +24,7 @@ def test_config_fields(tiny):
 
 
 def test_tokenizer_attributes(tiny):
-    v2, v25, v26, v40, v45 = (tiny(v)[0] for v in VERSIONS)
+    v2, v25, v26, v40, v45 = (tiny(v)[0] for v in REMOTE_VERSIONS)
     assert not v2.is_fast and all(t.is_fast for t in (v25, v26, v40, v45))
     assert (v2.unk_id, v2.bos_id, v2.eos_id) == (0, 1, 2)
     for tok in (v2, v25, v26, v40, v45):
@@ -76,7 +76,7 @@ def test_4_5_tokenizer_as_the_real_one(tiny):
 
 
 def test_model_modules(tiny):
-    models = [tiny(v)[1] for v in VERSIONS]
+    models = [tiny(v)[1] for v in REMOTE_VERSIONS]
     assert isinstance(models[0].vpm, timm.models.VisionTransformer)
     assert [type(m.llm).__name__ for m in models] == [
         "MiniCPMForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM", "Qwen3ForCausalLM"]
@@ -87,7 +87,7 @@ def test_model_modules(tiny):
         assert m.resampler.query.shape == (m.config.query_num, m.llm.config.hidden_size)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_chat_prompt_and_pixels_match_training(tiny, image_file, monkeypatch, version):
     """chat() builds its prompt with its own processor code; for the same conversation our
     training ids start with exactly that prompt and the pixel tensors are identical."""
@@ -110,7 +110,7 @@ def test_chat_prompt_and_pixels_match_training(tiny, image_file, monkeypatch, ve
         assert captured["temporal_ids"][0] == item["temporal_ids"]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_chat_generates_text(tiny, image_file, version):
     from PIL import Image
 

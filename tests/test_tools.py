@@ -10,8 +10,9 @@ import chat
 import finetune
 import merge_lora
 from conftest import VERSIONS, ROOT, make_image
-from dataset import SupervisedDataset, data_collator
+from dataset import SupervisedDataset
 from minicpmv_ft.loading import AdapterBaseError, load_for_inference
+from minicpmv_ft.versions import VERSIONS as REGISTRY
 
 
 @pytest.fixture(scope="module")
@@ -39,36 +40,43 @@ def adapters(tiny_model_dir, tmp_path_factory):
     return get
 
 
-def batch_for(tokenizer, config, data):
+def batch_for(tokenizer, config, data, version):
+    """Three samples' batch, labels out; `tokenizer`: what load_for_inference gives (4.6: its processor)."""
+    if REGISTRY[version].chat_api == "processor":
+        tokenizer = tokenizer.tokenizer
     ds = SupervisedDataset(str(data), tokenizer, config, max_slice_nums=1)
-    batch = data_collator([ds[0], ds[1], ds[len(ds) - 1]])
+    batch = ds.collator([ds[0], ds[1], ds[len(ds) - 1]])
     batch.pop("labels")
     return batch
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_merged_model_equals_adapter_model(adapters, tmp_path, version):
+    entry = REGISTRY[version]
     base, adapter, data = adapters(version)
     tokenizer, peft_model, _, _ = load_for_inference(str(adapter))
     out = merge_lora.merge(str(adapter), str(tmp_path / "merged"))
-    from transformers import AutoModel, AutoTokenizer
+    import transformers
 
-    merged = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
-    assert type(merged).__name__ == "MiniCPMV"
-    assert AutoTokenizer.from_pretrained(out, trust_remote_code=True).chat_template == tokenizer.chat_template
-    batch = batch_for(tokenizer, merged.config, data)
+    merged = getattr(transformers, entry.auto_class).from_pretrained(out, trust_remote_code=True).eval()
+    assert type(merged) is type(peft_model.get_base_model())
+    saved = (transformers.AutoProcessor if entry.chat_api == "processor" else transformers.AutoTokenizer
+             ).from_pretrained(out, trust_remote_code=True)
+    assert saved.chat_template == tokenizer.chat_template
+    batch = batch_for(tokenizer, merged.config, data, version)
     with torch.no_grad():
-        expected = peft_model(data=batch, attention_mask=batch["attention_mask"]).logits
-        got = merged(data=batch, attention_mask=batch["attention_mask"]).logits
+        expected = peft_model(**entry.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
+        got = merged(**entry.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
     before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "merged" / "model.safetensors")
     assert before.keys() == after.keys() and not any("lora" in k for k in after)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    llm_q = {k for k in before if k.startswith("llm.") and k.endswith("q_proj.weight")}
-    assert llm_q and {k for k in changed if k.startswith("llm.") and "q_proj" in k} == llm_q
-    assert any(k.startswith("resampler.") for k in changed) and any(k.startswith("vpm.") for k in changed)
-    assert not any(k.startswith("llm.") and ("mlp" in k or "embed_tokens" in k or "lm_head" in k) for k in changed)
+    llm, resampler, vision = (f"{module}." for module in (entry.llm_module, entry.resampler_module, entry.vision_module))
+    llm_q = {k for k in before if k.startswith(llm) and k.endswith("q_proj.weight")}
+    assert llm_q and {k for k in changed if k.startswith(llm) and "q_proj" in k} == llm_q
+    assert any(k.startswith(resampler) for k in changed) and any(k.startswith(vision) for k in changed)
+    assert not any(k.startswith(llm) and ("mlp" in k or "embed_tokens" in k or "lm_head" in k) for k in changed)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

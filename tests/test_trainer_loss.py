@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import VERSIONS
+from conftest import REMOTE_VERSIONS
 from dataset import SupervisedDataset, data_collator
 from trainer import lm_head_on_positions, shifted_targets
 
@@ -18,7 +18,7 @@ def samples(image_file):
                                {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]}]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_lm_head_runs_on_label_positions_only_and_loss_matches_full_logits(tiny, image_file, version):
     tok, model = tiny(version)
     model.eval()

@@ -1,11 +1,11 @@
 """Version detection from the checkpoint's config, aliases, and config field locations."""
 import pytest
 
-from conftest import VERSIONS
+from conftest import NATIVE_VERSIONS, REMOTE_VERSIONS, VERSIONS
 from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.versions import VersionError, by_name, detect_version, image_settings, llm_config_family
 
-FAMILIES = {"2.0": "minicpm", "2.5": "llama", "2.6": "qwen2", "4.0": "llama", "4.5": "qwen3"}
+FAMILIES = {"2.0": "minicpm", "2.5": "llama", "2.6": "qwen2", "4.0": "llama", "4.5": "qwen3", "4.6": "qwen3_5_text"}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -16,7 +16,7 @@ def test_detected_from_config(tiny, version):
 
 
 def test_registry_holds_every_tested_version():
-    assert list(REGISTRY) == VERSIONS
+    assert list(REGISTRY) == REMOTE_VERSIONS + NATIVE_VERSIONS
 
 
 @pytest.mark.parametrize("alias,version", [
@@ -92,7 +92,7 @@ def test_no_module_outside_the_registry_names_a_version():
 
     from conftest import ROOT
 
-    pattern = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](2\.0|2\.5|2\.6|4\.0|4\.5|minicpm|llama3|qwen2?|qwen3)["']""")
+    pattern = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](2\.0|2\.5|2\.6|4\.0|4\.5|4\.6|minicpm|llama3|qwen2?|qwen3)["']""")
     offenders = []
     for path in [*ROOT.glob("*.py"), *(ROOT / "minicpmv_ft").glob("*.py")]:
         offenders += [f"{path.name}: {line.strip()}" for line in path.read_text().splitlines() if pattern.search(line)]

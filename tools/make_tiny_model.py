@@ -2,7 +2,9 @@
 
     python tools/make_tiny_model.py --version 4.5 --out /tmp/tiny-4.5 [--vocab-size 151748] [--seed 0]
 
---version is one of 2.0, 2.5, 2.6, 4.0, 4.5 (--llm-type minicpm / llama3 / qwen still name 2.x).
+--version is one of 2.0, 2.5, 2.6, 4.0, 4.5, 4.6 (--llm-type minicpm / llama3 / qwen still name 2.x).
+4.6 has no remote code: it is built from transformers' own 4.6 classes, in the 4.6 environment
+(requirements-4.6.txt; tools/tiny_model/native_4_6.py).
 
 The directory holds config.json (with auto_map), our own remote-code .py files, a small
 tokenizer with the real special tokens, attributes and chat template of that version, and
@@ -302,18 +304,33 @@ def recipe_4_5(out: Path):
 RECIPES = {"2.0": recipe_2_0, "2.5": recipe_2_5, "2.6": recipe_2_6, "4.0": recipe_4_0, "4.5": recipe_4_5}
 
 
-def build(version: str, out: str | Path, vocab_size: int | None = None, seed: int = 0) -> Path:
+def build_4_6(out: Path, vocab_size: int | None, seed: int, layer_types=None) -> Path:
+    from tiny_model import native_4_6
+
+    specials = (["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + list(native_4_6.NAMED_TOKENS.values())
+                + MARKUP_TOKENS[2:10] + ["<unk>"])  # the markup's image and slice tokens are named ones
+    tokenizer = _byte_level_tokenizer(QWEN2_PATTERN, list(dict.fromkeys(specials)), plain_tokens=["<think>", "</think>"])
+    return native_4_6.build(out, tokenizer, vocab_size, seed, layer_types)
+
+
+# Versions built from transformers' own classes (no remote code)
+NATIVE_RECIPES = {"4.6": build_4_6}
+
+
+def build(version: str, out: str | Path, vocab_size: int | None = None, seed: int = 0, **native_options) -> Path:
     """Writes the tiny model of `version` (or a 2.x llm_type alias) to `out` (replaced)."""
     import torch
     from transformers import AutoConfig, AutoModel
 
     version = LLM_TYPE_ALIASES.get(version, version)
-    if version not in RECIPES:
-        raise SystemExit(f"unknown version {version!r}; choose one of {', '.join(RECIPES)}")
+    if version not in RECIPES and version not in NATIVE_RECIPES:
+        raise SystemExit(f"unknown version {version!r}; choose one of {', '.join([*RECIPES, *NATIVE_RECIPES])}")
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    if version in NATIVE_RECIPES:
+        return NATIVE_RECIPES[version](out, vocab_size, seed, **native_options)
     tok, config, folder, generation = RECIPES[version](out)
     if vocab_size is not None and vocab_size < tok["size"]:
         raise SystemExit(f"--vocab-size {vocab_size} is smaller than the tokenizer ({tok['size']} tokens)")
@@ -352,7 +369,7 @@ def build(version: str, out: str | Path, vocab_size: int | None = None, seed: in
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--version", choices=list(RECIPES), help="checkpoint generation to imitate")
+    which.add_argument("--version", choices=[*RECIPES, *NATIVE_RECIPES], help="checkpoint generation to imitate")
     which.add_argument("--llm-type", choices=list(LLM_TYPE_ALIASES),
                        help="alias for the 2.x versions: minicpm = 2.0, llama3 = 2.5, qwen = 2.6")
     parser.add_argument("--out", required=True, help="output directory (replaced if it exists)")

@@ -11,7 +11,7 @@ import pkgutil
 import re
 from dataclasses import dataclass
 
-from .spec import ModelVersion
+from .spec import ModelVersion, submodule  # noqa: F401 (submodule: for importers)
 
 
 def _discover() -> dict[str, ModelVersion]:
@@ -49,12 +49,16 @@ def llm_config_family(config) -> str | None:
     for cls in type(config).__mro__:
         if getattr(cls, "model_type", "") in LLM_FAMILIES:
             return cls.model_type
-    return None
+    # a native model's config holds its LLM's config (4.6: qwen3_5_text)
+    return getattr(getattr(config, "text_config", None), "model_type", None)
 
 
 def version_from_config(config) -> ModelVersion:
     """The entry for a loaded config. Among the entries of its LLM family the config's `version`
     field decides; a config without one is the family's oldest checkpoint (4.x always carry it)."""
+    native = [v for v in VERSIONS.values() if v.model_type != "minicpmv" and v.model_type == config.model_type]
+    if native:  # a native transformers model: its model_type says which
+        return native[0]
     family = llm_config_family(config)
     number = getattr(config, "version", None)
     candidates = [v for v in VERSIONS.values() if v.llm_config_family == family]
@@ -69,9 +73,11 @@ def version_from_config(config) -> ModelVersion:
 def check_tokenizer(version: ModelVersion, tokenizer):
     """The tokenizer must carry the chat and image tokens of the detected version."""
     ctx = version.chat.context(tokenizer)
-    needed = [version.chat.end_of_turn_token(ctx), tokenizer.unk_token, "<image>", "</image>"]
-    if version.placeholder_scheme == "per_slice":
-        needed += ["<slice>", "</slice>"]
+    needed = [version.chat.end_of_turn_token(ctx), "<image>", "</image>"]
+    if version.placeholder_scheme == "processor":  # its processor's image token fills the placeholders
+        needed += [getattr(tokenizer, "image_token", None), "<slice>", "</slice>"]
+    else:  # the remote code's query tokens are <unk>
+        needed += [tokenizer.unk_token] + ["<slice>", "</slice>"] * (version.placeholder_scheme == "per_slice")
     missing = [t for t in needed if not _in_vocabulary(tokenizer, t)]
     if missing:
         raise VersionError(f"the config says MiniCPM-V {version.name} but the tokenizer lacks {', '.join(map(repr, missing))}: "

@@ -25,11 +25,14 @@ class ModelVersion:
     # The checkpoint's processor encodes the rendered prompt with the tokenizer's special tokens
     # (2.0 and 4.0 tokenizers add <s>); otherwise the template text carries them itself.
     encode_adds_special_tokens: bool
-    # Placeholder scheme: "wrapped" (2.0/2.5: <slice> around rows of <image> cells) or
-    # "per_slice" (2.6+: each slice its own <slice>unk*q</slice>, optional image id).
+    # Placeholder scheme: "wrapped" (2.0/2.5: <slice> around rows of <image> cells),
+    # "per_slice" (2.6-4.5: each slice its own <slice>unk*q</slice>, optional image id) or
+    # "processor" (4.6: the checkpoint's own processor writes placeholders and pixels;
+    # minicpmv_ft/processor_encoding.py).
     placeholder_scheme: str
     use_image_id_default: bool
-    # Where the slicing settings live in config.json: top level (None, 2.0) or a sub-config.
+    # Where the slicing settings live in config.json: top level (None, 2.0) or a sub-config
+    # (4.6: none; its processor holds them).
     slice_config_field: str | None
     # Pixel layout handed to the vision tower: "chw" [3, H, W] (2.0, timm ViT) or
     # "patch_major" [3, patch, H*W/patch] (NaViT).
@@ -46,13 +49,31 @@ class ModelVersion:
     # later ones chat(image, msgs, tokenizer) -> answer; 2.6+ take images inside message content.
     chat_takes_context: bool = False
     chat_images_in_messages: bool = False
-    # 2.0 calls its vision tower once per image; under ZeRO-3 each call is a collective weight
+    # "remote": the checkpoint's own chat(); "processor": its processor's chat template and
+    # generate() (a native model has no chat(); minicpmv_ft/native_chat.py).
+    chat_api: str = "remote"
+    # A native model (4.6) runs its vision tower only for a batch with images: a process whose
+    # batch is text-only would then give the tower no gradient (ZeRO/DDP reduce gradients that one
+    # process lacks). The Trainer runs the tower on one tiny blank view for such a batch, adding
+    # 0 x its output to the loss.
+    vision_skipped_without_images: bool = False
+    # 2.0 calls its vision tower once per image (4.6 its merger once per view); under ZeRO-3 each call is a collective weight
     # gather, so processes holding different image counts deadlock.
     vision_call_per_image: bool = False
-    # Module names (attributes of the MiniCPMV model).
+    # config.json's model_type: the remote-code checkpoints all say "minicpmv" (their LLM family
+    # and `version` field tell them apart); a native one has its own.
+    model_type: str = "minicpmv"
+    # The transformers Auto class that loads the checkpoint.
+    auto_class: str = "AutoModel"
+    # How the Trainer's batch goes into forward: "data" (the remote code's forward(data=batch))
+    # or "kwargs" (a native model's forward(**batch)).
+    forward_style: str = "data"
+    # Module paths (dotted attributes of the loaded model); the LM head is
+    # get_output_embeddings() of `head_owner` ("": the model itself).
     llm_module: str = "llm"
     vision_module: str = "vpm"
     resampler_module: str = "resampler"
+    head_owner: str = "llm"
     # Regex of LLM module names that LoRA adapts by default (q, k, v, o projections).
     lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
     # How the checkpoint's inference samples a video (minicpmv_ft/video.py); None: no video.
@@ -71,3 +92,17 @@ class ModelVersion:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name,) + self.aliases
+
+    def forward_kwargs(self, batch: dict) -> dict:
+        """The keyword arguments of model(...) for a collated batch (labels taken out), but its
+        attention_mask, which the caller passes (None for a packed batch)."""
+        if self.forward_style == "data":
+            return {"data": batch}
+        return {key: value for key, value in batch.items() if key != "attention_mask"}
+
+
+def submodule(model, path: str):
+    """model.a.b for path "a.b" ("" : the model); through a PEFT wrapper too."""
+    for name in filter(None, path.split(".")):
+        model = getattr(model, name)
+    return model
