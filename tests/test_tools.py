@@ -59,7 +59,8 @@ def test_merged_model_equals_adapter_model(adapters, tmp_path, version):
     import transformers
 
     merged = getattr(transformers, entry.auto_class).from_pretrained(out, trust_remote_code=True).eval()
-    assert type(merged) is type(peft_model.get_base_model())
+    # remote code is imported once per directory (transformers_modules.<dir>), so compare by name
+    assert type(merged).__name__ == type(peft_model.get_base_model()).__name__
     saved = (transformers.AutoProcessor if entry.chat_api == "processor" else transformers.AutoTokenizer
              ).from_pretrained(out, trust_remote_code=True)
     assert saved.chat_template == tokenizer.chat_template
