@@ -37,6 +37,7 @@ from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import check_new_run, identity_hash, output_dir_lock, run_identity, write_run
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import set_max_slice_nums, submodule
+from minicpmv_ft.zero3_leaves import mark_zero3_leaves
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
@@ -269,8 +270,7 @@ def check_version_supported(version, config, train_args, world_size: int):
     per_image = version.vision_call_per_image or not getattr(config, "batch_vision_input", True)
     if per_image and zero_stage(train_args) == 3 and world_size > 1:
         raise ValueError(
-            f"{version.checkpoints} runs its vision tower once per image (4.6: its merger once per view); under "
-            "ZeRO-3 every run is a "
+            f"{version.checkpoints} runs its vision tower once per image; under ZeRO-3 every run is a "
             "collective weight gather, so processes holding different numbers of images deadlock. "
             "Use ds_config_zero2.json (optimizer offload saves memory there too)")
 
@@ -490,11 +490,15 @@ def run_training(model_args, data_args, train_args, callbacks=None):
         check_packable(config, version.checkpoints)
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, check_workers())
     check_video_supported(version, train_set, train_args, int(os.environ.get("WORLD_SIZE", "1")))
-    transformers.set_seed(train_args.seed)  # LoRA adapters are initialised before the Trainer seeds
     model = load_model(model_args, train_args, version, model_dtype(train_args))
     if data_args.max_slice_nums is not None:  # saved with the model, so its chat() slices as training did
         set_max_slice_nums(model.config, version, data_args.max_slice_nums)
+    # LoRA adapters are initialised before the Trainer seeds; seeded after loading, which draws
+    # different numbers of random values under ZeRO-3 than without it
+    transformers.set_seed(train_args.seed)
     model = configure_trainable(model, version, train_args)
+    if is_deepspeed_zero3_enabled():
+        mark_zero3_leaves(model, version)
     log_settings(model, version, train_set, eval_set, data_args, train_args)
     stop_on_signal = StopOnSignal()
     served, collator = batching(train_set, data_args, train_args)

@@ -119,14 +119,11 @@ class MiniCPMVTrainer(Trainer):
         # ZeRO-3 gathers the head's weight per call, which checkpoint recomputation cannot rely
         # on: one chunk there (the labelled positions only, as before chunking).
         chunk = max(targets.numel(), 1) if is_deepspeed_zero3_enabled() else self.args.loss_chunk_tokens
-        # before the forward, where an image batch runs the tower too (ZeRO-3 gathers in the same order)
-        blank = self._blank_view_features(model).sum() * 0.0 \
-            if self.version.vision_skipped_without_images and "pixel_values" not in inputs else None
-        with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel):
+        blank = self.version.vision_skipped_without_images and "pixel_values" not in inputs
+        with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel), \
+                self._blank_view_in_forward(model, blank):
             loss = model(**self.version.forward_kwargs(inputs), attention_mask=self._attention_mask(model, inputs),
                          use_cache=False).logits
-        if blank is not None:
-            loss = loss + blank
         if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
             loss = loss / max(targets.numel(), 1)
         else:
@@ -136,15 +133,35 @@ class MiniCPMVTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         return (loss, {"loss": loss}) if return_outputs else loss
 
-    def _blank_view_features(self, model) -> torch.Tensor:
-        """The vision features of one blank view of 4 x 4 patches (the smallest its mergers take),
-        so that every process runs the vision tower on every step (registry:
-        vision_skipped_without_images)."""
+    @contextmanager
+    def _blank_view_in_forward(self, model, wanted: bool):
+        """For a text-only batch (`wanted`), runs the vision tower on one blank view of 4 x 4
+        patches (the smallest its mergers take) and adds 0 x its features to the LLM's input
+        embeddings, so that every process runs the tower on every step (registry:
+        vision_skipped_without_images) and the LLM's backward has the same shape as with images.
+        This happens inside the forward where an image batch's features are made, after the
+        embeddings and before the LLM: ZeRO-3's weight gathers are collectives that every process
+        must make in the same order, forward and backward."""
+        if not wanted:
+            yield
+            return
         unwrapped = self.accelerator.unwrap_model(model)
         patch = unwrapped.config.patch_size
         pixels = torch.zeros(1, 3, patch, 16 * patch, device=self.args.device)
         sizes = torch.tensor([[4, 4]], dtype=torch.int32, device=self.args.device)
-        return torch.cat(unwrapped.get_image_features(pixels, sizes).pooler_output)
+
+        def add_blank_view(module, args, kwargs):
+            features = torch.cat(unwrapped.get_image_features(pixels, sizes).pooler_output)
+            kwargs["inputs_embeds"] = kwargs["inputs_embeds"] + features.sum().to(kwargs["inputs_embeds"].dtype) * 0.0
+            return args, kwargs
+
+        # prepend: before DeepSpeed's own hook on the LLM gathers its weights, as in an image batch
+        handle = submodule(unwrapped, self.version.llm_module).register_forward_pre_hook(
+            add_blank_view, prepend=True, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def _attention_mask(self, model, inputs):
         """The batch's padding mask; for a packed batch (none) None, so that the LLM finds the

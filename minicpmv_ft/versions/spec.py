@@ -55,11 +55,16 @@ class ModelVersion:
     # A native model (4.6) runs its vision tower only for a batch with images: a process whose
     # batch is text-only would then give the tower no gradient (ZeRO/DDP reduce gradients that one
     # process lacks). The Trainer runs the tower on one tiny blank view for such a batch, adding
-    # 0 x its output to the loss.
+    # 0 x its features to the LLM's input embeddings (MiniCPMVTrainer._blank_view_in_forward).
     vision_skipped_without_images: bool = False
-    # 2.0 calls its vision tower once per image (4.6 its merger once per view); under ZeRO-3 each call is a collective weight
+    # 2.0 calls its vision tower once per image; under ZeRO-3 each call is a collective weight
     # gather, so processes holding different image counts deadlock.
     vision_call_per_image: bool = False
+    # Modules (dotted paths) called once per step that call their own children a data-dependent
+    # number of times (4.6's merger runs its MLPs once per view). Under ZeRO-3 they become
+    # DeepSpeed leaf modules (minicpmv_ft/zero3_leaves.py): weights gathered once on entry, so
+    # processes holding different view counts make the same collectives.
+    zero3_leaf_modules: tuple = ()
     # config.json's model_type: the remote-code checkpoints all say "minicpmv" (their LLM family
     # and `version` field tell them apart); a native one has its own.
     model_type: str = "minicpmv"
@@ -102,7 +107,10 @@ class ModelVersion:
 
 
 def submodule(model, path: str):
-    """model.a.b for path "a.b" ("" : the model); through a PEFT wrapper too."""
+    """model.a.b for path "a.b" ("" : the model); through a PEFT wrapper too (from its base
+    model: the wrapper's own `model` attribute would shadow a native model's `model`)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     for name in filter(None, path.split(".")):
         model = getattr(model, name)
     return model
