@@ -234,3 +234,20 @@ def test_predict_in_batches_equals_one_by_one(adapters, tmp_path):
     one, batched = ([json.loads(line) for line in (tmp_path / f"p{size}.jsonl").read_text().splitlines()]
                     for size in ("1", "3"))
     assert one == batched and len(one) == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the advice is kept where a GPU could use it")
+def test_cpu_runs_drop_only_the_cuda_kernel_advice(caplog):
+    """transformers 5 advises CUDA kernels (causal-conv1d, flash-linear-attention) for 4.6's
+    layers; on a machine without a GPU the commands drop that advice and nothing else."""
+    import logging
+
+    from minicpmv_ft.quiet import quiet_third_party
+
+    quiet_third_party()
+    logger = logging.getLogger("transformers.integrations.hub_kernels")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("`chunk_gated_delta_rule` is falling back to its reference PyTorch implementation because "
+                       "`flash-linear-attention` is not installed.")
+        logger.warning("something else")
+    assert [r.getMessage() for r in caplog.records if r.name == logger.name] == ["something else"]

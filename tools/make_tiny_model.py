@@ -22,6 +22,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from tiny_model.qwen3_template import qwen3_thinking_template
+
 HERE = Path(__file__).resolve().parent
 REMOTE_CODE = HERE / "tiny_model" / "remote_code"
 SHARED_FILES = ["modeling_minicpmv.py", "modeling_minicpm.py", "modeling_navit_siglip.py",
@@ -48,31 +50,7 @@ CHATML_PLAIN_TEMPLATE = (  # 4.0: ChatML without a default system turn
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-# 4.5: Qwen3 hybrid thinking. Answers after the last user turn carry a think block (empty when
-# there is no reasoning); earlier ones lose theirs. The generation prompt opens the block
-# (thinking on) or writes it empty (enable_thinking=False).
-QWEN3_TEMPLATE = (
-    "{%- set ns = namespace(last_user=-1) -%}"
-    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- for m in messages -%}"
-    "{%- if m['role'] == 'assistant' -%}"
-    "{%- set content = m['content'] -%}"
-    "{%- set reasoning = m['reasoning_content'] if m['reasoning_content'] is string else '' -%}"
-    "{%- if m['reasoning_content'] is not string and '</think>' in content -%}"
-    "{%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') -%}"
-    "{%- set content = content.split('</think>')[-1].lstrip('\n') -%}"
-    "{%- endif -%}"
-    "{%- if loop.index0 > ns.last_user -%}"
-    "{{- '<|im_start|>assistant\n<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n')"
-    " + '<|im_end|>\n' -}}"
-    "{%- else -%}{{- '<|im_start|>assistant\n' + content + '<|im_end|>\n' -}}{%- endif -%}"
-    "{%- else -%}{{- '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}"
-    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\n\n</think>\n\n' -}}"
-    "{%- else -%}{{- '<think>\n' -}}{%- endif -%}{%- endif -%}"
-)
+QWEN3_TEMPLATE = qwen3_thinking_template()  # 4.5
 CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"

@@ -6,42 +6,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .qwen3_template import qwen3_thinking_template
+
 # The processor reads these attributes of the tokenizer (its extra special tokens).
 NAMED_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
                 "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
                 "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>"}
 
-# ChatML with Qwen3 hybrid thinking, as 4.5's (answers after the last user turn carry a think
-# block; the generation prompt opens it, or writes it empty with enable_thinking=False), for
-# messages whose content is a string or a list of image / video / text items joined by "\n".
-# Each image item is the processor's image token, which the processor replaces by the image's
-# placeholder.
-TEMPLATE = (
+# 4.5's template (tiny_model/qwen3_template.py) for messages whose content is a string or a list
+# of image / video / text items joined by "\n"; each image item is the processor's image token,
+# which the processor replaces by the image's placeholder.
+RENDER_MACRO = (
     "{%- macro render(content) -%}{%- if content is string -%}{{- content -}}{%- else -%}"
     "{%- for item in content -%}{%- if not loop.first -%}{{- '\n' -}}{%- endif -%}"
     "{%- if item['type'] == 'image' -%}{{- '<|image_pad|>' -}}{%- elif item['type'] == 'video' -%}"
     "{{- '<|video_pad|>' -}}{%- else -%}{{- item['text'] -}}{%- endif -%}{%- endfor -%}{%- endif -%}{%- endmacro -%}"
-    "{%- set ns = namespace(last_user=-1) -%}"
-    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- for m in messages -%}"
-    "{%- if m['role'] == 'assistant' -%}"
-    "{%- set content = render(m['content']) -%}"
-    "{%- set reasoning = m['reasoning_content'] if m['reasoning_content'] is string else '' -%}"
-    "{%- if m['reasoning_content'] is not string and '</think>' in content -%}"
-    "{%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') -%}"
-    "{%- set content = content.split('</think>')[-1].lstrip('\n') -%}"
-    "{%- endif -%}"
-    "{%- if loop.index0 > ns.last_user -%}"
-    "{{- '<|im_start|>assistant\n<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n')"
-    " + '<|im_end|>\n' -}}"
-    "{%- else -%}{{- '<|im_start|>assistant\n' + content + '<|im_end|>\n' -}}{%- endif -%}"
-    "{%- else -%}{{- '<|im_start|>' + m['role'] + '\n' + render(m['content']) + '<|im_end|>\n' -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}"
-    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\n\n</think>\n\n' -}}"
-    "{%- else -%}{{- '<think>\n' -}}{%- endif -%}{%- endif -%}"
 )
+TEMPLATE = qwen3_thinking_template("render(m['content'])", prelude=RENDER_MACRO)
 
 # Qwen3.5's hybrid layout in two layers: one gated-delta-net (linear attention), one full attention.
 TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
