@@ -16,25 +16,26 @@ import sys
 import torch
 
 from minicpmv_ft.images import open_rgb
-from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
+from minicpmv_ft.loading import AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference
 from minicpmv_ft.native_chat import generate_answers
 from minicpmv_ft.quiet import quiet_third_party
-from minicpmv_ft.versions import image_settings, set_max_slice_nums
+from minicpmv_ft.versions import set_max_slice_nums
 from minicpmv_ft.video import VideoError, decode_frames, plan_frames, read_video_info
 
 
 def chat_options(model, version, max_new_tokens: int, thinking: bool, max_slice_nums: int | None) -> dict:
-    """chat()'s keyword arguments: greedy, the answer length, 4.5's thinking switch and, when
-    given, the slice limit (2.0's chat() reads it from the config instead)."""
-    options = {"max_new_tokens": max_new_tokens}
-    if not version.chat_takes_context:
-        options["sampling"] = False
+    """chat()'s keyword arguments: deterministic decoding (sampling off: the checkpoints' beam
+    search), the answer length, 4.5's thinking switch and, when given, the slice limit: an
+    argument of 2.6+ chat() (their config must keep agreeing with their processor), the config
+    of 2.0 and 2.5, whose chat() reads it there."""
+    options = {"max_new_tokens": max_new_tokens, "sampling": False}
     if version.chat.thinking:
         options["enable_thinking"] = thinking
     if max_slice_nums is not None:
-        set_max_slice_nums(model.config, version, max_slice_nums)
-        if not version.chat_takes_context:  # 2.6+ take it over their processor's setting
+        if version.chat_takes_max_slice_nums:
             options["max_slice_nums"] = max_slice_nums
+        else:
+            set_max_slice_nums(model.config, version, max_slice_nums)
     return options
 
 
@@ -99,11 +100,6 @@ def answer_batch(model, tokenizer, version, requests, max_new_tokens: int = 256,
         return list(model.chat(None, batch, tokenizer, **options))
 
 
-def trained_slices(model, version, base) -> int | None:
-    """An adapter's --max_slice_nums, passed on to chat() (a full model's own files carry it)."""
-    return image_settings(model.config, version).max_slice_nums if base else None
-
-
 def converse(model, tokenizer, version, images, questions, out=None, max_new_tokens=256, thinking=False,
              max_slice_nums=None, extra=None):
     """Answers each question in turn, keeping the conversation; returns the (role, text) history."""
@@ -140,7 +136,7 @@ def main(argv=None):
     if args.video and args.image:
         parser.error("give --image or --video, not both")
     try:
-        tokenizer, model, version, base = load_for_inference(args.model, args.base, default_dtype())
+        tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
     except AdapterBaseError as exc:
         parser.exit(2, f"chat.py: {exc}\n")
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -148,7 +144,7 @@ def main(argv=None):
     try:
         images, extra = video_frames(version, args.video) if args.video else ([open_rgb(p) for p in args.image], None)
         converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens,
-                 thinking=args.thinking, max_slice_nums=args.max_slice_nums or trained_slices(model, version, base),
+                 thinking=args.thinking, max_slice_nums=args.max_slice_nums or adapter_max_slice_nums(args.model),
                  extra=extra)
     except ValueError as exc:
         parser.exit(2, f"chat.py: {exc}\n")

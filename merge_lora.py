@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from minicpmv_ft.checkpoints import copy_missing_checkpoint_files
-from minicpmv_ft.loading import AdapterBaseError, is_adapter, load_for_inference, local_dir
+from minicpmv_ft.checkpoints import copy_missing_checkpoint_files, record_max_slice_nums
+from minicpmv_ft.loading import AdapterBaseError, adapter_max_slice_nums, is_adapter, load_for_inference, local_dir
 from minicpmv_ft.quiet import quiet_third_party
 
 
@@ -26,6 +26,9 @@ def merge(adapter: str, out: str, base: str | None = None, dtype=None) -> str:
     source = local_dir(base_path)
     if source:
         copy_missing_checkpoint_files(source, out)
+    trained = adapter_max_slice_nums(adapter)
+    if trained is not None:  # config.json has it (load_for_inference); the processor's copy must agree
+        record_max_slice_nums(out, trained)
     return out
 
 

@@ -21,10 +21,10 @@ from collections import Counter
 
 import torch
 
-from chat import answer, answer_batch, trained_slices, video_frames
+from chat import answer, answer_batch, video_frames
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.images import open_rgb
-from minicpmv_ft.loading import AdapterBaseError, default_dtype, load_for_inference
+from minicpmv_ft.loading import AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.samples import MARKERS, DataError, load_records, parse_sample
 
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     quiet_third_party()
     try:
-        tokenizer, model, version, base = load_for_inference(args.model, args.base, default_dtype())
+        tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
         samples, failed = read_samples(args.data, version, args.image_folder, args.data_format)
     except (AdapterBaseError, DataError) as error:
         parser.exit(2, f"predict.py: {error}\n")
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     with open(args.out, "w", encoding="utf-8") as out:
         predictions, references = predict(model, tokenizer, version, samples, out, args.max_new_tokens, args.thinking,
-                                          args.max_slice_nums or trained_slices(model, version, base), args.batch_size)
+                                          args.max_slice_nums or adapter_max_slice_nums(args.model), args.batch_size)
     result = scores(predictions, references)
     bleu_text = f", BLEU {result['bleu']:.1f}" if result["bleu"] is not None else " (BLEU: pip install sacrebleu)"
     print(f"{args.data}: {result['samples']} samples predicted ({len(failed)} failed the data check and were "

@@ -68,11 +68,26 @@ def load_tokenizer_and_version(path: str, llm_type: str | None = None):
     return tokenizer, config, detect_version(config, tokenizer, llm_type)
 
 
+def adapter_max_slice_nums(model_dir: str) -> int | None:
+    """The --max_slice_nums a LoRA adapter was trained with (None: not an adapter, or trained
+    with its base's setting). A full model's config.json and preprocessor_config.json carry it."""
+    settings_file = os.path.join(model_dir, ADAPTER_SETTINGS_FILE)
+    if not is_adapter(model_dir) or not os.path.isfile(settings_file):
+        return None
+    with open(settings_file) as f:
+        return int(json.load(f)["max_slice_nums"])
+
+
 def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merge: bool = False):
     """(tokenizer, model, version, base path or None) for a full checkpoint or a LoRA adapter;
     with merge=True an adapter is merged into its base (a plain MiniCPM-V model). For a native
     checkpoint (4.6) the first is its processor (tokenizer, image processor, chat template),
-    which its inference goes through."""
+    which its inference goes through.
+
+    An adapter's --max_slice_nums goes into the base config where that config is what slices
+    (2.0, 2.5's chat(), and a merged model's config.json); 2.6+ chat() instead asserts that the
+    config equals the base folder's processor, so there it is chat()'s argument
+    (adapter_max_slice_nums)."""
     base_path = adapter_base(model_dir, base) if is_adapter(model_dir) else None
     tokenizer, _, version = load_tokenizer_and_version(base_path or model_dir)
     if version.placeholder_scheme == "processor":
@@ -81,11 +96,9 @@ def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merg
     if base_path:
         from peft import PeftModel
 
-        settings_file = os.path.join(model_dir, ADAPTER_SETTINGS_FILE)
-        if os.path.isfile(settings_file):  # trained with --max_slice_nums: slice as training did
-            with open(settings_file) as f:
-                set_max_slice_nums(model.config, version, json.load(f)["max_slice_nums"])
-
+        trained = adapter_max_slice_nums(model_dir)
+        if trained is not None and (merge or not version.chat_takes_max_slice_nums):
+            set_max_slice_nums(model.config, version, trained)
         model = PeftModel.from_pretrained(model, model_dir)
         if merge:
             model = model.merge_and_unload()

@@ -157,10 +157,11 @@ def test_chat_calls_each_versions_chat_signature(version, expected):
     assert args[0] == expected[0] and args[1][0] == expected[1][0] and args[1][2] == {"role": "user", "content": "Q2"}
     Recorder.config = {"max_slice_nums": 9, "slice_config": {"max_slice_nums": 9}}  # what chat() reads
     chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG"], "Q", max_slice_nums=2)
-    if VERSIONS[version].chat_takes_context:  # 2.0's chat() takes no such argument: its config says it
-        assert Recorder.config["max_slice_nums"] == 2 and "max_slice_nums" not in calls[-1][2]
-    else:
-        assert calls[-1][2]["max_slice_nums"] == 2
+    if VERSIONS[version].chat_takes_max_slice_nums:  # config untouched: it must agree with the processor
+        assert calls[-1][2]["max_slice_nums"] == 2 and Recorder.config["slice_config"]["max_slice_nums"] == 9
+    else:  # 2.0 and 2.5 chat() take no such argument: their config says it
+        configured = Recorder.config if VERSIONS[version].chat_takes_context else Recorder.config["slice_config"]
+        assert configured["max_slice_nums"] == 2 and "max_slice_nums" not in calls[-1][2]
     if not VERSIONS[version].chat_images_in_messages:
         with pytest.raises(ValueError, match="takes one image, got 2"):
             chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG", "IMG2"], "Q")

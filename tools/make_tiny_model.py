@@ -27,7 +27,8 @@ from tiny_model.qwen3_template import qwen3_thinking_template
 HERE = Path(__file__).resolve().parent
 REMOTE_CODE = HERE / "tiny_model" / "remote_code"
 SHARED_FILES = ["modeling_minicpmv.py", "modeling_minicpm.py", "modeling_navit_siglip.py",
-                "resampler.py", "image_processing_minicpmv.py", "tokenizer_attributes.py", "configuration_fields.py"]
+                "resampler.py", "image_processing_minicpmv.py", "processing_minicpmv.py", "tokenizer_attributes.py",
+                "configuration_fields.py"]
 LLM_TYPE_ALIASES = {"minicpm": "2.0", "llama3": "2.5", "qwen": "2.6"}
 
 MARKUP_TOKENS = ["<image>", "</image>", "<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>",
@@ -279,6 +280,22 @@ def recipe_4_5(out: Path):
     return tok, config, "v4_5", {"chat_template_kwargs": {"enable_thinking": False}}
 
 
+def write_preprocessor_config(out: Path, config: dict, version: str):
+    """preprocessor_config.json as 2.5+ checkpoints ship it: a second copy of config.json's
+    slicing settings, read by their processor (2.6+ chat() asserts that the two agree)."""
+    processor = {
+        "image_processor_type": "MiniCPMVImageProcessor", "processor_class": "MiniCPMVProcessor",
+        "auto_map": {"AutoProcessor": "processing_minicpmv.MiniCPMVProcessor",
+                     "AutoImageProcessor": "image_processing_minicpmv.MiniCPMVImageProcessor"},
+        "max_slice_nums": config["slice_config"]["max_slice_nums"], "scale_resolution": 448,
+        "patch_size": config["patch_size"], "image_feature_size": config["query_num"], "slice_mode": True,
+        "norm_mean": [0.5, 0.5, 0.5], "norm_std": [0.5, 0.5, 0.5], "version": float(version),
+    }
+    if "use_image_id" in config:
+        processor["use_image_id"] = config["use_image_id"]
+    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+
+
 RECIPES = {"2.0": recipe_2_0, "2.5": recipe_2_5, "2.6": recipe_2_6, "4.0": recipe_4_0, "4.5": recipe_4_5}
 
 
@@ -334,6 +351,8 @@ def build(version: str, out: str | Path, vocab_size: int | None = None, seed: in
                      "AutoModelForCausalLM": "modeling_minicpmv.MiniCPMV"},
     })
     (out / "config.json").write_text(json.dumps(config, indent=2))
+    if "slice_config" in config:
+        write_preprocessor_config(out, config, version)
     generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"], **generation}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
 

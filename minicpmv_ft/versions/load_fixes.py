@@ -5,6 +5,9 @@ import builtins
 import types
 import typing
 
+import torch
+from transformers import GenerationConfig, GenerationMixin
+
 
 def list_builtin():
     """The real 2.5/2.6 resampler.py uses `List` without importing it; torch >= 2.7 no longer
@@ -25,4 +28,30 @@ def input_embeddings_from_llm(model, dtype):
         model.get_input_embeddings()
     except (NotImplementedError, AttributeError):
         model.get_input_embeddings = types.MethodType(lambda self: self.llm.get_input_embeddings(), model)
+    return model
+
+
+class _GenerationWithoutCache(GenerationMixin):
+    """generate() for an LLM whose key/value cache code no longer runs on current transformers:
+    every step re-reads the whole sequence, the prompt's embeddings (images scattered in) then
+    the embeddings of the tokens generated so far, with use_cache=False (as training runs it)."""
+
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, attention_mask=None, **kwargs):
+        generated = self.get_input_embeddings()(input_ids) * getattr(self.config, "scale_emb", 1)
+        if inputs_embeds is not None:
+            generated = torch.cat([inputs_embeds, generated.to(inputs_embeds.dtype)], dim=1)
+        return {"inputs_embeds": generated, "attention_mask": attention_mask, "use_cache": False}
+
+
+def generate_without_cache(model, dtype):
+    """2.0's MiniCPM LLM class inherits generate() from PreTrainedModel, which lost it in
+    transformers 4.50 (GenerationMixin became a separate base), so its chat() fails with
+    AttributeError. Its LLM gets GenerationMixin back, decoding without a cache (its cache code
+    predates today's Cache classes). dtype: unused."""
+    llm = model.llm
+    if hasattr(llm, "generate"):
+        return model
+    llm.__class__ = type(type(llm).__name__, (_GenerationWithoutCache, type(llm)), {})
+    llm.generation_config = GenerationConfig.from_model_config(llm.config)
+    llm.generation_config.use_cache = False
     return model

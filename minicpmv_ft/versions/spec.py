@@ -49,6 +49,10 @@ class ModelVersion:
     # later ones chat(image, msgs, tokenizer) -> answer; 2.6+ take images inside message content.
     chat_takes_context: bool = False
     chat_images_in_messages: bool = False
+    # 2.6+ slice with their processor's settings (preprocessor_config.json, which their chat()
+    # asserts equal to config.json's) or a max_slice_nums argument of the call; 2.0 and 2.5
+    # read config.json and take no such argument.
+    chat_takes_max_slice_nums: bool = False
     # "remote": the checkpoint's own chat(); "processor": its processor's chat template and
     # generate() (a native model has no chat(); minicpmv_ft/native_chat.py).
     chat_api: str = "remote"

@@ -18,5 +18,5 @@ VERSION = ModelVersion(
     chat_takes_context=True,
     vision_call_per_image=True,
     packed_attention="mask_4d",  # its remote MiniCPM LLM ignores packed position ids
-    after_load=(load_fixes.cast_to_dtype, load_fixes.input_embeddings_from_llm),
+    after_load=(load_fixes.cast_to_dtype, load_fixes.input_embeddings_from_llm, load_fixes.generate_without_cache),
 )

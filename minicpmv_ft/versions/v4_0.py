@@ -17,6 +17,7 @@ VERSION = ModelVersion(
     pixel_layout="patch_major",
     default_query_num=64,
     chat_images_in_messages=True,
+    chat_takes_max_slice_nums=True,
     before_load=(load_fixes.list_builtin,),
     published_llm={"vocab_size": 73448, "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 32,
                    "num_attention_heads": 32, "num_key_value_heads": 2},  # MiniCPM4-3B

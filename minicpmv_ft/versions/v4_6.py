@@ -17,6 +17,7 @@ VERSION = ModelVersion(
     pixel_layout="patch_major",
     default_query_num=0,  # tokens per view follow the view's size (its processor counts them)
     chat_images_in_messages=True,
+    chat_takes_max_slice_nums=True,
     chat_api="processor",
     vision_skipped_without_images=True,
     zero3_leaf_modules=("model.merger",),  # its MLPs run once per view

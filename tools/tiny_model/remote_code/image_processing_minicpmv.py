@@ -1,4 +1,5 @@
-"""Image slicing and placeholders used by the tiny models' chat() (the inference side).
+"""Image slicing and placeholders used by the tiny models' chat() (the inference side), and the
+image processor class that 2.5+ checkpoints ship (preprocessor_config.json names it).
 
 Written apart from the training pipeline on purpose: tests compare the two, as the real
 checkpoints' processor and a fine-tuning script must agree.
@@ -8,6 +9,7 @@ import math
 import numpy as np
 import torch
 from PIL import Image
+from transformers.image_processing_utils import BaseImageProcessor
 
 
 def _divide(length, patch):
@@ -81,3 +83,24 @@ class MiniCPMVImageSlicer:
             unfolded = torch.nn.functional.unfold(pixels, (self.patch, self.patch), stride=(self.patch, self.patch))
             pixels = unfolded.reshape(3, self.patch, self.patch, -1).permute(0, 1, 3, 2).reshape(3, self.patch, -1)
         return pixels, tgt
+
+
+class MiniCPMVImageProcessor(BaseImageProcessor):
+    """The slicing settings of preprocessor_config.json. As in the real checkpoints they are a
+    second copy of config.json's: 2.6+ chat() asserts that the two agree and slices with these."""
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, max_slice_nums=9, scale_resolution=448, patch_size=14, use_image_id=True,
+                 image_feature_size=64, slice_mode=True, norm_mean=(0.5, 0.5, 0.5), norm_std=(0.5, 0.5, 0.5),
+                 version=2.6, **kwargs):
+        super().__init__(**kwargs)
+        self.max_slice_nums, self.scale_resolution, self.patch_size = max_slice_nums, scale_resolution, patch_size
+        self.use_image_id, self.image_feature_size, self.slice_mode = use_image_id, image_feature_size, slice_mode
+        self.norm_mean, self.norm_std, self.version = list(norm_mean), list(norm_std), version
+
+    def slicer(self, max_slice_nums=None, use_image_id=None):
+        """The slicer of one call: chat()'s max_slice_nums / use_image_id win over these settings."""
+        return MiniCPMVImageSlicer(self.image_feature_size, self.patch_size, max_slice_nums or self.max_slice_nums,
+                                   self.scale_resolution, per_slice=True,
+                                   use_image_id=self.use_image_id if use_image_id is None else bool(use_image_id))

@@ -11,7 +11,7 @@ import math
 import timm
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoProcessor, LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from .configuration_minicpm import MiniCPMVConfig
@@ -54,6 +54,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         self.vision_dim = self.vpm.embed_dim if self.uses_timm else config.vision_config.hidden_size
         self.embed_dim = self.llm.config.hidden_size
         self.resampler = Resampler(config.query_num, self.embed_dim, max(1, self.embed_dim // 128), self.vision_dim)
+        self.processor = None  # 2.6+: loaded by the first chat() that is given none
         # Like the real classes, no post_init() here.
 
     def init_vision_module(self):
@@ -192,14 +193,31 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         return self.llm(input_ids=None, position_ids=position_ids, inputs_embeds=vllm_embedding, **kwargs)
 
     # ---- inference -------------------------------------------------------------------------
+    # As the real remote code: 2.0 and 2.5 slice with config.json's settings; 2.6+ with their
+    # processor's (preprocessor_config.json, loaded from config._name_or_path unless chat() is
+    # given one), after asserting that the two files agree. Answers come from self.llm.generate:
+    # 2.0's MiniCPM LLM has none on transformers >= 4.50, so its chat() fails as the real one does.
 
-    def _slicer(self, max_slice_nums=None):
+    def _config_slicer(self):
         cfg = self.config
         slicing = cfg if self.uses_timm else cfg.slice_config
-        return MiniCPMVImageSlicer(
-            cfg.query_num, cfg.patch_size,
-            max_slice_nums or slicing.max_slice_nums, getattr(slicing, "scale_resolution", 448),
-            per_slice=hasattr(cfg, "use_image_id"), use_image_id=bool(getattr(cfg, "use_image_id", False)))
+        return MiniCPMVImageSlicer(cfg.query_num, cfg.patch_size, slicing.max_slice_nums,
+                                   getattr(slicing, "scale_resolution", 448))
+
+    def _checked_processor(self, processor):
+        """The processor of a 2.6+ chat() call, checked against config.json as the real one is."""
+        if processor is None:
+            if self.processor is None:
+                self.processor = AutoProcessor.from_pretrained(self.config._name_or_path, trust_remote_code=True)
+            processor = self.processor
+        images = processor.image_processor
+        message = "These two values should be the same. Check `config.json` and `preprocessor_config.json`."
+        assert self.config.query_num == images.image_feature_size, message
+        assert self.config.patch_size == images.patch_size, message
+        assert self.config.use_image_id == images.use_image_id, message
+        assert self.config.slice_config.max_slice_nums == images.max_slice_nums, message
+        assert self.config.slice_mode == images.slice_mode, message
+        return processor
 
     def _prompt_text(self, msgs, tokenizer, system_prompt, enable_thinking):
         """The prompt string, encoded in one call as the real processors do (2.0, 4.0: <s> first)."""
@@ -211,13 +229,14 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         options = {"enable_thinking": enable_thinking} if getattr(self.config, "batch_3d_resampler", False) else {}
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **options)
 
-    def _answer(self, image, msgs, tokenizer, max_new_tokens=64, system_prompt="", max_slice_nums=None,
-                enable_thinking=False, use_image_id=None, temporal_ids=None):
-        slicer = self._slicer(max_slice_nums)
-        if use_image_id is not None:
-            slicer.use_image_id = bool(use_image_id)
+    def _inputs(self, image, msgs, tokenizer, slicer, system_prompt="", enable_thinking=False, temporal_ids=None):
+        """The data dict of one conversation, built as the real chat() and processor build it."""
         images, prompt_msgs = [], []
         for m, msg in enumerate(msgs):
+            role = msg["role"]
+            assert role in ["user", "assistant"]
+            if m == 0:
+                assert role == "user", "The role of first msg should be user"
             content = msg["content"] if isinstance(msg["content"], list) else [msg["content"]]
             if m == 0 and image is not None:
                 content = [image] + content
@@ -228,7 +247,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
                     continue
                 images.append(item.convert("RGB"))
                 parts.append(IMAGE_TAG)
-            prompt_msgs.append({"role": msg["role"], "content": "\n".join(parts)})
+            prompt_msgs.append({"role": role, "content": "\n".join(parts)})
         # As the real processors: each tag becomes its image's placeholder; with 4.5's temporal_ids
         # an image (frame) that is not the first of its group gets none, and the text before it
         # is stripped.
@@ -260,43 +279,56 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         }
         if temporal_ids is not None:
             data["temporal_ids"] = [list(temporal_ids)]
-        return self._greedy(data, tokenizer, max_new_tokens)
+        return data
 
-    @torch.no_grad()
-    def _greedy(self, data, tokenizer, max_new_tokens):
-        """Greedy decoding without a KV cache (the models are tiny)."""
+    def _terminators(self, tokenizer):
+        return [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in
+                                           ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "</s>")
+                                           if t in tokenizer.get_vocab()]
+
+    @torch.inference_mode()
+    def _generate(self, data, tokenizer, max_new_tokens, sampling, **kwargs):
+        """Decoding as the real chat(): self.llm.generate on the prompt's embeddings, sampling
+        (top_p 0.8, top_k 100, temperature 0.7, repetition_penalty 1.05) or 3 beams with
+        repetition_penalty 1.2; the answer's ids without padding (id 0) and terminators."""
         embeds, _ = self.get_vllm_embedding(data)
-        stop = {tokenizer.eos_token_id} | {
-            tokenizer.convert_tokens_to_ids(t) for t in ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "</s>")
-            if t in tokenizer.get_vocab()}
-        scale = getattr(self.llm.config, "scale_emb", 1)
-        generated = []
-        for _ in range(max_new_tokens):
-            positions = torch.arange(embeds.shape[1], device=embeds.device).unsqueeze(0)
-            logits = self.llm(inputs_embeds=embeds, position_ids=positions).logits[:, -1]
-            token = int(logits.argmax(-1))
-            if token in stop:
-                break
-            generated.append(token)
-            step = self.llm.get_input_embeddings()(torch.tensor([[token]], device=embeds.device)) * scale
-            embeds = torch.cat([embeds, step.to(embeds.dtype)], dim=1)
-        return tokenizer.decode(generated, skip_special_tokens=True)
+        if sampling:
+            options = {"top_p": 0.8, "top_k": 100, "temperature": 0.7, "do_sample": True, "repetition_penalty": 1.05}
+        else:
+            options = {"num_beams": 3, "repetition_penalty": 1.2}
+        options.update((k, kwargs[k]) for k in options.keys() & kwargs.keys())
+        terminators = self._terminators(tokenizer)
+        output = self.llm.generate(inputs_embeds=embeds, pad_token_id=0, eos_token_id=terminators,
+                                   max_new_tokens=max_new_tokens, **options)
+        answer = output[0][output[0] != 0]
+        while len(answer) and int(answer[-1]) in terminators:
+            answer = answer[:-1]
+        return tokenizer.decode(answer, skip_special_tokens=True).strip()
 
     def chat(self, image, msgs, *args, **kwargs):
-        """2.5+: chat(image, msgs, tokenizer, ...) -> answer (4.5: enable_thinking, default False);
-        msgs a list of conversations -> a list of answers (the real 2.6+ batch inference).
-        2.0: chat(image, msgs, context, tokenizer, ...) -> (answer, context, generation_config)."""
+        """2.5+: chat(image, msgs, tokenizer, processor=None, ...) -> answer (4.5: enable_thinking,
+        default False); msgs a list of conversations -> a list of answers (the real 2.6+ batch
+        inference). 2.0: chat(image, msgs, context, tokenizer, ...) -> (answer, context, config)."""
         if self.uses_timm:
             context, tokenizer = (list(args) + [None, None])[:2]
             tokenizer = tokenizer or kwargs.pop("tokenizer")
             kwargs.pop("context", None)
         else:
             tokenizer = args[0] if args else kwargs.pop("tokenizer")
-        names = ("max_new_tokens", "system_prompt", "max_slice_nums", "enable_thinking", "use_image_id", "temporal_ids")
-        options = {k: kwargs[k] for k in names if k in kwargs}
-        if not self.uses_timm and msgs and isinstance(msgs[0], list):  # batch: a list of conversations
-            return [self._answer(image, conversation, tokenizer, **options) for conversation in msgs]
-        answer = self._answer(image, msgs, tokenizer, **options)
+        per_slice = hasattr(self.config, "use_image_id")
+        if per_slice:
+            processor = self._checked_processor(args[1] if len(args) > 1 else kwargs.pop("processor", None))
+            slicer = processor.image_processor.slicer(kwargs.get("max_slice_nums"), kwargs.get("use_image_id"))
+        else:
+            slicer = self._config_slicer()  # 2.0 / 2.5 take no max_slice_nums: config.json's
+        prompt = {k: kwargs[k] for k in ("system_prompt", "enable_thinking", "temporal_ids") if k in kwargs}
+        decoding = {k: v for k, v in kwargs.items() if k not in prompt and k not in ("max_slice_nums", "use_image_id")}
+        decoding.setdefault("max_new_tokens", 1024 if self.uses_timm else 2048)
+        decoding.setdefault("sampling", True)
+        if per_slice and msgs and isinstance(msgs[0], list):  # batch: a list of conversations
+            return [self._generate(self._inputs(image, m, tokenizer, slicer, **prompt), tokenizer, **decoding)
+                    for m in msgs]
+        answer = self._generate(self._inputs(image, msgs, tokenizer, slicer, **prompt), tokenizer, **decoding)
         if self.uses_timm:
             return answer, list(msgs) + [{"role": "assistant", "content": answer}], {}
         return answer
