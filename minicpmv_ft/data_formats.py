@@ -5,7 +5,12 @@
               "conversations": [{"from": "human" | "gpt" | "system", "value"}, ...]}
     messages  OpenAI style, as LLaMA-Factory and ms-swift write it:
               {"messages": [{"role", "content"}, ...], "images" or "image": [paths] | path}
-    (videos likewise: "video" or "videos", with `<video>` markers)
+    (videos likewise: "video" or "videos", with `<video>` markers; a turn may carry
+    "reasoning_content", and a foreign sample a "system" prompt, as LLaMA-Factory's column)
+
+A key that no step reads is never dropped silently: in a turn (any format) or a sample of ours
+it is a data error naming it; the foreign formats allow extra columns (LLaMA-Factory does), so
+there each one is counted and logged (`ignored_keys`).
 
 In the foreign formats every image has one `<image>` in the text, in the order of the list;
 with several images they become `<image_00>`, `<image_01>`, ... (videos: `<video_00>`, ...).
@@ -20,6 +25,24 @@ FORMATS = ("auto", "native", "sharegpt", "messages")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 MESSAGE_ROLES = ("system", "user", "assistant")
 MARKER = "<image>"
+TURN_KEYS = {"native": ("role", "content", "reasoning_content"), "sharegpt": ("from", "value", "reasoning_content"),
+             "messages": ("role", "content", "reasoning_content")}
+NATIVE_SAMPLE_KEYS = ("id", "image", "video", "conversations")
+FOREIGN_SAMPLE_KEYS = ("id", "image", "images", "video", "videos", "conversations", "messages", "system")
+
+
+def unknown_turn_key(turn: dict, data_format: str) -> str | None:
+    """Why a turn has a key that would be lost (None: it has none)."""
+    allowed = TURN_KEYS[data_format]
+    unknown = [key for key in turn if key not in allowed]
+    return f"unknown key {unknown[0]!r} (a turn has {', '.join(allowed)})" if unknown else None
+
+
+def ignored_keys(record) -> list[str]:
+    """Keys of a ShareGPT / messages record that no step reads (counted and logged, not an error)."""
+    if detect(record) in ("sharegpt", "messages"):
+        return [key for key in record if key not in FOREIGN_SAMPLE_KEYS]
+    return []
 
 
 @dataclass
@@ -53,6 +76,7 @@ def to_native(record, data_format: str = "auto"):
                              f"{found} (or auto)", sample_id)
     try:
         turns = from_sharegpt(record) if found == "sharegpt" else from_messages(record)
+        turns = with_system_prompt(turns, record.get("system"))
         native = with_media({"conversations": turns}, media_of(record, "image"), "image")
         native = with_media(native, media_of(record, "video"), "video")
     except ValueError as e:
@@ -70,8 +94,28 @@ def from_sharegpt(record) -> list[dict]:
         role = SHAREGPT_ROLES.get(turn["from"])
         if role is None:
             raise ValueError(f"turn {t} is from {turn['from']!r}; allowed: {', '.join(SHAREGPT_ROLES)}")
-        turns.append({"role": role, "content": turn["value"]})
+        unknown = unknown_turn_key(turn, "sharegpt")
+        if unknown:
+            raise ValueError(f"turn {t}: {unknown}")
+        turns.append(with_reasoning({"role": role, "content": turn["value"]}, turn))
     return turns
+
+
+def with_reasoning(native_turn: dict, turn: dict) -> dict:
+    if "reasoning_content" in turn:
+        native_turn["reasoning_content"] = turn["reasoning_content"]
+    return native_turn
+
+
+def with_system_prompt(turns: list[dict], system) -> list[dict]:
+    """A sample-level "system" prompt (LLaMA-Factory's column) as the leading system turn."""
+    if system is None:
+        return turns
+    if not isinstance(system, str):
+        raise ValueError('"system" must be text')
+    if turns and turns[0]["role"] == "system":
+        raise ValueError('a "system" prompt and a system turn; give it once')
+    return [{"role": "system", "content": system}] + turns
 
 
 def from_messages(record) -> list[dict]:
@@ -87,10 +131,10 @@ def from_messages(record) -> list[dict]:
         if not isinstance(message["content"], str):
             raise ValueError(f"message {t}: content must be text with <image> markers (lists of content parts "
                              'are not read); put the image paths in "images"')
-        turn = {"role": message["role"], "content": message["content"]}
-        if "reasoning_content" in message:
-            turn["reasoning_content"] = message["reasoning_content"]
-        turns.append(turn)
+        unknown = unknown_turn_key(message, "messages")
+        if unknown:
+            raise ValueError(f"message {t}: {unknown}")
+        turns.append(with_reasoning({"role": message["role"], "content": message["content"]}, message))
     return turns
 
 

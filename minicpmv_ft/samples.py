@@ -8,12 +8,14 @@ Every problem raises DataError naming the data file, the sample index and id, an
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .chat_formats import Turn
-from .data_formats import FORMATS, Unconvertible, to_native
+from .data_formats import FORMATS, NATIVE_SAMPLE_KEYS, Unconvertible, ignored_keys, to_native, unknown_turn_key
 
 SINGLE_IMAGE_MARKER = "<image>"
 MULTI_IMAGE_MARKER = re.compile(r"<image_\d+>")
@@ -23,6 +25,9 @@ MARKERS = re.compile(r"<image>|<image_\d+>|<video>|<video_\d+>")
 # Keys other tools use for images and videos; silently ignored they would train the sample as text-only.
 IMAGE_LIKE_KEY = re.compile(r"images|imgs?|image_(path|paths|file|files|url|urls)|pictures?|photos?|videos|clips?|"
                             r"video_(path|paths|file|files|url|urls)", re.IGNORECASE)
+
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -91,6 +96,10 @@ def load_records(data, base_dir: str | None = None, data_format: str = "auto") -
     if data_format not in FORMATS:
         raise ValueError(f"--data_format {data_format!r}: choose one of {', '.join(FORMATS)}")
     records, source, folder = _read_records(data, base_dir)
+    ignored = Counter(key for record in records for key in ignored_keys(record))
+    if ignored:
+        counts = ", ".join(f"{key!r} in {count} sample{'s' * (count > 1)}" for key, count in ignored.most_common())
+        logger.warning("%s: keys no step reads were ignored: %s", source, counts)
     return [to_native(record, data_format) for record in records], source, folder
 
 
@@ -178,6 +187,9 @@ def _turns(record: dict, index: int, source: str, sample_id, system_allowed: boo
     for t, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             raise fail(f'turn {t} must be an object with "role" and "content"')
+        unknown = unknown_turn_key(turn, "native")
+        if unknown:
+            raise fail(f"turn {t}: {unknown}")
         role, content, reasoning = turn["role"], turn["content"], turn.get("reasoning_content")
         if role not in ("system", "user", "assistant"):
             raise fail(f"turn {t} has role {role!r}; allowed: system, user, assistant")
@@ -227,6 +239,8 @@ def parse_sample(record, index: int, source: str, folder: str, system_allowed: b
         if IMAGE_LIKE_KEY.fullmatch(key):
             raise fail(f'unknown key {key!r}: images go in "image" (a path, or {{"<image_00>": path, ...}} for '
                        'several)')
+        if key not in NATIVE_SAMPLE_KEYS:
+            raise fail(f"unknown key {key!r} (a sample has {', '.join(NATIVE_SAMPLE_KEYS)})")
     images = _media(record, "image", SINGLE_IMAGE_MARKER, MULTI_IMAGE_MARKER, text, folder, fail)
     videos = _media(record, "video", SINGLE_VIDEO_MARKER, MULTI_VIDEO_MARKER, text, folder, fail)
     if images[2] and videos[2]:

@@ -180,3 +180,55 @@ def test_videos_in_sharegpt_and_messages_data_equal_ours(tiny, tmp_path):
                messages(("user", "<video> then <video>: longer?"), ("assistant", "The second."),
                         videos=["v.mp4", "w.mp4"])]
     assert_same_items(items(tiny, tmp_path, foreign), items(tiny, tmp_path, ours))
+
+
+@pytest.mark.parametrize("make", [native, sharegpt, messages])
+def test_reasoning_content_trains_alike_in_every_format(tiny, tmp_path, make):
+    """Issue 18.4: ShareGPT dropped a turn's reasoning_content (the answer trained with an empty
+    think block). 4.5 trains the reasoning in all three formats, the same ids and labels."""
+    record = make(("user", "Why?"), ("assistant", "Because."))
+    turns = record.get("conversations", record.get("messages"))
+    turns[1]["reasoning_content"] = "First the shape."
+    tok, model = tiny("4.5")
+    ds = SupervisedDataset([record], tok, model.config)
+    reference = native(("user", "Why?"), ("assistant", "Because."))
+    reference["conversations"][1]["reasoning_content"] = "First the shape."
+    want = SupervisedDataset([reference], tok, model.config)[0]
+    got = ds[0]
+    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["labels"], want["labels"])
+    trained = tok.decode(got["labels"][got["labels"] != -100])
+    assert "First the shape." in trained and "Because." in trained
+
+
+@pytest.mark.parametrize("make", [native, sharegpt, messages])
+def test_a_misspelt_key_in_a_turn_is_a_data_error_naming_it(tiny, tmp_path, make):
+    record = make(("user", "Why?"), ("assistant", "Because."))
+    record.get("conversations", record.get("messages"))[1]["reasoning"] = "First the shape."
+    tok, model = tiny("4.5")
+    with pytest.raises(DataError, match=r"sample 0 .*(turn|message) 1: unknown key 'reasoning' \(a turn has "):
+        SupervisedDataset([record], tok, model.config)
+
+
+def test_an_unknown_sample_key_is_an_error_in_ours_and_counted_in_foreign_formats(tiny, tmp_path, caplog):
+    tok, model = tiny("2.6")
+    ours = {**native(("user", "Q"), ("assistant", "A")), "reasoning": "R"}
+    with pytest.raises(DataError, match=r"unknown key 'reasoning' \(a sample has id, image, video, conversations\)"):
+        SupervisedDataset([ours], tok, model.config)
+    foreign = [{**sharegpt(("user", "Q"), ("assistant", "A")), "source": "web", "reasoning": "R"},
+               {**messages(("user", "Q"), ("assistant", "A")), "source": "web"}]
+    with caplog.at_level("WARNING"):
+        ds = SupervisedDataset(foreign, tok, model.config)
+    assert len(ds) == 2
+    assert "keys no step reads were ignored: 'source' in 2 samples, 'reasoning' in 1 sample" in caplog.text
+
+
+def test_a_sample_system_column_becomes_the_system_turn(tiny, tmp_path):
+    """LLaMA-Factory's ShareGPT / messages "system" column is the system prompt, not an extra key."""
+    tok, model = tiny("2.6")
+    want = SupervisedDataset([native(("system", "Be brief."), ("user", "Q"), ("assistant", "A"))], tok, model.config)[0]
+    for record in (sharegpt(("user", "Q"), ("assistant", "A")), messages(("user", "Q"), ("assistant", "A"))):
+        got = SupervisedDataset([{**record, "system": "Be brief."}], tok, model.config)[0]
+        assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["labels"], want["labels"])
+    with pytest.raises(DataError, match="a \"system\" prompt and a system turn"):
+        SupervisedDataset([{**sharegpt(("system", "S"), ("user", "Q"), ("assistant", "A")), "system": "S"}], tok,
+                          model.config)

@@ -96,7 +96,7 @@ def test_chat_prompt_and_pixels_match_training(tiny, image_file, monkeypatch, ve
     tok, model = tiny(version)
     path = image_file(size=(1000, 700))
     captured = {}
-    monkeypatch.setattr(model, "_greedy", lambda data, tokenizer, n: captured.update(data) or "ok")
+    monkeypatch.setattr(model, "_generate", lambda data, tokenizer, **decoding: captured.update(data) or "ok")
     msgs = [{"role": "user", "content": "What is it?"}]
     assert chat_call(model, version, Image.open(path), msgs, tok) == "ok"
     item = SupervisedDataset([{"image": path, "conversations": msgs + [{"role": "assistant", "content": "A."}]}],
@@ -111,11 +111,15 @@ def test_chat_prompt_and_pixels_match_training(tiny, image_file, monkeypatch, ve
 
 
 @pytest.mark.parametrize("version", REMOTE_VERSIONS)
-def test_chat_generates_text(tiny, image_file, version):
+def test_chat_generates_text(tiny, tiny_model_dir, image_file, version):
+    """Through our loader: the published 2.0 chat() cannot generate without its load fix."""
     from PIL import Image
 
-    tok, model = tiny(version)
-    model.eval()
+    from minicpmv_ft.loading import load_model
+    from minicpmv_ft.versions import VERSIONS as REGISTRY
+
+    tok, _ = tiny(version)
+    model = load_model(tiny_model_dir(version), REGISTRY[version]).eval()
     image = Image.open(image_file(size=(300, 200)))
     answer = chat_call(model, version, image, [{"role": "user", "content": "Hi?"}], tok, max_new_tokens=4)
     assert isinstance(answer, str)
@@ -124,7 +128,7 @@ def test_chat_generates_text(tiny, image_file, version):
 def test_4_5_chat_thinking_switch_changes_the_prompt(tiny, monkeypatch):
     tok, model = tiny("4.5")
     prompts = []
-    monkeypatch.setattr(model, "_greedy", lambda data, tokenizer, n: prompts.append(data["input_ids"][0].tolist()) or "")
+    monkeypatch.setattr(model, "_generate", lambda data, tokenizer, **decoding: prompts.append(data["input_ids"][0].tolist()) or "")
     for thinking in (False, True):
         model.chat(None, [{"role": "user", "content": "Hi"}], tok, enable_thinking=thinking)
     assert tok.decode(prompts[0]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")

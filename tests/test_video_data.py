@@ -181,7 +181,7 @@ def test_chat_about_a_video_sees_the_prompt_pixels_and_groups_training_uses(tiny
     entry = REGISTRY[version] if scheme is None else dataclasses.replace(REGISTRY[version], video=scheme)
     path = make_video(tmp_path / "clip.mp4", frames=25, fps=10)
     captured = []
-    monkeypatch.setattr(model, "_greedy", lambda data, tokenizer, n: captured.append(data) or "")
+    monkeypatch.setattr(model, "_generate", lambda data, tokenizer, **decoding: captured.append(data) or "")
     frames, extra = chat.video_frames(entry, path)
     chat.answer(model, tok, entry, frames, "What changes?", extra=extra)
     (data,) = captured

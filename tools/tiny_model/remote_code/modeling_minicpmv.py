@@ -204,6 +204,13 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         return MiniCPMVImageSlicer(cfg.query_num, cfg.patch_size, slicing.max_slice_nums,
                                    getattr(slicing, "scale_resolution", 448))
 
+    def _slicer(self, max_slice_nums=None, use_image_id=None, processor=None):
+        """The slicer of a chat() call: 2.6+ their (checked) processor's, whose settings the call's
+        arguments override; 2.0 / 2.5 config.json's (their chat() takes no such arguments)."""
+        if not hasattr(self.config, "use_image_id"):
+            return self._config_slicer()
+        return self._checked_processor(processor).image_processor.slicer(max_slice_nums, use_image_id)
+
     def _checked_processor(self, processor):
         """The processor of a 2.6+ chat() call, checked against config.json as the real one is."""
         if processor is None:
@@ -316,11 +323,8 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         else:
             tokenizer = args[0] if args else kwargs.pop("tokenizer")
         per_slice = hasattr(self.config, "use_image_id")
-        if per_slice:
-            processor = self._checked_processor(args[1] if len(args) > 1 else kwargs.pop("processor", None))
-            slicer = processor.image_processor.slicer(kwargs.get("max_slice_nums"), kwargs.get("use_image_id"))
-        else:
-            slicer = self._config_slicer()  # 2.0 / 2.5 take no max_slice_nums: config.json's
+        processor = args[1] if len(args) > 1 else kwargs.pop("processor", None)
+        slicer = self._slicer(kwargs.get("max_slice_nums"), kwargs.get("use_image_id"), processor)
         prompt = {k: kwargs[k] for k in ("system_prompt", "enable_thinking", "temporal_ids") if k in kwargs}
         decoding = {k: v for k, v in kwargs.items() if k not in prompt and k not in ("max_slice_nums", "use_image_id")}
         decoding.setdefault("max_new_tokens", 1024 if self.uses_timm else 2048)
