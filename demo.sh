@@ -20,7 +20,7 @@ python check_data.py --model_name_or_path "$WORK/tiny-$VERSION" --data_path "$WO
 
 # CPU settings for the launchers: one process, no DeepSpeed, fp32.
 export MODEL="$WORK/tiny-$VERSION" DATA="$WORK/data/train.json" EVAL_DATA="$WORK/data/eval.json"
-export DS_CONFIG="" GPUS_PER_NODE=1 MASTER_PORT="${MASTER_PORT:-29531}" OMP_NUM_THREADS=2
+export DS_CONFIG="" GPUS_PER_NODE=1 OMP_NUM_THREADS=2
 # --overwrite_output_dir: each demo run starts over in $WORK (a run never mixes into another one).
 CPU_FLAGS=(--use_cpu true --bf16 false --gradient_checkpointing false --per_device_train_batch_size 2
            --logging_steps 10 --eval_steps 40 --save_strategy no --max_slice_nums 2 --disable_tqdm true

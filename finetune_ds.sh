@@ -42,7 +42,9 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-$(python -c 'import torch; print(max(torch.cuda.d
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-localhost}
-MASTER_PORT=${MASTER_PORT:-6001}
+# One node: a free port unless MASTER_PORT is set (two runs on a machine never collide).
+# Several nodes: every node must be given the same MASTER_ADDR and MASTER_PORT.
+MASTER_PORT=${MASTER_PORT:-$([ "$NNODES" = 1 ] && echo auto || echo 6001)}
 
 if [ ! -f "$DATA" ]; then
     echo "finetune: DATA=$DATA does not exist; set DATA to your training file (see README, Data format)" >&2

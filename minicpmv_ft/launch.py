@@ -14,8 +14,13 @@ with a SignalException traceback. Instead, torchrun handles only SIGQUIT
 - exits 128+signal (130 for Ctrl-C, 143 for SIGTERM) with one line, not torchrun's traceback;
 - passes on finetune.py's status 2 (a data or argument problem it printed in one line) without
   torchrun's failure banner around it.
+It also resolves `--master_port auto` (what the launchers pass on one node when MASTER_PORT is
+unset) to a free port, so two runs on one machine do not collide, and stops in one line when
+the port a first node should listen on is taken.
 """
+import errno
 import signal
+import socket
 import sys
 
 import psutil
@@ -80,8 +85,39 @@ def reported_by_workers(failure: ChildFailedError) -> bool:
                                                 for c in codes)
 
 
+def option(argv, name, default=None):
+    """The value of `--name value` in a torchrun command line (the launchers' form)."""
+    return argv[argv.index(name) + 1] if name in argv[:-1] else default
+
+
+def with_master_port(argv: list) -> list:
+    """argv with `--master_port auto` replaced by a port free on this machine (one node); a port
+    chosen by the user that node 0 cannot listen on raises SystemExit with one line."""
+    port = option(argv, "--master_port")
+    if port is None:
+        return argv
+    if port == "auto":
+        if int(option(argv, "--nnodes", "1")) != 1:
+            raise SystemExit("launch: several nodes need one MASTER_PORT that all of them use; set MASTER_PORT")
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            port = str(probe.getsockname()[1])
+        where = argv.index("--master_port") + 1
+        return argv[:where] + [port] + argv[where + 1:]
+    if option(argv, "--node_rank", "0") == "0":
+        with socket.socket() as probe:
+            try:
+                probe.bind(("", int(port)))
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                raise SystemExit(f"launch: MASTER_PORT {port} is in use on this machine (another run?); choose a "
+                                 "free one, or leave MASTER_PORT unset on one node to get a free port") from None
+    return argv
+
+
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = with_master_port(list(sys.argv[1:] if argv is None else argv))
     forwarder = Forwarder()
     forwarder.install()
     try:

@@ -36,7 +36,7 @@ def test_relative_paths_are_taken_from_the_callers_folder(tiny_model_dir, tmp_pa
     shutil.copytree(tiny_model_dir("2.6"), tmp_path / "model")
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     env = {**os.environ, "PATH": path, "GPUS_PER_NODE": "1", "DS_CONFIG": "", "OMP_NUM_THREADS": "1",
-           "MODEL": "model", "DATA": "data/train.json", "OUTPUT_DIR": "out", "MASTER_PORT": "29535",
+           "MODEL": "model", "DATA": "data/train.json", "OUTPUT_DIR": "out",  # MASTER_PORT unset: a free one
            "PYTHONWARNINGS": "default"}  # run_tests.sh hides FutureWarnings; this run must show none
     result = subprocess.run(["sh", str(ROOT / "finetune_lora.sh"), "--use_cpu", "true", "--bf16", "false",
                              "--max_steps", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -149,3 +149,27 @@ def test_a_data_error_is_one_line_and_exit_2_through_the_launcher(tiny_model_dir
     line = f"finetune: {tmp_path / 'bad.json'}, sample 0 (id 'lost'): image not found: {tmp_path / 'nope.png'}"
     assert result.stderr.count(line) == 1  # printed by the first process only
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+
+
+@pytest.mark.parametrize("nnodes", ["1", "2"])
+def test_master_port_auto_is_a_free_port_on_one_node_and_a_taken_port_is_one_line(nnodes):
+    """Issue 18.6: demo.sh and the launchers used a fixed port, so a second run on a machine died
+    with EADDRINUSE and a traceback."""
+    import socket
+
+    from minicpmv_ft.launch import with_master_port
+
+    argv = ["--nnodes", nnodes, "--node_rank", "0", "--master_port", "auto", "finetune.py", "--x", "auto"]
+    if nnodes == "2":
+        with pytest.raises(SystemExit, match="several nodes need one MASTER_PORT"):
+            with_master_port(argv)
+        return
+    chosen = with_master_port(argv)
+    port = int(chosen[5])
+    assert chosen[:5] + chosen[6:] == argv[:5] + argv[6:] and port > 0
+    with socket.socket() as taken:
+        taken.bind(("", port))
+        taken.listen()
+        with pytest.raises(SystemExit, match=rf"^launch: MASTER_PORT {port} is in use on this machine"):
+            with_master_port(chosen)
+        assert with_master_port(chosen[:3] + ["1"] + chosen[4:])  # another node does not listen on it
