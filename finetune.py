@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -31,6 +32,7 @@ from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
+from minicpmv_ft.lora_targets import check_lora_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
 from minicpmv_ft.packing import PackedDataset, check_packable
 from minicpmv_ft.quiet import quiet_third_party
@@ -118,6 +120,8 @@ class DataArguments:
                 raise ValueError(f"--{flag} must be positive, got {getattr(self, flag)}")
         if self.max_slice_nums is not None and self.max_slice_nums < 1:
             raise ValueError(f"--max_slice_nums must be >= 1, got {self.max_slice_nums}")
+        if self.model_max_length < 1:
+            raise ValueError(f"--model_max_length must be a positive number of tokens, got {self.model_max_length}")
 
 
 NATIVE_TRAINING_ARGUMENTS = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
@@ -192,6 +196,7 @@ class TrainingArguments(transformers.TrainingArguments):
                      "loss_chunk_tokens"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
+        self._check_lora_and_rates()
         if self.loss_kernel not in ("chunked", "liger"):
             raise ValueError(f"--loss_kernel {self.loss_kernel!r}: choose chunked or liger")
         if self.loss_kernel == "liger" and (not torch.cuda.is_available()
@@ -217,6 +222,28 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.q_lora and zero_stage(self) == 3:
             raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
                              "use ds_config_zero2.json")
+
+    def _check_lora_and_rates(self):
+        if self.lora_r < 1:
+            raise ValueError(f"--lora_r must be >= 1 (the adapters' rank), got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"--lora_alpha must be positive (scale = alpha / r), got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout is a probability in [0, 1), got {self.lora_dropout}")
+        if self.lora_target_modules is not None:
+            try:
+                re.compile(self.lora_target_modules)
+            except re.error as error:
+                raise ValueError(f"--lora_target_modules {self.lora_target_modules!r} is not a regular expression: "
+                                 f"{error}") from None
+        for flag in ("vision_lr", "resampler_lr"):
+            rate = getattr(self, flag)
+            if rate is not None and rate <= 0:
+                raise ValueError(f"--{flag} must be positive, got {rate} (a negative rate ascends the loss); to "
+                                 "freeze the vision tower use --tune_vision false")
+        if self.vision_lr is not None and not self.tune_vision:
+            raise ValueError("--vision_lr with --tune_vision false: the vision tower is frozen, nothing uses the "
+                             "rate; drop one of them")
 
     @property
     def trains_llm(self) -> bool:
@@ -486,6 +513,11 @@ def run_training(model_args, data_args, train_args, callbacks=None):
         log_resume(resume, train_args.max_steps)
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
+    if train_args.use_lora:
+        check_lora_targets(config, version, train_args.lora_target_modules)
+    if data_args.keep_earlier_reasoning and not version.chat.thinking:
+        raise ValueError(f"--keep_earlier_reasoning: MiniCPM-V {version.name} has no thinking blocks to keep; "
+                         "drop the flag")
     if train_args.packing:
         check_packable(config, version.checkpoints)
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, check_workers())

@@ -151,6 +151,14 @@ def test_qlora_preparation_keeps_the_embedding_output_writable(tiny, tiny_model_
     (["--num_train_epochs", "0"], "--num_train_epochs 0.0 trains nothing; give a positive --num_train_epochs or --max_steps"),
     (["--model_name_or_path", "/no/such/model"], "--model_name_or_path /no/such/model: no such folder"),
     (["--output_dir", "FILE"], "--output_dir .*file.txt is a file, not a folder"),
+    # issue 18.14: each of these used to train wrongly or fail after the weights loaded
+    (["--model_max_length", "-5"], "--model_max_length must be a positive number of tokens, got -5"),
+    (["--vision_lr", "-1"], r"--vision_lr must be positive, got -1.0 \(a negative rate ascends the loss\)"),
+    (["--resampler_lr", "0"], "--resampler_lr must be positive, got 0.0"),
+    (["--lora_r", "0"], r"--lora_r must be >= 1 \(the adapters' rank\), got 0"),
+    (["--lora_dropout", "2"], r"--lora_dropout is a probability in \[0, 1\), got 2.0"),
+    (["--lora_target_modules", "q_proj("], "--lora_target_modules 'q_proj\\(' is not a regular expression"),
+    (["--vision_lr", "1e-5", "--tune_vision", "false"], "--vision_lr with --tune_vision false: the vision tower is frozen"),
 ])
 def test_bad_flags_fail_before_loading(tmp_path, flags, message):
     (tmp_path / "file.txt").write_text("x")
@@ -189,6 +197,21 @@ def test_nothing_to_train_on_fails_before_weights_load(tiny_model_dir, sample_da
     with pytest.raises(DataError, match="train.json: no sample left to train on"):
         finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
                         "--model_max_length", "10"] + cpu_flags(tmp_path, 1, 1e-3))
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--use_lora", "true", "--lora_target_modules", "nomatch"],
+     r"--lora_target_modules 'nomatch' matches no linear layer of this model \(matched against full module names, "
+     r"e.g. llm.model.layers.0.self_attn.q_proj\); the default is "),
+    (["--keep_earlier_reasoning", "true"], "--keep_earlier_reasoning: MiniCPM-V 2.6 has no thinking blocks to keep"),
+])
+def test_flags_that_need_the_model_fail_before_weights_load(tiny_model_dir, sample_data, tmp_path, monkeypatch, flags,
+                                                             message):
+    """Issue 18.14 / 18.19: a LoRA target matching nothing failed in PEFT after loading."""
+    monkeypatch.setattr(finetune, "load_model", lambda *a: pytest.fail("weights loaded before the check"))
+    with pytest.raises(ValueError, match=message):
+        finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json")]
+                       + cpu_flags(tmp_path, 1, 1e-3) + flags)
 
 
 def test_bad_data_fails_before_weights_load(tiny_model_dir, tmp_path, monkeypatch):
