@@ -11,12 +11,14 @@ question per line, an empty line or end of input stops.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
 
 from minicpmv_ft.images import open_rgb
-from minicpmv_ft.loading import AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference
+from minicpmv_ft.loading import (AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference,
+                                 version_for_inference)
 from minicpmv_ft.native_chat import generate_answers
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.versions import set_max_slice_nums
@@ -37,6 +39,20 @@ def chat_options(model, version, max_new_tokens: int, thinking: bool, max_slice_
         else:
             set_max_slice_nums(model.config, version, max_slice_nums)
     return options
+
+
+def split_system(version, history) -> tuple[str | None, list]:
+    """(system prompt, the other turns) of a history of (role, text): 2.6+ chat() takes the system
+    turn as its system_prompt argument; a native model's template takes it as a message (None);
+    2.0 and 2.5 chat() take none (ValueError)."""
+    history = list(history)
+    if not history or history[0][0] != "system":
+        return None, history
+    if not version.chat_takes_system_prompt:
+        raise ValueError(f"MiniCPM-V {version.name}'s chat() takes no system turn (its roles are user and assistant)")
+    if version.chat_api == "processor":
+        return None, history
+    return history[0][1], history[1:]
 
 
 def chat_messages(version, images, question: str, history=()) -> list[dict]:
@@ -74,10 +90,13 @@ def answer(model, tokenizer, version, images, question: str, history=(), max_new
     """One answer to `question` after earlier (role, content) turns. `thinking` switches a
     thinking model (4.5) to reason before answering; `max_slice_nums` overrides the slicing the
     checkpoint was saved with; `extra`: more chat() options (a video's, from video_frames)."""
+    system, history = split_system(version, history)
     msgs = chat_messages(version, images, question, history)
     if version.chat_api == "processor":  # `tokenizer` is its processor (load_for_inference)
         return generate_answers(model, tokenizer, [msgs], max_new_tokens, thinking, max_slice_nums)[0]
     options = {**chat_options(model, version, max_new_tokens, thinking, max_slice_nums), **(extra or {})}
+    if system:
+        options["system_prompt"] = system
     image = None if version.chat_images_in_messages or not images else list(images)[0]
     with torch.no_grad():
         if version.chat_takes_context:  # 2.0: chat(image, msgs, context, tokenizer) -> (answer, ...)
@@ -89,13 +108,19 @@ def answer_batch(model, tokenizer, version, requests, max_new_tokens: int = 256,
                  max_slice_nums: int | None = None) -> list[str]:
     """Answers to [(images, question, history), ...]: in one chat() call where the checkpoint's
     chat() takes a list of conversations (2.6+: their batch inference), else one by one."""
-    if not version.chat_images_in_messages or len(requests) == 1:
+    split = [split_system(version, history) for _, _, history in requests]
+    systems = {system for system, _ in split}
+    if not version.chat_images_in_messages or len(requests) == 1 or len(systems) > 1:
+        # one by one: chat() takes one system prompt for a whole batch
         return [answer(model, tokenizer, version, *request, max_new_tokens, thinking, max_slice_nums)
                 for request in requests]
-    batch = [chat_messages(version, *request) for request in requests]
+    batch = [chat_messages(version, images, question, history)
+             for (images, question, _), (_, history) in zip(requests, split)]
     if version.chat_api == "processor":
         return generate_answers(model, tokenizer, batch, max_new_tokens, thinking, max_slice_nums)
     options = chat_options(model, version, max_new_tokens, thinking, max_slice_nums)
+    if systems != {None}:
+        options["system_prompt"] = systems.pop()
     with torch.no_grad():
         return list(model.chat(None, batch, tokenizer, **options))
 
@@ -114,6 +139,16 @@ def converse(model, tokenizer, version, images, questions, out=None, max_new_tok
         print(reply, file=out, flush=True)
         history += [("user", question), ("assistant", reply)]
     return history
+
+
+def read_rgb(path: str):
+    """The image of --image, or ValueError saying why it cannot be read."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--image {path}: no such file")
+    try:
+        return open_rgb(path)
+    except (OSError, ValueError) as exc:  # PIL: unidentified or truncated
+        raise ValueError(f"--image {path}: cannot read it as an image ({exc})") from None
 
 
 def main(argv=None):
@@ -135,14 +170,15 @@ def main(argv=None):
         parser.error("give --question, or --interactive")
     if args.video and args.image:
         parser.error("give --image or --video, not both")
-    try:
+    try:  # images and video are read before the weights load
+        version = version_for_inference(args.model, args.base)
+        images, extra = video_frames(version, args.video) if args.video else ([read_rgb(p) for p in args.image], None)
         tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
-    except AdapterBaseError as exc:
+    except (AdapterBaseError, ValueError) as exc:
         parser.exit(2, f"chat.py: {exc}\n")
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     questions = iter(sys.stdin.readline, "") if args.interactive else [args.question]
     try:
-        images, extra = video_frames(version, args.video) if args.video else ([open_rgb(p) for p in args.image], None)
         converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens,
                  thinking=args.thinking, max_slice_nums=args.max_slice_nums or adapter_max_slice_nums(args.model),
                  extra=extra)

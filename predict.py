@@ -21,12 +21,15 @@ from collections import Counter
 
 import torch
 
-from chat import answer, answer_batch, video_frames
+from chat import answer, answer_batch, split_system, video_frames
 from minicpmv_ft.data_formats import FORMATS
+from minicpmv_ft.encoding import read_image
 from minicpmv_ft.images import open_rgb
-from minicpmv_ft.loading import AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference
+from minicpmv_ft.loading import (AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference,
+                                 version_for_inference)
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.samples import MARKERS, DataError, load_records, parse_sample
+from minicpmv_ft.video import VideoError, plan_frames, read_video_info
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -71,17 +74,39 @@ def prompt_of(sample):
 
 
 def read_samples(path, version, image_folder, data_format):
+    """(samples to ask, DataErrors of those that cannot be asked): checked before the model loads,
+    media included, so a bad sample costs a line rather than the run."""
     records, source, folder = load_records(path, image_folder, data_format)
     samples, failed = [], []
     for index, record in enumerate(records):
         try:
             sample = parse_sample(record, index, source, folder, version.chat.system_allowed)
-            if sample.video_paths and (len(sample.video_paths) > 1 or sample.image_paths):
-                raise sample.error("predict.py asks about one video, without images, per sample")
+            check_askable(sample, version)
             samples.append(sample)
         except DataError as error:
             failed.append(error)
     return samples, failed
+
+
+def check_askable(sample, version):
+    """DataError when chat() cannot be asked this sample: its media unreadable (images checked as
+    the data check does; videos' containers and frame plans read), a video where the version takes
+    none or beside other media, a system turn its chat() does not take."""
+    try:
+        split_system(version, [(turn.role, "") for turn in sample.turns])
+    except ValueError as error:
+        raise sample.error(str(error)) from None
+    if sample.video_paths:
+        if version.video is None:
+            raise sample.error(f"{version.checkpoints} takes no video")
+        if len(sample.video_paths) > 1 or sample.image_paths:
+            raise sample.error("predict.py asks about one video, without images, per sample")
+        try:
+            plan_frames(read_video_info(sample.video_paths[0]), version.video)
+        except VideoError as error:
+            raise sample.error(f"{sample.video_paths[0]}: {error}") from None
+    for path in sample.image_paths:
+        read_image(sample, path, decode=False)
 
 
 def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinking=False, max_slice_nums=None,
@@ -90,20 +115,36 @@ def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinkin
     checkpoint's chat() takes batches (2.6+); returns (predictions, references)."""
     from tqdm import tqdm
 
-    predictions, references = [], []
+    predictions, references, failed = [], [], []
     with tqdm(total=len(samples), desc="predicting", unit="sample", disable=not progress) as bar:
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
-            prompts = [prompt_of(sample) for sample in batch]
-            answers = ask(model, tokenizer, version, batch, prompts, max_new_tokens, thinking, max_slice_nums)
-            for sample, (_, question, reference), prediction in zip(batch, prompts, answers):
+            for sample, (_, question, reference), prediction in answered_samples(model, tokenizer, version, batch, max_new_tokens,
+                                                                      thinking, max_slice_nums, failed):
                 predictions.append(prediction)
                 references.append(reference)
                 out.write(json.dumps({"id": sample.sample_id, "question": question, "reference": reference,
                                       "prediction": prediction, "exact_match": exact_match(prediction, reference),
                                       "f1": round(token_f1(prediction, reference), 4)}, ensure_ascii=False) + "\n")
+            out.flush()  # what was predicted stays written, whatever happens later
             bar.update(len(batch))
-    return predictions, references
+    return predictions, references, failed
+
+
+def answered_samples(model, tokenizer, version, batch, max_new_tokens, thinking, max_slice_nums, failed):
+    """(sample, prompt, answer) for the batch; a sample whose media fail while being read now (a
+    video that stops decoding) is asked alone, and if it fails again goes to `failed` as a DataError."""
+    prompts = [prompt_of(sample) for sample in batch]
+    try:
+        return list(zip(batch, prompts, ask(model, tokenizer, version, batch, prompts, max_new_tokens, thinking,
+                                            max_slice_nums)))
+    except (ValueError, OSError) as error:
+        if len(batch) == 1:
+            failed.append(batch[0].error(str(error)))
+            print(f"SKIPPED {failed[-1]}", file=sys.stderr)
+            return []
+    return [result for sample in batch for result in answered_samples(model, tokenizer, version, [sample], max_new_tokens,
+                                                           thinking, max_slice_nums, failed)]
 
 
 def ask(model, tokenizer, version, batch, prompts, max_new_tokens, thinking, max_slice_nums) -> list[str]:
@@ -149,22 +190,27 @@ def main(argv=None) -> int:
     parser.add_argument("--thinking", action="store_true", help="thinking models (4.5): reason before answering")
     args = parser.parse_args(argv)
     quiet_third_party()
-    try:
+    try:  # the samples are checked before the weights load
+        samples, failed = read_samples(args.data, version_for_inference(args.model, args.base), args.image_folder,
+                                       args.data_format)
+        for error in failed[:20]:
+            print(f"SKIPPED {error}", file=sys.stderr)
+        if len(failed) > 20:
+            print(f"SKIPPED {len(failed) - 20} more samples", file=sys.stderr)
         tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
-        samples, failed = read_samples(args.data, version, args.image_folder, args.data_format)
     except (AdapterBaseError, DataError) as error:
         parser.exit(2, f"predict.py: {error}\n")
-    for error in failed[:20]:
-        print(f"SKIPPED {error}", file=sys.stderr)
     samples = samples[: args.max_samples]
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     with open(args.out, "w", encoding="utf-8") as out:
-        predictions, references = predict(model, tokenizer, version, samples, out, args.max_new_tokens, args.thinking,
-                                          args.max_slice_nums or adapter_max_slice_nums(args.model), args.batch_size)
+        predictions, references, failed_now = predict(
+            model, tokenizer, version, samples, out, args.max_new_tokens, args.thinking,
+            args.max_slice_nums or adapter_max_slice_nums(args.model), args.batch_size, sys.stderr.isatty())
+    failed += failed_now
     result = scores(predictions, references)
     bleu_text = f", BLEU {result['bleu']:.1f}" if result["bleu"] is not None else " (BLEU: pip install sacrebleu)"
-    print(f"{args.data}: {result['samples']} samples predicted ({len(failed)} failed the data check and were "
-          f"skipped): exact match {result['exact_match']:.1f}%, token F1 {result['token_f1']:.1f}%{bleu_text}; "
+    print(f"{args.data}: {result['samples']} samples predicted ({len(failed)} could not be asked and were "
+          f"skipped, each listed above): exact match {result['exact_match']:.1f}%, token F1 {result['token_f1']:.1f}%{bleu_text}; "
           f"predictions in {args.out}")
     return 0
 

@@ -78,6 +78,12 @@ def adapter_max_slice_nums(model_dir: str) -> int | None:
         return int(json.load(f)["max_slice_nums"])
 
 
+def version_for_inference(model_dir: str, base: str | None = None) -> ModelVersion:
+    """The version of a checkpoint or LoRA adapter, from its tokenizer and config alone."""
+    base_path = adapter_base(model_dir, base) if is_adapter(model_dir) else None
+    return load_tokenizer_and_version(base_path or model_dir)[2]
+
+
 def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merge: bool = False):
     """(tokenizer, model, version, base path or None) for a full checkpoint or a LoRA adapter;
     with merge=True an adapter is merged into its base (a plain MiniCPM-V model). For a native

@@ -227,4 +227,4 @@ def test_predict_asks_about_a_video_sample_as_chat_does(tiny_model_dir, tmp_path
     assert [row["id"] for row in rows] == ["v", "t"] and rows[0]["question"] == "What?"
     captured = capsys.readouterr()
     assert "sample 2 (id 'two'): predict.py asks about one video, without images, per sample" in captured.err
-    assert "2 samples predicted (1 failed the data check and were skipped)" in captured.out
+    assert "2 samples predicted (1 could not be asked and were skipped, each listed above)" in captured.out

@@ -3,7 +3,8 @@
     python tools/make_sample_data.py --out DIR
 
 DIR gets images/*.png, train.json (single-image, multi-turn, multi-image and text-only
-samples, relative image paths) and eval.json. Small enough to memorise on CPU in minutes.
+samples, relative image paths) and eval.json (the question about each of the six images). Small
+enough to memorise on CPU in minutes.
 """
 import argparse
 import json
@@ -50,7 +51,8 @@ def samples():
                                     {"role": "assistant", "content": "A red circle and a blue square."}]})
     train.append({"id": "text", "conversations": [{"role": "user", "content": "How many sides does a square have?"},
                                                   {"role": "assistant", "content": "Four."}]})
-    return train, train[:4]
+    # the eval set asks about each training image: a result that sees answers all six right
+    return train, [sample for sample in train if sample["id"].startswith("shape-")]
 
 
 def main(argv=None):

@@ -53,6 +53,9 @@ class ModelVersion:
     # asserts equal to config.json's) or a max_slice_nums argument of the call; 2.0 and 2.5
     # read config.json and take no such argument.
     chat_takes_max_slice_nums: bool = False
+    # A system turn reaches 2.6+ chat() as its system_prompt argument (a native model's template
+    # takes it as a message); 2.0 and 2.5 chat() assert that every role is user or assistant.
+    chat_takes_system_prompt: bool = False
     # "remote": the checkpoint's own chat(); "processor": its processor's chat template and
     # generate() (a native model has no chat(); minicpmv_ft/native_chat.py).
     chat_api: str = "remote"

@@ -18,6 +18,7 @@ VERSION = ModelVersion(
     default_query_num=64,
     chat_images_in_messages=True,
     chat_takes_max_slice_nums=True,
+    chat_takes_system_prompt=True,
     before_load=(load_fixes.list_builtin,),
     published_llm={"vocab_size": 151666, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                    "num_attention_heads": 28, "num_key_value_heads": 4},  # Qwen2-7B

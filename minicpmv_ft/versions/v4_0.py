@@ -18,6 +18,7 @@ VERSION = ModelVersion(
     default_query_num=64,
     chat_images_in_messages=True,
     chat_takes_max_slice_nums=True,
+    chat_takes_system_prompt=True,
     before_load=(load_fixes.list_builtin,),
     published_llm={"vocab_size": 73448, "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 32,
                    "num_attention_heads": 32, "num_key_value_heads": 2},  # MiniCPM4-3B

@@ -19,6 +19,7 @@ VERSION = ModelVersion(
     temporal_ids=True,
     chat_images_in_messages=True,
     chat_takes_max_slice_nums=True,
+    chat_takes_system_prompt=True,
     before_load=(load_fixes.list_builtin,),
     published_llm={"vocab_size": 151748, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128},  # Qwen3-8B

@@ -18,6 +18,7 @@ VERSION = ModelVersion(
     default_query_num=0,  # tokens per view follow the view's size (its processor counts them)
     chat_images_in_messages=True,
     chat_takes_max_slice_nums=True,
+    chat_takes_system_prompt=True,
     chat_api="processor",
     vision_skipped_without_images=True,
     zero3_leaf_modules=("model.merger",),  # its MLPs run once per view

@@ -325,8 +325,11 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         per_slice = hasattr(self.config, "use_image_id")
         processor = args[1] if len(args) > 1 else kwargs.pop("processor", None)
         slicer = self._slicer(kwargs.get("max_slice_nums"), kwargs.get("use_image_id"), processor)
-        prompt = {k: kwargs[k] for k in ("system_prompt", "enable_thinking", "temporal_ids") if k in kwargs}
-        decoding = {k: v for k, v in kwargs.items() if k not in prompt and k not in ("max_slice_nums", "use_image_id")}
+        # 2.0 and 2.5 chat() take no system_prompt (it lands, unread, in their **kwargs)
+        names = ("system_prompt", "enable_thinking", "temporal_ids") if per_slice else ()
+        prompt = {k: kwargs[k] for k in names if k in kwargs}
+        decoding = {k: v for k, v in kwargs.items()
+                    if k not in ("system_prompt", "enable_thinking", "temporal_ids", "max_slice_nums", "use_image_id")}
         decoding.setdefault("max_new_tokens", 1024 if self.uses_timm else 2048)
         decoding.setdefault("sampling", True)
         if per_slice and msgs and isinstance(msgs[0], list):  # batch: a list of conversations
