@@ -36,7 +36,8 @@ from minicpmv_ft.lora_targets import check_lora_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
 from minicpmv_ft.packing import PackedDataset, check_packable
 from minicpmv_ft.quiet import quiet_third_party
-from minicpmv_ft.run_record import check_new_run, identity_hash, output_dir_lock, run_identity, write_run
+from minicpmv_ft.run_record import (check_new_run, identity_hash, length_changes, output_dir_lock, run_identity,
+                                   write_run)
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import set_max_slice_nums, submodule
 from minicpmv_ft.zero3_leaves import mark_zero3_leaves
@@ -469,9 +470,12 @@ def module_lrs(version, train_args) -> dict:
     return {module: lr for module, lr in lrs.items() if lr is not None}
 
 
-def log_resume(checkpoint: str, max_steps: int):
+def log_resume(checkpoint: str, max_steps: int, length_changes=(), scheduler: str = "linear"):
     step = checkpoint_step(checkpoint)
     logger.info("resuming from %s: %d steps done, training continues at step %d", checkpoint, step, step + 1)
+    if length_changes:
+        logger.info("the run's length changed: %s; the learning-rate schedule (%s) is laid over the new length "
+                    "and continues from step %d of it", "; ".join(length_changes), scheduler, step + 1)
     if 0 < max_steps <= step:
         logger.warning("%s is already at --max_steps %d: nothing is left to train; the final model is saved "
                        "again from it", checkpoint, max_steps)
@@ -510,7 +514,8 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     if resume and train_args.deepspeed:
         check_deepspeed_checkpoint(resume)  # DeepSpeed itself unpickles with weights_only=False
     if resume:
-        log_resume(resume, train_args.max_steps)
+        log_resume(resume, train_args.max_steps, length_changes(train_args.output_dir, identity),
+                   getattr(train_args.lr_scheduler_type, "value", train_args.lr_scheduler_type))
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     if train_args.use_lora:

@@ -4,7 +4,9 @@ OUTPUT_DIR/run.json holds the run's identity (the arguments that change the trai
 and a fingerprint of the training data) and whether it finished; every checkpoint's
 completion marker carries the identity's hash. `--resume_from_checkpoint last` takes only
 checkpoints of the current run, and a new run into a folder that holds another one is refused
-unless --overwrite_output_dir. While a run runs, its first process holds a lock on the folder.
+unless --overwrite_output_dir. A resume may lengthen (or shorten) the run: --num_train_epochs and
+--max_steps are recorded but not part of what must match. While a run runs, its first process
+holds a lock on the folder.
 """
 from __future__ import annotations
 
@@ -25,8 +27,11 @@ RESULT_ARGUMENTS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
     "tune_vision", "tune_llm", "use_lora", "q_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
     "lora_modules_to_save", "model_name_or_path", "max_slice_nums", "model_max_length", "skip_bad_samples",
-    "keep_earlier_reasoning", "vision_lr", "resampler_lr",
+    "keep_earlier_reasoning", "vision_lr", "resampler_lr", "packing", "video_fps", "video_max_frames",
+    "video_max_group", "video_max_slice_nums",
 )
+# How long the run trains: a resume may change them (training longer), the rest must match.
+SCHEDULE_LENGTH = ("num_train_epochs", "max_steps")
 
 
 def file_fingerprint(path: str) -> str:
@@ -51,7 +56,9 @@ def run_identity(*argument_sets) -> dict:
 
 
 def identity_hash(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    """The hash every checkpoint of the run carries: of the identity less its length."""
+    fixed = {key: value for key, value in identity.items() if key not in SCHEDULE_LENGTH}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_run(output_dir: str) -> dict | None:
@@ -69,9 +76,19 @@ def write_run(output_dir: str, identity: dict, finished: bool):
         json.dump(record, handle, indent=1)
 
 
-def differences(recorded: dict, identity: dict) -> list[str]:
-    return [f"{key} {recorded.get(key)!r} (now {identity.get(key)!r})" for key in sorted(set(recorded) | set(identity))
+def differences(recorded: dict, identity: dict, keys=None) -> list[str]:
+    """'name recorded (now new)' for each argument that differs (of `keys`; default: all but the
+    run's length)."""
+    if keys is None:
+        keys = sorted((set(recorded) | set(identity)) - set(SCHEDULE_LENGTH))
+    return [f"{key} {recorded.get(key)!r} (now {identity.get(key)!r})" for key in keys
             if recorded.get(key) != identity.get(key)]
+
+
+def length_changes(output_dir: str, identity: dict) -> list[str]:
+    """How the recorded run's length (epochs, steps) differs from this one's."""
+    recorded = read_run(output_dir)
+    return differences(recorded["identity"], identity, SCHEDULE_LENGTH) if recorded else []
 
 
 def check_new_run(output_dir: str, identity: dict, resuming: bool, overwrite: bool):

@@ -571,6 +571,30 @@ def test_resume_never_continues_another_run_in_the_same_folder(tiny_model_dir, s
         finetune.train(base + flags + ["--max_steps", "3", "--learning_rate", "1e-3", "--resume_from_checkpoint", "last"])
 
 
+def test_a_finished_run_trains_longer_when_resumed_with_more_steps_or_epochs(tiny_model_dir, sample_data, tmp_path,
+                                                                           caplog):
+    """Issue 18.7: raising --max_steps or --num_train_epochs on a resume was refused as "a run
+    with other settings"; another learning rate still is."""
+    base = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+            "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(tmp_path), "--use_cpu", "true",
+            "--report_to", "none", "--max_slice_nums", "1", "--disable_tqdm", "true", "--learning_rate", "1e-3",
+            "--per_device_train_batch_size", "2", "--logging_steps", "1", "--lr_scheduler_type", "cosine"]
+    finetune.train(base + ["--max_steps", "2"])
+    caplog.set_level(logging.INFO)
+    longer = finetune.train(base + ["--max_steps", "4", "--resume_from_checkpoint", "last"])
+    assert f"resuming from {tmp_path / 'checkpoint-2'}: 2 steps done, training continues at step 3" in caplog.text
+    assert ("the run's length changed: max_steps 2 (now 4); the learning-rate schedule (cosine) is laid over the new "
+            "length and continues from step 3 of it") in caplog.text
+    assert longer.state.global_step == 4 and json.loads((tmp_path / "run.json").read_text())["finished"]
+    assert [e["step"] for e in longer.state.log_history if "loss" in e] == [1, 2, 3, 4]
+    # by epochs: 14 samples, batches of 2 -> 7 steps an epoch
+    epochs = finetune.train(base + ["--num_train_epochs", "1", "--resume_from_checkpoint", "last", "--max_steps", "-1"])
+    assert epochs.state.global_step == 7
+    with pytest.raises(ValueError, match=r"holds a run with other settings: learning_rate 0.001 \(now 0.002\)"):
+        finetune.train([a if a != "1e-3" else "2e-3" for a in base] + ["--max_steps", "8", "--resume_from_checkpoint",
+                                                                      "last"])
+
+
 def test_second_run_into_a_busy_output_dir_stops_naming_the_first(tiny_model_dir, sample_data, tmp_path):
     """Issue 8.14: two runs into one folder at once both "succeeded" (the last writer won)."""
     import os
