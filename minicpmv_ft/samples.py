@@ -157,21 +157,26 @@ def _refuse_single_object(text: str, path: str):
 
 GROUNDING = re.compile(r"<(box|point)>(.*?)</\1>", re.DOTALL)
 COORDINATES = {"box": 4, "point": 2}
+ASCII_INTEGER = re.compile(r"[0-9]+")  # str.isdigit() also takes superscripts and full-width digits
+GROUNDING_TAG = re.compile(r"</?(box|point)>")
 
 
 def grounding_problem(text: str) -> str | None:
-    """What is wrong with the first bad box or point of `text`: integers 0-1000 relative to the
-    image, x1 <= x2 and y1 <= y2 for a box."""
+    """What is wrong with the first bad box or point of `text`: integers 0-1000 (ASCII digits)
+    relative to the image, x1 <= x2 and y1 <= y2 for a box, every tag closed."""
     for match in GROUNDING.finditer(text):
         kind, body = match.group(1), match.group(2)
         values = body.split()
-        if len(values) != COORDINATES[kind] or not all(v.isdigit() for v in values):
-            return f"{match.group(0)}: a {kind} needs {COORDINATES[kind]} integers 0-1000 separated by spaces"
+        if len(values) != COORDINATES[kind] or not all(ASCII_INTEGER.fullmatch(v) for v in values):
+            return f"{match.group(0)}: a {kind} needs {COORDINATES[kind]} integers 0-1000 (digits 0-9) separated by spaces"
         numbers = [int(v) for v in values]
         if max(numbers) > 1000:
             return f"{match.group(0)}: coordinates are 0-1000 (relative to the image), got {max(numbers)}"
         if kind == "box" and (numbers[0] > numbers[2] or numbers[1] > numbers[3]):
             return f"{match.group(0)}: a box is x1 y1 x2 y2 with x1 <= x2 and y1 <= y2"
+    stray = GROUNDING_TAG.search(GROUNDING.sub("", text))
+    if stray:
+        return f"{stray.group(0)} without its {'opening' if stray.group(0)[1] == '/' else 'closing'} tag"
     return None
 
 

@@ -261,8 +261,14 @@ def test_every_sample_dropped_is_an_error_not_an_empty_dataset(tiny, tmp_path):
     ("<ref>cat</ref><box>300 20 10 400</box>", "turn 1 (assistant): <box>300 20 10 400</box>: a box is x1 y1 x2 y2 "
                                                "with x1 <= x2 and y1 <= y2"),
     ("<ref>cat</ref><box>10 20 1300 400</box>", "coordinates are 0-1000 (relative to the image), got 1300"),
-    ("<box>10 20 30</box>", "<box>10 20 30</box>: a box needs 4 integers 0-1000 separated by spaces"),
+    ("<box>10 20 30</box>", "<box>10 20 30</box>: a box needs 4 integers 0-1000 (digits 0-9) separated by spaces"),
     ("<point>0.5 0.2</point>", "a point needs 2 integers 0-1000"),
+    # issue 18.17: a superscript passed isdigit() and crashed int() without file or sample; the
+    # others passed
+    ("<box>1 2 3 4\u00b2</box>", "turn 1 (assistant): <box>1 2 3 4\u00b2</box>: a box needs 4 integers"),
+    ("<box>\uff11 2 3 4</box>", "a box needs 4 integers 0-1000 (digits 0-9)"),
+    ("<ref>cat</ref><box>1 2 3 4", "<box> without its closing tag"),
+    ("<ref>cat</ref>1 2 3 4</point>", "</point> without its opening tag"),
 ])
 def test_bad_boxes_and_points_are_data_errors(tiny, tmp_path, answer, reason):
     bad = {"id": "g", "conversations": conv(("user", "Where is the cat?"), ("assistant", answer))}
