@@ -70,6 +70,8 @@ class ModelArguments:
         path = self.model_name_or_path
         if not looks_like_hub_id(path) and not os.path.isdir(path):
             raise ValueError(f"--model_name_or_path {path}: no such folder (and not a hub id like openbmb/MiniCPM-V-4_5)")
+        if not os.path.isdir(path) and os.path.isdir(path.split("/")[0]):  # "output/modle": a mistyped folder
+            raise ValueError(f"--model_name_or_path {path}: no such folder ({path.split('/')[0]}/ is a folder here)")
 
 
 @dataclass

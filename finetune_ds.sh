@@ -29,9 +29,20 @@ DS_CONFIG=$(from_caller "$DS_CONFIG")
 
 # The project's environment (bash run_tests.sh or demo.sh make it) without activating it by hand;
 # VENV=.venv-4.6 for MiniCPM-V 4.6 (README).
+# A relative VENV is under this repo (or the folder the script was started from), an absolute
+# one where it says; a VENV you set that holds no python stops here rather than fall back.
+CHOSEN_VENV=${VENV:-}
 VENV=${VENV:-.venv}
+case "$VENV" in
+    /*) ;;
+    *) if [ ! -x "$PWD/$VENV/bin/python" ] && [ -x "$CALLER_DIR/$VENV/bin/python" ]; then VENV="$CALLER_DIR/$VENV"; else VENV="$PWD/$VENV"; fi ;;
+esac
 if [ -x "$VENV/bin/python" ]; then
-    PATH="$PWD/$VENV/bin:$PATH"
+    PATH="$VENV/bin:$PATH"
+elif [ -n "$CHOSEN_VENV" ]; then
+    echo "finetune: VENV=$CHOSEN_VENV has no bin/python ($VENV/bin/python); make it with" \
+         "'VENV=$CHOSEN_VENV bash tools/setup_venv.sh' or unset VENV" >&2
+    exit 1
 elif ! python -c 'import transformers, peft' 2>/dev/null; then
     echo "finetune: this python lacks the requirements and there is no .venv here; make it with" \
          "'bash run_tests.sh' (or: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)" >&2

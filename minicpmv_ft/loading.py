@@ -63,8 +63,15 @@ def load_model(path: str, version: ModelVersion, dtype=None, cast: bool = True, 
 def load_tokenizer_and_version(path: str, llm_type: str | None = None):
     """(tokenizer, config, version) of a checkpoint: the one version detection of a run."""
     check_environment(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    except OSError as error:  # transformers' "not a local folder and not a valid model identifier"
+        if os.path.isdir(path):
+            raise
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: no such folder, and no model of that name could be loaded from the hub "
+                         f"({reason}); check the path") from None
     return tokenizer, config, detect_version(config, tokenizer, llm_type)
 
 

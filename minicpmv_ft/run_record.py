@@ -10,10 +10,12 @@ holds a lock on the folder.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -112,6 +114,16 @@ def check_new_run(output_dir: str, identity: dict, resuming: bool, overwrite: bo
 LOCK_FILE = ".run.lock"
 
 
+def raise_unwritable(output_dir: str, error: OSError):
+    """ValueError in one line for an output folder that cannot be written at the start of a run."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(output_dir if os.path.isdir(output_dir) else os.path.dirname(
+            os.path.abspath(output_dir))).free / 2**30
+        raise ValueError(f"--output_dir {output_dir}: no space left on device ({free:.1f} GiB free there); free "
+                         "space or choose another --output_dir") from None
+    raise ValueError(f"--output_dir {output_dir}: cannot write there ({error.strerror or error})") from None
+
+
 @contextmanager
 def output_dir_lock(output_dir: str):
     """Held by the run's first process while it runs: a second run started into the same folder
@@ -120,9 +132,12 @@ def output_dir_lock(output_dir: str):
         yield
         return
     created = not os.path.isdir(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, LOCK_FILE)
-    handle = open(path, "a+")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as error:
+        raise_unwritable(output_dir, error)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -133,10 +148,14 @@ def output_dir_lock(output_dir: str):
             os.rmdir(output_dir)
         raise ValueError(f"--output_dir {output_dir} is in use by a running run ({holder}); wait for it or choose "
                          "another --output_dir") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+    except OSError as error:
+        handle.close()
+        raise_unwritable(output_dir, error)
     try:
         yield
     finally:

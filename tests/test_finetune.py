@@ -169,6 +169,47 @@ def test_bad_flags_fail_before_loading(tmp_path, flags, message):
         finetune.parse_arguments(argv)
 
 
+def test_a_hub_id_that_cannot_be_loaded_is_one_line(tmp_path, capsys, monkeypatch):
+    """Issue 18.18: a mistyped relative path that looks like org/name gave a 178-line traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.json").write_text("[]")
+    with pytest.raises(SystemExit) as stopped:
+        finetune.main(["--model_name_or_path", "nosuch/model", "--data_path", "d.json", "--output_dir", "out",
+                       "--use_cpu", "true"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("finetune: nosuch/model: no such folder, and no model of that name could be loaded "
+                               "from the hub (")
+    (tmp_path / "output").mkdir()
+    with pytest.raises(ValueError, match=r"^--model_name_or_path output/modle: no such folder \(output/ is a folder "
+                                         r"here\)$"):
+        finetune.parse_arguments(["--model_name_or_path", "output/modle", "--data_path", "d.json", "--output_dir",
+                                  "out", "--use_cpu", "true"])
+
+
+def test_a_full_disk_when_the_run_starts_is_one_line(tmp_path, monkeypatch):
+    """Issue 18.18: the lock file's write on a full disk gave a traceback."""
+    import errno
+
+    from minicpmv_ft import run_record
+
+    class FullDisk:
+        def __init__(self, *args):
+            self.handle = open(*args)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_record, "open", FullDisk, raising=False)
+    with pytest.raises(ValueError, match=rf"^--output_dir {tmp_path / 'out'}: no space left on device \(.* GiB free "
+                                         r"there\); free space or choose another --output_dir$"):
+        with run_record.output_dir_lock(str(tmp_path / "out")):
+            pass
+
+
 def test_output_dir_under_a_file_fails_before_loading(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(ValueError, match=r"--output_dir .*file.txt/out: .*file.txt is not a writable folder"):

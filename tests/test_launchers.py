@@ -30,6 +30,14 @@ def test_missing_data_fails_before_launch(tmp_path):
     assert f"finetune: DATA={tmp_path / 'none.json'} does not exist" in result.stderr
 
 
+def test_venv_given_as_an_absolute_path_is_used_and_a_missing_one_refused(tmp_path):
+    """Issue 18.18: VENV=/abs/path became $PWD//abs/path and fell back to the system python."""
+    missing = launch("finetune_ds.sh", {"VENV": str(tmp_path / "none"), "DATA": str(tmp_path / "none.json")})
+    assert missing.returncode == 1 and missing.stderr.startswith(f"finetune: VENV={tmp_path / 'none'} has no bin/python")
+    real = launch("finetune_ds.sh", {"VENV": sys.prefix, "DATA": str(tmp_path / "none.json")})
+    assert real.returncode == 1 and "DATA=" in real.stderr and "VENV" not in real.stderr
+
+
 def test_relative_paths_are_taken_from_the_callers_folder(tiny_model_dir, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")],
                    check=True)
