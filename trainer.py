@@ -191,10 +191,17 @@ class MiniCPMVTrainer(Trainer):
         return optimizer
 
     def log(self, logs, *args, **kwargs):
+        """Adds each module's own rate at the step `learning_rate` was logged for. The groups'
+        current "lr" is already the next step's (the scheduler stepped after the Trainer took
+        `learning_rate`); every group follows the same schedule, so the module's rate is the
+        logged one times the ratio of the groups' base rates."""
         if self.module_lrs and "learning_rate" in logs and self.optimizer is not None:
-            for group in self.optimizer.param_groups:
+            groups = self.optimizer.param_groups
+            base = next(group for group in groups if "module" not in group)
+            for group in groups:
                 if "module" in group:
-                    logs[f"learning_rate_{group['module']}"] = group["lr"]
+                    ratio = group.get("initial_lr", group["lr"]) / base.get("initial_lr", base["lr"])
+                    logs[f"learning_rate_{group['module']}"] = logs["learning_rate"] * ratio
         super().log(logs, *args, **kwargs)
 
     def _align_special_tokens(self):

@@ -161,6 +161,9 @@ class Encoding:
 GROUNDING_TOKENS = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", "<point>", "</point>")
 
 
+THINK_OPEN = "<think>"  # a thinking model's reasoning block, in an answer written as text
+
+
 class ChatEncoder:
     """Encodes turns for one tokenizer and version."""
 
@@ -203,9 +206,11 @@ class ChatEncoder:
             if turn.role == "assistant" and self.format.thinking and turn.reasoning is None:
                 reasoning, answer = self.format.split_reasoning("".join(turn.parts))
                 turn = Turn(turn.role, [answer], turn.index, reasoning)
-            elif turn.reasoning is not None and not self.format.thinking:
-                raise ValueError(f"turn {turn.index} has reasoning_content, but MiniCPM-V {self.version.name} has "
-                                 "no thinking mode; put the text in the answer or drop it")
+            elif not self.format.thinking and (turn.reasoning is not None or THINK_OPEN in "".join(
+                    part for part in turn.parts if isinstance(part, str))):
+                what = "reasoning_content" if turn.reasoning is not None else f"a {THINK_OPEN} block"
+                raise ValueError(f"turn {turn.index} has {what}, but MiniCPM-V {self.version.name} has no thinking "
+                                 "mode; put the text in the answer or drop it")
             prepared.append(turn)
         return prepared
 

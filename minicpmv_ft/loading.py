@@ -112,7 +112,15 @@ def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merg
         trained = adapter_max_slice_nums(model_dir)
         if trained is not None and (merge or not version.chat_takes_max_slice_nums):
             set_max_slice_nums(model.config, version, trained)
-        model = PeftModel.from_pretrained(model, model_dir)
+        try:
+            model = PeftModel.from_pretrained(model, model_dir)
+        except RuntimeError as error:  # torch's "Error(s) in loading state_dict ... size mismatch for ..."
+            if "size mismatch" not in str(error):
+                raise
+            mismatch = next(line.strip() for line in str(error).splitlines() if "size mismatch" in line)
+            raise AdapterBaseError(f"the adapter in {model_dir} does not fit the base model {base_path} "
+                                   f"(MiniCPM-V {version.name}): {mismatch}; pass the model it was trained on "
+                                   "with --base") from None
         if merge:
             model = model.merge_and_unload()
     return tokenizer, model.eval(), version, base_path

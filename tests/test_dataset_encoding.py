@@ -242,6 +242,10 @@ def test_reasoning_on_a_model_without_thinking_is_an_error(tiny, version):
     tok, model = tiny(version)
     with pytest.raises(DataError, match=rf"turn 1 has reasoning_content, but MiniCPM-V {version} has no thinking mode"):
         SupervisedDataset([sample], tok, model.config)
+    # issue 18.19: the same reasoning written as a think block trained as literal text
+    sample["conversations"][1] = {"role": "assistant", "content": "<think>\nwhy\n</think>\n\nA"}
+    with pytest.raises(DataError, match=rf"turn 1 has a <think> block, but MiniCPM-V {version} has no thinking mode"):
+        SupervisedDataset([sample], tok, model.config)
 
 
 # ---- files and options -----------------------------------------------------------------------

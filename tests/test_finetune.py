@@ -423,6 +423,14 @@ def test_vision_and_resampler_learning_rates_have_their_own_param_groups(tiny_mo
     assert sorted(group["lr"] for group in state["param_groups"]) == sorted(
         group["lr"] for group in trainer.optimizer.param_groups)
     assert {group.get("module") for group in state["param_groups"]} == {None, "vpm", "resampler"}
+    # issue 18.19: with a decaying schedule the module rates were logged one step ahead
+    cosine = finetune.train(["cosine" if a == "constant" else a.replace(str(tmp_path), str(tmp_path / "cos"))
+                             for a in args])
+    logged = [e for e in cosine.state.log_history if "loss" in e]
+    assert len(logged) == 2 and logged[0]["learning_rate"] > logged[1]["learning_rate"] > 0
+    for entry in logged:
+        assert entry["learning_rate_vpm"] == pytest.approx(entry["learning_rate"] / 10, rel=1e-9)
+        assert entry["learning_rate_resampler"] == pytest.approx(entry["learning_rate"] / 5, rel=1e-9)
 
 
 def test_per_module_rates_refuse_a_deepspeed_optimizer_block(tmp_path):

@@ -125,6 +125,19 @@ def test_adapter_whose_base_moved_says_how_to_pass_base(adapters, tmp_path, caps
         shutil.move(str(moved), base)
 
 
+def test_adapter_over_another_base_says_so(adapters, tiny_model_dir, capsys):
+    """Issue 18.19: a 2.6 adapter over a 2.5 base stopped in PEFT with a size-mismatch traceback."""
+    _, adapter, _ = adapters("2.6")
+    other = tiny_model_dir("2.5")
+    with pytest.raises(AdapterBaseError, match=rf"the adapter in {adapter} does not fit the base model {other} "
+                                               r"\(MiniCPM-V 2.5\): size mismatch for .*; pass the model it was trained "
+                                               "on with --base"):
+        load_for_inference(str(adapter), base=str(other))
+    with pytest.raises(SystemExit):
+        merge_lora.main(["--adapter", str(adapter), "--base", str(other), "--out", str(adapter.parent / "m")])
+    assert "does not fit the base model" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("version,expected", [
     ("2.0", ("IMG", [{"role": "user", "content": "Q"}], None, "TOK")),
     ("2.5", ("IMG", [{"role": "user", "content": "Q"}], "TOK")),
