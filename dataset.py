@@ -67,6 +67,8 @@ class SupervisedDataset(Dataset):
         self.lengths = [min(report.tokens, self.encoder.model_max_length) for report in self.reports if report.usable]
         self.dropped = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "dropped"]
         self.failed = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "failed"]
+        self.skip_bad_samples = skip_bad_samples
+        self.failed_in_training = set()  # served indices whose media failed while training (this process)
         if self.failed and not skip_bad_samples:
             index, sample_id, reason = self.failed[0]
             more = f" (and {len(self.failed) - 1} more failing samples: run check_data.py for all of them)" \
@@ -105,7 +107,29 @@ class SupervisedDataset(Dataset):
         return self.encoder.parse(self.records[self.kept[i]], self.kept[i], self.source, self.folder)
 
     def __getitem__(self, i):
-        return self.encoder.item(self.sample(i))
+        """The i-th item; with --skip_bad_samples one whose media fail only now (a video cut short
+        inside an intact container, which the default check does not decode) is counted and the
+        next readable sample is served in its place."""
+        if not self.skip_bad_samples:
+            return self.encoder.item(self.sample(i))
+        for j in ((i + k) % len(self) for k in range(len(self))):
+            item = self.usable_item(j)
+            if item is not None:
+                return item
+        raise DataError(self.source, None, None, "no sample could be read while training")
+
+    def usable_item(self, j):
+        """The j-th item, or None after it failed (--skip_bad_samples: logged once per process with
+        the count so far)."""
+        if j in self.failed_in_training:
+            return None
+        try:
+            return self.encoder.item(self.sample(j))
+        except DataError as error:
+            self.failed_in_training.add(j)
+            logger.warning("%s; failed while training, skipped (--skip_bad_samples): %d such samples so far in "
+                           "this process", error, len(self.failed_in_training))
+            return None
 
 
 def make_encoder(tokenizer, config, version, max_slice_nums=None, model_max_length=2048, keep_earlier_reasoning=False,

@@ -96,7 +96,11 @@ class PackedDataset(Dataset):
 
     def __getitem__(self, i):
         pack = getattr(self.dataset, "pack_items", pack_items)  # the dataset's item format
-        return pack([self.dataset[j] for j in self.packs[i]])
+        if not getattr(self.dataset, "skip_bad_samples", False):
+            return pack([self.dataset[j] for j in self.packs[i]])
+        # --skip_bad_samples: a sample that fails now leaves the pack (counted by the dataset)
+        items = [item for item in map(self.dataset.usable_item, self.packs[i]) if item is not None]
+        return pack(items or [self.dataset[self.packs[i][0]]])
 
 
 def packed_collator(examples: list[dict]) -> dict:

@@ -112,11 +112,12 @@ def image_file(tmp_path):
     return write
 
 
-def make_video(path, frames, fps=10, size=(64, 48)):
-    """An MPEG-4 video whose frame k is a flat grey of value (10 * k) % 256, written with PyAV."""
+def make_video(path, frames, fps=10, size=(64, 48), faststart=False):
+    """An MPEG-4 video whose frame k is a flat grey of value (10 * k) % 256, written with PyAV
+    (faststart: its index before the frames, so a copy cut short keeps an intact container)."""
     import av
 
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         for k in range(frames):

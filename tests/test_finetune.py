@@ -521,6 +521,33 @@ def test_a_tiny_video_set_is_memorised(tiny_model_dir, tmp_path, caplog, version
     assert ("each micro-batch goes to the model as one row" in caplog.text) == (version == "4.5")
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_video_that_fails_while_training_is_skipped_and_counted(tiny_model_dir, tmp_path, caplog, packing):
+    """Issue 18.13: a video cut short inside an intact container passes the default check and
+    stopped training at its step even with --skip_bad_samples true."""
+    from conftest import make_video
+
+    for name in ("a", "b", "cut"):
+        make_video(tmp_path / f"{name}.mp4", frames=40, fps=10, size=(48, 32), faststart=True)
+    whole = (tmp_path / "cut.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    records = [{"id": name, "video": f"{name}.mp4", "conversations": [
+        {"role": "user", "content": "<video>\nWhat happens?"}, {"role": "assistant", "content": "It changes."}]}
+        for name in ("a", "cut", "b")]
+    (tmp_path / "videos.json").write_text(json.dumps(records))
+    caplog.set_level(logging.INFO)
+    trainer = finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path",
+                              str(tmp_path / "videos.json"), "--skip_bad_samples", "true", "--max_steps", "3",
+                              "--dataloader_num_workers", "0"] + cpu_flags(tmp_path / "out", 1, 1e-3)
+                             + ["--per_device_train_batch_size", "1"] + ["--packing", "true"] * packing)
+    assert trainer.state.global_step == 3
+    failed = [r.getMessage() for r in caplog.records if "failed while training" in r.getMessage()]
+    assert failed and "sample 1 (id 'cut')" in failed[0] and "cut.mp4" in failed[0]
+    assert failed[0].endswith("failed while training, skipped (--skip_bad_samples): 1 such samples so far in this "
+                              "process")
+    assert len(failed) == 1  # known bad afterwards: not decoded (nor logged) again
+
+
 @pytest.mark.parametrize("version,stage,world,refused", [
     ("4.5", 3, 2, True), ("4.5", 2, 2, False), ("4.5", 3, 1, False), ("2.6", 3, 2, False)])
 def test_grouped_video_with_zero3_on_several_processes_is_refused(tiny, tmp_path, version, stage, world, refused):
