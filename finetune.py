@@ -453,13 +453,15 @@ def train(argv=None, callbacks=None):
         return run_training(model_args, data_args, train_args, callbacks)
 
 
-def batching(train_set, data_args, train_args):
+def batching(train_set, data_args, train_args, eval_set=None):
     """(what the Trainer samples from, the collator): packs of samples laid end to end in one row
-    with --packing, else the samples, right-padded per micro-batch."""
+    with --packing, else the samples, right-padded per micro-batch. The Trainer collates eval
+    batches with the same collator, so grouped videos in either set decide the one-row batches."""
     if train_args.packing:
         return PackedDataset(train_set, data_args.model_max_length), train_set.packed_collator
     if train_set.version.vision_split_by_frames and any(
-            video["groups"] < video["frames"] for report in train_set.reports for video in report.videos):
+            video["groups"] < video["frames"] for ds in (train_set, eval_set) if ds is not None
+            for report in ds.reports for video in report.videos):
         logger.info("grouped video frames (MiniCPM-V %s): each micro-batch goes to the model as one row, samples "
                     "kept apart as with --packing (its remote code would give a later sample of a batch another "
                     "sample's video features, or none)", train_set.version.name)
@@ -489,22 +491,24 @@ def evaluated_last_step(trainer) -> bool:
 
 
 def train_and_save(trainer, resume, identity, stop_on_signal) -> bool:
-    """Trains and saves the final model; False when a signal stopped training at a checkpoint."""
+    """Trains and saves the final model, then runs the final evaluation (a failure there keeps
+    the saved model); False when a signal stopped training at a checkpoint."""
     trainer.train(resume_from_checkpoint=resume)
-    if trainer.eval_dataset is not None and stop_on_signal.stopped_at is None and not evaluated_last_step(trainer):
-        trainer.evaluate()  # a run shorter than --eval_steps (or with --eval_strategy no) still ends with one
+    finished = stop_on_signal.stopped_at is None
+    if finished:
+        trainer.save_model(trainer.args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
+        if trainer.args.should_save:
+            write_run(trainer.args.output_dir, identity, finished=True)
+        if trainer.eval_dataset is not None and not evaluated_last_step(trainer):
+            trainer.evaluate()  # a run shorter than --eval_steps (or with --eval_strategy no) still ends with one
     trainer.save_state()
     if trainer.args.should_save and plot_loss(trainer.state.log_history,
                                               os.path.join(trainer.args.output_dir, PLOT_FILE)):
         logger.info("loss curves: %s", os.path.join(trainer.args.output_dir, PLOT_FILE))
-    if stop_on_signal.stopped_at is not None:
+    if not finished:
         logger.warning("interrupted by signal %d: checkpoint-%d is the last complete checkpoint; continue with "
                        "--resume_from_checkpoint last", stop_on_signal.received, stop_on_signal.stopped_at)
-        return False
-    trainer.save_model(trainer.args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively
-    if trainer.args.should_save:
-        write_run(trainer.args.output_dir, identity, finished=True)
-    return True
+    return finished
 
 
 def run_training(model_args, data_args, train_args, callbacks=None):
@@ -540,7 +544,7 @@ def run_training(model_args, data_args, train_args, callbacks=None):
         mark_zero3_leaves(model, version)
     log_settings(model, version, train_set, eval_set, data_args, train_args)
     stop_on_signal = StopOnSignal()
-    served, collator = batching(train_set, data_args, train_args)
+    served, collator = batching(train_set, data_args, train_args, eval_set)
     trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=served, eval_dataset=eval_set,
                               data_collator=collator, processing_class=tokenizer,
                               version=version,

@@ -521,6 +521,47 @@ def test_a_tiny_video_set_is_memorised(tiny_model_dir, tmp_path, caplog, version
     assert ("each micro-batch goes to the model as one row" in caplog.text) == (version == "4.5")
 
 
+def test_grouped_videos_in_the_eval_set_only_are_batched_as_in_training(tiny_model_dir, sample_data, tmp_path,
+                                                                        caplog):
+    """Issue 18.11: the one-row batching was chosen from the training set only: two grouped 4.5
+    videos in one eval batch crashed after training (the trained model lost), and a grouped
+    video beside an image gave an eval_loss that depended on their order."""
+    from conftest import make_video
+
+    for k in range(2):
+        make_video(tmp_path / f"v{k}.mp4", frames=25 + 10 * k, fps=10, size=(48, 32))
+    image = json.loads((sample_data / "train.json").read_text())[0]
+    image["image"] = str(sample_data / image["image"])
+    videos = [{"video": f"v{k}.mp4", "conversations": [{"role": "user", "content": "<video>\nWhat happens?"},
+                                                       {"role": "assistant", "content": "It changes."}]} for k in range(2)]
+    losses = []
+    for name, order in (("forward", videos + [image]), ("reversed", [image] + videos[::-1])):
+        (tmp_path / f"{name}.json").write_text(json.dumps(order))
+        caplog.clear()
+        caplog.set_level(logging.INFO)
+        trainer = finetune.train(["--model_name_or_path", str(tiny_model_dir("4.5")), "--data_path",
+                                  str(sample_data / "train.json"), "--eval_data_path", str(tmp_path / f"{name}.json"),
+                                  "--max_steps", "1", "--video_max_frames", "4", "--per_device_eval_batch_size", "2"]
+                                 + cpu_flags(tmp_path / name, 1, 1e-3))
+        assert (tmp_path / name / "model.safetensors").is_file()
+        assert "each micro-batch goes to the model as one row" in caplog.text
+        losses.append([e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][-1])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_a_failing_final_evaluation_keeps_the_trained_model(tiny_model_dir, sample_data, tmp_path, monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("Expected index [256, 128] to be smaller than self [64, 128]")
+
+    monkeypatch.setattr(finetune.MiniCPMVTrainer, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="Expected index"):
+        finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+                        "--eval_data_path", str(sample_data / "eval.json"), "--max_steps", "1"]
+                       + cpu_flags(tmp_path, 1, 1e-3))
+    assert (tmp_path / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run.json").read_text())["finished"] is True
+
+
 @pytest.mark.parametrize("packing", [False, True])
 def test_a_video_that_fails_while_training_is_skipped_and_counted(tiny_model_dir, tmp_path, caplog, packing):
     """Issue 18.13: a video cut short inside an intact container passes the default check and
