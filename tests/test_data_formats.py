@@ -166,6 +166,32 @@ def test_convert_csv_and_a_folder_of_captioned_images(tiny, tmp_path, images):
     assert len(SupervisedDataset(str(tmp_path / "captions.json"), tok, model.config)) == 1
 
 
+def test_convert_rebases_videos_and_reports_what_it_cannot_convert(tmp_path):
+    """Issue 18.15: video paths kept pointing next to the output; non-objects, foreign encodings,
+    a missing input or output folder gave tracebacks; unrecognised records passed as converted."""
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    records = [sharegpt(("user", "<video>\nWhat happens?"), ("assistant", "It moves."), video="clip.mp4"),
+               ["not", "an", "object"], {"question": "Q", "answer": "A"}]
+    (tmp_path / "in.json").write_text(json.dumps(records))
+    done = convert("--from", "sharegpt", tmp_path / "in.json", "--out", tmp_path / "new" / "out.json")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads((tmp_path / "new" / "out.json").read_text())[0]["video"] == "../clip.mp4"
+    assert f"{tmp_path / 'in.json'}, record 1: a record must be a JSON object, got list" in done.stderr
+    assert f"{tmp_path / 'in.json'}, record 2: not a sharegpt record (its keys: question, answer)" in done.stderr
+    assert "wrote 1 samples" in done.stdout and "2 not converted" in done.stdout
+    (tmp_path / "latin.csv").write_bytes("question,answer\nQu'est-ce?,Caf\xe9.\n".encode("latin-1"))
+    (tmp_path / "pics").mkdir()
+    make_image(tmp_path / "pics" / "a.png", (8, 8))
+    (tmp_path / "pics" / "a.txt").write_bytes("Caf\xe9".encode("latin-1"))
+    for argv, line in (
+            (("csv", tmp_path / "latin.csv"), f"convert_data: {tmp_path / 'latin.csv'}: not UTF-8 text (byte 0xe9"),
+            (("folder", tmp_path / "pics"), f"NOT CONVERTED {tmp_path / 'pics'}, record 0: {tmp_path / 'pics' / 'a.txt'}: "
+                                            "not UTF-8 text"),
+            (("csv", tmp_path / "none.csv"), f"convert_data: {tmp_path / 'none.csv'}: no such file")):
+        done = convert("--from", argv[0], argv[1], "--out", tmp_path / "o.json")
+        assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.startswith(line), done.stderr
+
+
 def test_videos_in_sharegpt_and_messages_data_equal_ours(tiny, tmp_path):
     from conftest import make_video
 

@@ -8,8 +8,8 @@
 
 ShareGPT/LLaVA and "messages" files also train directly (finetune.py reads them); converting
 them is for a file in one format. A folder holds images, each with its caption in a .txt file
-of the same name. Image paths in the output are relative to the output file's folder (relative
-input paths start from the input's folder, or --image_folder). Every record that could not be
+of the same name. Image and video paths in the output are relative to the output file's folder
+(relative input paths start from the input's folder, or --image_folder), which is made if missing. Every record that could not be
 converted is reported with its index and reason; the exit code is 1 when none could be.
 Check the result with check_data.py.
 """
@@ -32,24 +32,31 @@ DEFAULT_QUESTION = "Describe the image."
 
 
 def from_conversations(path: str, data_format: str, image_folder: str | None):
-    """(native records with absolute image paths, [(index, reason)])."""
+    """(native records with absolute image and video paths, [(index, reason)])."""
     records, _, folder = load_records(path, image_folder, data_format)
     converted, problems = [], []
     for index, record in enumerate(records):
         if isinstance(record, Unconvertible):
             problems.append((index, record.reason))
-            continue
-        image = record.get("image")
-        if isinstance(image, str):
-            record["image"] = absolute(image, folder)
-        elif isinstance(image, dict):
-            record["image"] = {marker: absolute(p, folder) for marker, p in image.items()}
-        converted.append(record)
+        elif not isinstance(record, dict):
+            problems.append((index, f"a record must be a JSON object, got {type(record).__name__}"))
+        elif not isinstance(record.get("conversations"), list):  # no format recognised it
+            problems.append((index, f"not a {data_format} record (its keys: {', '.join(map(str, record)) or 'none'})"))
+        else:
+            converted.append(with_paths(record, lambda media: absolute(media, folder)))
     return converted, problems
 
 
 def from_table(path: str, delimiter: str, image_folder: str | None):
     folder = image_folder or os.path.dirname(os.path.abspath(path))
+    try:
+        return read_table(path, delimiter, folder)
+    except UnicodeDecodeError as error:
+        raise SystemExit(f"convert_data: {path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                         f"{error.start}); save it as UTF-8") from None
+
+
+def read_table(path: str, delimiter: str, folder: str):
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         missing = {"question", "answer"} - set(reader.fieldnames or [])
@@ -73,7 +80,11 @@ def from_folder(path: str, question: str):
     images = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     for index, image in enumerate(images):
         caption_file = image.with_suffix(".txt")
-        caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
+        try:
+            caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
+        except UnicodeDecodeError as error:
+            problems.append((index, f"{caption_file}: not UTF-8 text (byte offset {error.start}); save it as UTF-8"))
+            continue
         if not caption:
             problems.append((index, f"{image}: no caption ({caption_file.name} is missing or empty)"))
             continue
@@ -91,19 +102,24 @@ def qa_record(sample_id, image: str | None, question: str, answer: str) -> dict:
     return record
 
 
-def absolute(image: str, folder: str) -> str:
-    return image if os.path.isabs(image) else os.path.abspath(os.path.join(folder, image))
+def absolute(media: str, folder: str) -> str:
+    return media if os.path.isabs(media) else os.path.abspath(os.path.join(folder, media))
+
+
+def with_paths(record: dict, change) -> dict:
+    """The record with `change` applied to each image and video path (a path, or marker -> path)."""
+    for key in ("image", "video"):
+        value = record.get(key)
+        if isinstance(value, str):
+            record[key] = change(value)
+        elif isinstance(value, dict):
+            record[key] = {marker: change(path) for marker, path in value.items()}
+    return record
 
 
 def relative_to(records: list, out_folder: str) -> list:
-    """Image paths relative to the output file's folder, so data and images move together."""
-    for record in records:
-        image = record.get("image")
-        if isinstance(image, str):
-            record["image"] = os.path.relpath(image, out_folder)
-        elif isinstance(image, dict):
-            record["image"] = {marker: os.path.relpath(p, out_folder) for marker, p in image.items()}
-    return records
+    """Image and video paths relative to the output file's folder, so data and media move together."""
+    return [with_paths(record, lambda media: os.path.relpath(media, out_folder)) for record in records]
 
 
 def write(records: list, out: str):
@@ -123,6 +139,11 @@ def main(argv=None) -> int:
     parser.add_argument("--image_folder", default=None, help="where relative image paths of the input start")
     parser.add_argument("--question", default=DEFAULT_QUESTION, help="--from folder: the question for every image")
     args = parser.parse_args(argv)
+    wanted = os.path.isdir if args.source_format == "folder" else os.path.isfile
+    if not wanted(args.input):
+        print(f"convert_data: {args.input}: no such {'folder' if args.source_format == 'folder' else 'file'}",
+              file=sys.stderr)
+        return 1
     try:
         if args.source_format in ("sharegpt", "messages"):
             records, problems = from_conversations(args.input, args.source_format, args.image_folder)
@@ -140,7 +161,9 @@ def main(argv=None) -> int:
     if not records:
         print(f"convert_data: nothing converted from {args.input}", file=sys.stderr)
         return 1
-    write(relative_to(records, os.path.dirname(os.path.abspath(args.out))), args.out)
+    out_folder = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_folder, exist_ok=True)
+    write(relative_to(records, out_folder), args.out)
     print(f"wrote {len(records)} samples to {args.out}; {len(problems)} not converted. "
           f"Check it with: python check_data.py --model_name_or_path MODEL --data_path {args.out}")
     return 0
