@@ -30,6 +30,7 @@ from minicpmv_ft.processor_encoding import (ProcessorSampleEncoder, native_colla
                                             native_packed_collator)
 from minicpmv_ft.samples import DataError, Sample, load_records
 from minicpmv_ft.versions import detect_version, image_settings
+from minicpmv_ft.view_cache import held_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def make_encoder(tokenizer, config, version, max_slice_nums=None, model_max_leng
 def check_cache_room(folder: str, needed: int):
     """ValueError when the image cache would not fit on its disk (at most `needed` bytes: images
     that several samples share count once per sample)."""
-    held = sum(entry.stat().st_size for sub in os.scandir(folder) if sub.is_dir() for entry in os.scandir(sub.path))
+    held = held_bytes(folder)
     free = shutil.disk_usage(folder).free
     gib = 2 ** 30
     logger.info("image cache %s: views of this data take at most %.1f GiB (%.1f GiB cached already, %.1f GiB free)",

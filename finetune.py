@@ -40,6 +40,7 @@ from minicpmv_ft.run_record import (check_new_run, identity_hash, length_changes
                                    write_run)
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import set_max_slice_nums, submodule
+from minicpmv_ft.view_cache import check_cache_folder
 from minicpmv_ft.zero3_leaves import mark_zero3_leaves
 from trainer import MiniCPMVTrainer
 
@@ -123,6 +124,8 @@ class DataArguments:
                 raise ValueError(f"--{flag} must be positive, got {getattr(self, flag)}")
         if self.max_slice_nums is not None and self.max_slice_nums < 1:
             raise ValueError(f"--max_slice_nums must be >= 1, got {self.max_slice_nums}")
+        if self.image_cache_dir:
+            check_cache_folder(self.image_cache_dir)
         if self.model_max_length < 1:
             raise ValueError(f"--model_max_length must be a positive number of tokens, got {self.model_max_length}")
 

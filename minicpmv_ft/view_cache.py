@@ -2,11 +2,14 @@
 kept on disk as uint8 (in the model's pixel layout), so that epochs after the first skip
 decoding, resizing and rearranging (most of the data path's time).
 
-One file per (image file, its modification time and size, slicing settings): a header with
-the image's size, frame count and view shapes, then the views' RGB bytes. Entries are written
-to a temporary name and renamed, so processes writing the same image at once (DataLoader
-workers, ranks) leave one whole file; an entry that cannot be read is rebuilt. A changed image
-file gets a new key; entries of old versions stay until the folder is deleted.
+One file per (image file, its modification time, change time, inode and size, slicing
+settings): a header with the image's size, frame count, view shapes and a CRC-32 of the views,
+then the views' RGB bytes. Entries are written to a temporary name and renamed, so processes
+writing the same image at once (DataLoader workers, ranks, runs sharing the folder) leave one
+whole file; an entry that cannot be read, or whose length or checksum disagrees with its header,
+is rebuilt. A changed image file gets a new key (its change time and inode cannot be set back,
+unlike its modification time); entries of old versions stay until the folder is deleted.
+Several runs, with the same or other settings, can share one folder.
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ import logging
 import os
 import struct
 import tempfile
+import zlib
 
 import numpy as np
 
-MAGIC = b"MCPV1\n"  # change when the layout or the way views are made changes
-HEADER = struct.Struct("<IIII")  # width, height, frames, number of views
+MAGIC = b"MCPV2\n"  # change when the layout or the way views are made changes
+HEADER = struct.Struct("<IIIII")  # width, height, frames, number of views, CRC-32 of the views' bytes
 logger = logging.getLogger(__name__)
 
 
@@ -35,8 +39,9 @@ class ViewCache:
 
     def path(self, image_path: str) -> str:
         stat = os.stat(image_path)
-        key = hashlib.sha256(b"|".join([os.path.abspath(image_path).encode(), str(stat.st_mtime_ns).encode(),
-                                        str(stat.st_size).encode(), self.settings_key])).hexdigest()
+        identity = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_size)
+        key = hashlib.sha256(b"|".join([os.path.abspath(image_path).encode(), *(str(n).encode() for n in identity),
+                                        self.settings_key])).hexdigest()
         return os.path.join(self.folder, key[:2], key + ".views")
 
     def get(self, image_path: str):
@@ -50,18 +55,20 @@ class ViewCache:
             return None
         if not data.startswith(MAGIC) or len(data) < len(MAGIC) + HEADER.size:
             return None
-        width, height, frames, count = HEADER.unpack_from(data, len(MAGIC))
+        width, height, frames, count, checksum = HEADER.unpack_from(data, len(MAGIC))
         offset = len(MAGIC) + HEADER.size
+        if len(data) < offset + 8 * count:
+            return None
         shapes = struct.unpack_from(f"<{2 * count}I", data, offset)
         offset += 8 * count
+        if len(data) != offset + 3 * sum(rows * cols for rows, cols in zip(shapes[::2], shapes[1::2])) \
+                or zlib.crc32(memoryview(data)[offset:]) != checksum:
+            return None  # cut short, grown, or damaged: rebuilt
         views = []
         for k in range(count):
             rows, cols = shapes[2 * k], shapes[2 * k + 1]
-            end = offset + rows * cols * 3
-            if end > len(data):
-                return None
             views.append((rows, cols, np.frombuffer(data, np.uint8, rows * cols * 3, offset)))
-            offset = end
+            offset += rows * cols * 3
         return (width, height), frames, views
 
     def put(self, image_path: str, size, frames: int, views: list):
@@ -78,16 +85,55 @@ class ViewCache:
     def _write(self, image_path: str, size, frames: int, views: list):
         target = self.path(image_path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        header = MAGIC + HEADER.pack(size[0], size[1], frames, len(views)) + struct.pack(
+        blobs = [np.ascontiguousarray(pixels, dtype=np.uint8).tobytes() for _, _, pixels in views]
+        checksum = 0
+        for blob in blobs:
+            checksum = zlib.crc32(blob, checksum)
+        header = MAGIC + HEADER.pack(size[0], size[1], frames, len(views), checksum) + struct.pack(
             f"<{2 * len(views)}I", *[n for rows, cols, _ in views for n in (rows, cols)])
         handle, temporary = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write(header)
-                for _, _, pixels in views:
-                    out.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+                out.writelines(blobs)
             os.replace(temporary, target)
         except OSError:
             if os.path.exists(temporary):
                 os.remove(temporary)
             raise
+
+
+def check_cache_folder(folder: str):
+    """ValueError in one line unless `folder` is (or can be made) a folder this process can write."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"--image_cache_dir {folder} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, suffix=".probe")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"--image_cache_dir {folder}: cannot write there ({error.strerror or error}); choose a "
+                         "writable folder, or train without the cache") from None
+
+
+def held_bytes(folder: str) -> int:
+    """Bytes of the cache's entries now; entries another run removes meanwhile (a temporary file
+    renamed into place) are not counted."""
+    held = 0
+    for sub in _entries(folder):
+        if sub.is_dir():
+            for entry in _entries(sub.path):
+                try:
+                    held += entry.stat().st_size
+                except FileNotFoundError:
+                    pass
+    return held
+
+
+def _entries(folder: str) -> list:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []

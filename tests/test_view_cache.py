@@ -105,3 +105,92 @@ def test_a_videos_frames_are_cached_and_read_back_the_same(tiny, tmp_path, monke
         assert_same_items(item, expected)
     held = sum(entry.stat().st_size for entry in (tmp_path / "c").glob("*/*.views"))
     assert 0 < held - cached.reports[0].view_bytes < 1000  # 8 frames' views, plus a header
+
+
+def test_an_image_replaced_with_its_modification_time_restored_is_not_served_stale(tiny, tmp_path):
+    """Issue 18.16: the key was path + mtime + size, so a same-size replacement whose mtime was
+    set back served the old pixels; the change time and inode cannot be set back."""
+    tok, model = tiny("2.6")
+    data = records(tmp_path)[:1]
+    cache = tmp_path / "cache"
+    ds = SupervisedDataset(data, tok, model.config, base_dir=str(tmp_path), image_cache_dir=str(cache))
+    ds[0]
+    before = os.stat(tmp_path / "wide.jpg")
+    make_image(tmp_path / "new.jpg", (1200, 500), seed=9)
+    os.replace(tmp_path / "new.jpg", tmp_path / "wide.jpg")
+    os.utime(tmp_path / "wide.jpg", ns=(before.st_atime_ns, before.st_mtime_ns))
+    if os.stat(tmp_path / "wide.jpg").st_size != before.st_size:  # the same size makes the old key collide
+        (tmp_path / "wide.jpg").write_bytes((tmp_path / "wide.jpg").read_bytes()[:before.st_size].ljust(before.st_size, b"\0"))
+        os.utime(tmp_path / "wide.jpg", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(tmp_path / "wide.jpg").st_mtime_ns == before.st_mtime_ns
+    assert_same_items(ds[0], SupervisedDataset(data, tok, model.config, base_dir=str(tmp_path))[0])
+
+
+def test_an_entry_whose_data_disagrees_with_its_header_is_rebuilt(tiny, tmp_path):
+    tok, model = tiny("2.6")
+    data = records(tmp_path)[:1]
+    cache = tmp_path / "cache"
+    ds = SupervisedDataset(data, tok, model.config, base_dir=str(tmp_path), image_cache_dir=str(cache))
+    want = ds[0]
+    (entry,) = cache.glob("*/*.views")
+    whole = bytearray(entry.read_bytes())
+    whole[-10] ^= 0xFF  # one damaged byte, length intact
+    entry.write_bytes(bytes(whole))
+    assert_same_items(ds[0], want)
+    entry.write_bytes(entry.read_bytes() + b"\0" * 12)  # grown
+    assert_same_items(ds[0], want)
+
+
+def test_cache_folder_problems_are_one_line_before_loading(tmp_path, monkeypatch):
+    import tempfile
+
+    import finetune
+
+    (tmp_path / "file").write_text("x")
+    argv = ["--model_name_or_path", str(tmp_path), "--data_path", "x.json", "--output_dir", str(tmp_path / "o"),
+            "--use_cpu", "true"]
+    with pytest.raises(ValueError, match=rf"^--image_cache_dir {tmp_path / 'file'} is a file, not a folder$"):
+        finetune.parse_arguments(argv + ["--image_cache_dir", str(tmp_path / "file")])
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(ValueError, match=r"--image_cache_dir .*ro: cannot write there \(Permission denied\)"):
+        finetune.parse_arguments(argv + ["--image_cache_dir", str(tmp_path / "ro")])
+
+
+def test_a_cache_entry_removed_by_another_run_while_sizing_is_not_an_error(tmp_path, monkeypatch):
+    from minicpmv_ft import view_cache
+
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "x.views").write_bytes(b"1234")
+    (tmp_path / "ab" / "y.tmp").write_bytes(b"12")
+    entries = view_cache._entries
+
+    def vanishing(folder):
+        found = entries(folder)
+        if folder.endswith("ab"):
+            os.remove(tmp_path / "ab" / "y.tmp")  # another run renamed its temporary file into place
+        return found
+
+    monkeypatch.setattr(view_cache, "_entries", vanishing)
+    assert view_cache.held_bytes(str(tmp_path)) == 4
+
+
+def test_two_runs_share_one_cache_folder(tiny, tmp_path, monkeypatch):
+    """Runs with the same settings reuse each other's entries; other settings add their own."""
+    tok, model = tiny("2.6")
+    data = records(tmp_path)[:1]
+    cache = str(tmp_path / "cache")
+    first = SupervisedDataset(data, tok, model.config, base_dir=str(tmp_path), image_cache_dir=cache)[0]
+    other = SupervisedDataset(data, tok, model.config, base_dir=str(tmp_path), image_cache_dir=cache, max_slice_nums=2)[0]
+    assert len(list((tmp_path / "cache").glob("*/*.views"))) == 2
+    again = [SupervisedDataset(data, tok, model.config, base_dir=str(tmp_path), image_cache_dir=cache, **options)
+             for options in ({}, {"max_slice_nums": 2})]  # the data check reads headers; items come from the cache
+    decoded = []
+    original = encoding.read_image
+    monkeypatch.setattr(encoding, "read_image", lambda s, p, decode: decoded.append(p) or original(s, p, decode))
+    assert_same_items(again[0][0], first)
+    assert_same_items(again[1][0], other)
+    assert decoded == []
