@@ -124,9 +124,12 @@ def format_report(report: dict) -> str:
         lines.append(f"    {low:>6}-{high:<6} {'#' * math.ceil(40 * count / peak):<40} {count}")
     keep = report["model_max_length_to_keep"]
     lines.append(f"  model_max_length that keeps every sample intact: {keep['all']}; 99% of samples: {keep['99%']}")
-    views = ", ".join(f"{n}: {count}" for n, count in report["views_per_image"].items()) or "no images"
-    lines.append(f"  views per image (1 + slices) -> images: {views}")
+    views = ", ".join(f"{n}: {count}" for n, count in report["views_per_image"].items())
     video = report["videos"]
+    if views:
+        lines.append(f"  views per image (1 + slices) -> images: {views}")
+    elif not video:
+        lines.append("  no images or videos")
     if video:
         lines.append(f"  videos {video['count']}: seconds p50 {video['seconds']['p50']} max {video['seconds']['max']}; "
                      f"frames p50 {video['frames']['p50']} max {video['frames']['max']}; placeholders (groups) p50 "

@@ -16,7 +16,8 @@ WORK=${WORK:-demo_output}
 
 python tools/make_tiny_model.py --version "$VERSION" --out "$WORK/tiny-$VERSION"
 python tools/make_sample_data.py --out "$WORK/data"
-python check_data.py --model_name_or_path "$WORK/tiny-$VERSION" --data_path "$WORK/data/train.json" --show 1 --num_workers 2
+python check_data.py --model_name_or_path "$WORK/tiny-$VERSION" --data_path "$WORK/data/train.json" --show 1 --num_workers 2 \
+    --max_slice_nums 2
 
 # CPU settings for the launchers: one process, no DeepSpeed, fp32.
 export MODEL="$WORK/tiny-$VERSION" DATA="$WORK/data/train.json" EVAL_DATA="$WORK/data/eval.json"

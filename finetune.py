@@ -411,9 +411,11 @@ def log_settings(model, version, train_set, eval_set, data_args, train_args):
     total = sum(numel(p) for p in model.parameters())
     settings = train_set.settings
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
-    logger.info("MiniCPM-V %s (%s), query_num=%d, max_slice_nums=%d, scale_resolution=%d, image ids=%s, "
-                "model_max_length=%d", version.name, version.checkpoints, settings.query_num,
-                settings.max_slice_nums, settings.scale_resolution, settings.use_image_id, data_args.model_max_length)
+    # 4.6's processor sizes each view's placeholder itself (query_num 0: none fixed)
+    tokens = f"query_num={settings.query_num}" if settings.query_num else "tokens per view set by its processor"
+    logger.info("MiniCPM-V %s (%s), %s, max_slice_nums=%d, scale_resolution=%d, image ids=%s, model_max_length=%d",
+                version.name, version.checkpoints, tokens, settings.max_slice_nums, settings.scale_resolution,
+                settings.use_image_id, data_args.model_max_length)
     logger.info("data loading: %d worker processes%s, pin_memory=%s, image cache: %s",
                 train_args.dataloader_num_workers, " (persistent)" * train_args.dataloader_persistent_workers,
                 train_args.dataloader_pin_memory, data_args.image_cache_dir or "off")

@@ -50,6 +50,8 @@ elif ! python -c 'import transformers, peft' 2>/dev/null; then
 fi
 
 GPUS_PER_NODE=${GPUS_PER_NODE:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
+# Each process's share of the cores (torchrun would set 1 and print a warning about it).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(python -c "import os; print(max(1, len(os.sched_getaffinity(0)) // $GPUS_PER_NODE))")}
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-localhost}

@@ -1,9 +1,25 @@
 """Messages from libraries that a user would otherwise learn to ignore, switched off at the
-start of each command (finetune.py, chat.py, predict.py, merge_lora.py)."""
+start of each command (finetune.py, chat.py, predict.py, merge_lora.py, check_data.py)."""
 import logging
 import os
+import warnings
 
 import torch
+
+# (logger, a fragment of the message, why it is noise for our users)
+FALSE_ALARMS = (
+    # The MiniCPM-V checkpoints ship only a slow image processor (remote code): there is no fast
+    # one to switch to.
+    ("transformers.models.auto.image_processing_auto", "Using a slow image processor", "no fast processor exists"),
+    ("transformers.processing_utils", "Using a slow image processor", "no fast processor exists"),
+    # transformers 4.57.3+ suspects every local tokenizer folder with over 100k tokens saved by a
+    # 4.57.3+ that is not of a Mistral model type (2.5, 2.6, 4.5 results): their ids are unchanged.
+    ("transformers.tokenization_utils_base", "with an incorrect regex pattern", "not a Mistral tokenizer"),
+    # 2.0's MiniCPM LLM defines prepare_inputs_for_generation without GenerationMixin; the 2.0
+    # load fix gives it generate() (minicpmv_ft/versions/load_fixes.py).
+    ("transformers.modeling_utils", "has generative capabilities, as `prepare_inputs_for_generation`",
+     "2.0's load fix gives it generate()"),
+)
 
 
 def quiet_third_party():
@@ -14,12 +30,29 @@ def quiet_third_party():
     # The data check's and the DataLoader's workers are forked; a tokenizer that used its own
     # threads before a fork prints a warning in every child and turns them off anyway.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name, fragment, _ in FALSE_ALARMS:
+        _drop(name, fragment)
+    # DeepSpeed's ZeRO gathers call this torch function, deprecated in torch 2.14; nothing a user can change.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                            category=FutureWarning)
     if not torch.cuda.is_available():
         # transformers 5 (4.6's Qwen3.5 layers) advises installing causal-conv1d and
         # flash-linear-attention for speed: CUDA kernels, so advice nobody can take on a CPU.
-        logging.getLogger("transformers.integrations.hub_kernels").addFilter(_NoCudaKernelAdvice())
+        _drop("transformers.integrations.hub_kernels", "falling back to its reference PyTorch implementation")
 
 
-class _NoCudaKernelAdvice(logging.Filter):
+def _drop(logger_name: str, fragment: str):
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _Without) and f.fragment == fragment for f in logger.filters):
+        logger.addFilter(_Without(fragment))
+
+
+class _Without(logging.Filter):
+    """Drops the records whose message holds `fragment`."""
+
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "falling back to its reference PyTorch implementation" not in record.getMessage()
+        return self.fragment not in record.getMessage()

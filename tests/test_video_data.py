@@ -168,8 +168,10 @@ def test_check_data_reports_video_frames_groups_and_tokens(tiny_model_dir, tmp_p
     assert videos == {"count": 1, "seconds": {"p50": 2.5, "max": 2.5}, "frames": {"p50": 3, "max": 3},
                       "groups": {"p50": 3, "max": 3}, "tokens": {"p50": tokens, "max": tokens},
                       "tokens_per_second": round(tokens / 2.5, 1)}
+    out = capsys.readouterr().out
     assert f"videos 1: seconds p50 2.5 max 2.5; frames p50 3 max 3; placeholders (groups) p50 3 max 3; tokens p50 " \
-           f"{tokens} max {tokens} ({round(tokens / 2.5, 1)} per second of video)" in capsys.readouterr().out
+           f"{tokens} max {tokens} ({round(tokens / 2.5, 1)} per second of video)" in out
+    assert "no images" not in out and "views per image" not in out  # issue 18.9: video-only data
 
 
 @pytest.mark.parametrize("version,scheme", [("2.6", None), ("4.0", None), ("4.5", None), ("4.5", GROUPED_SMALL)])

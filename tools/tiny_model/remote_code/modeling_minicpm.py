@@ -183,6 +183,15 @@ class MiniCPMForCausalLM(MiniCPMPreTrainedModel):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
+                                      **kwargs):
+        """As the real class, written for the generate() of transformers < 4.50: the prompt's
+        embeddings first, then only the newest token against the key/value cache. Defining it
+        without GenerationMixin makes transformers warn at every load; there is no generate()."""
+        if inputs_embeds is not None and past_key_values is None:
+            return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        return {"input_ids": input_ids[:, -1:], "past_key_values": past_key_values, "attention_mask": attention_mask}
+
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
