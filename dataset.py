@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records, temporal_groups
+from minicpmv_ft.node_check import checked_once_per_node, shared_on_node
 from minicpmv_ft.packing import pack_items, packed_collator
 from minicpmv_ft.processor_encoding import (ProcessorSampleEncoder, native_collator, native_pack_items,
                                             native_packed_collator)
@@ -60,8 +61,12 @@ class SupervisedDataset(Dataset):
             (native_collator, native_packed_collator, native_pack_items) if self.version.placeholder_scheme == "processor"
             else (data_collator, packed_collator, pack_items))
         self.records, self.source, self.folder = load_records(data, base_dir, data_format)
-        self.reports = check_records(self.encoder, self.records, self.source, self.folder, verify_images, num_workers,
-                                     progress)
+        def check(workers):
+            return check_records(self.encoder, self.records, self.source, self.folder, verify_images, workers,
+                                 progress)
+
+        # several training processes on a node: its first one checks, with all the node's cores
+        self.reports = checked_once_per_node(check, self.source) if shared_on_node() else check(num_workers)
         self.kept = [report.index for report in self.reports if report.usable]  # indices in the data file, in order
         # Tokens of each served sample, from the check (--group_by_length and --packing use these
         # without building the items, which would decode every image).

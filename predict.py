@@ -112,15 +112,17 @@ def check_askable(sample, version):
 def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinking=False, max_slice_nums=None,
             batch_size=8, progress=True):
     """Writes one JSON line per sample to `out`, `batch_size` samples per chat() call where the
-    checkpoint's chat() takes batches (2.6+); returns (predictions, references)."""
+    checkpoint's chat() takes batches (2.6+); returns (predictions, references, DataErrors of the
+    samples that failed while asked)."""
     from tqdm import tqdm
 
     predictions, references, failed = [], [], []
     with tqdm(total=len(samples), desc="predicting", unit="sample", disable=not progress) as bar:
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
-            for sample, (_, question, reference), prediction in answered_samples(model, tokenizer, version, batch, max_new_tokens,
-                                                                      thinking, max_slice_nums, failed):
+            answered = answered_samples(model, tokenizer, version, batch, max_new_tokens, thinking, max_slice_nums,
+                                        failed)
+            for sample, (_, question, reference), prediction in answered:
                 predictions.append(prediction)
                 references.append(reference)
                 out.write(json.dumps({"id": sample.sample_id, "question": question, "reference": reference,
@@ -140,11 +142,12 @@ def answered_samples(model, tokenizer, version, batch, max_new_tokens, thinking,
                                             max_slice_nums)))
     except (ValueError, OSError) as error:
         if len(batch) == 1:
-            failed.append(batch[0].error(str(error)))
+            failed.append(batch[0].error(getattr(error, "reason", str(error))))
             print(f"SKIPPED {failed[-1]}", file=sys.stderr)
             return []
-    return [result for sample in batch for result in answered_samples(model, tokenizer, version, [sample], max_new_tokens,
-                                                           thinking, max_slice_nums, failed)]
+    return [result for sample in batch
+            for result in answered_samples(model, tokenizer, version, [sample], max_new_tokens, thinking,
+                                           max_slice_nums, failed)]
 
 
 def ask(model, tokenizer, version, batch, prompts, max_new_tokens, thinking, max_slice_nums) -> list[str]:

@@ -32,6 +32,11 @@ def quiet_third_party():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name, fragment, _ in FALSE_ALARMS:
         _drop(name, fragment)
+    # transformers 5 draws a progress bar over the weights of every model it loads (4.6), also
+    # into log files; our commands log what they load instead.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     # DeepSpeed's ZeRO gathers call this torch function, deprecated in torch 2.14; nothing a user can change.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
                             category=FutureWarning)

@@ -95,9 +95,11 @@ def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, vers
     lora = "--use_lora" in extra
     flags = ["--deepspeed", ROOT / config, "--max_steps", "3", "--per_device_train_batch_size", "1",
              "--learning_rate", "1e-3", "--save_strategy", "no"] + extra
-    run(common(source, four_samples, tmp_path) + flags, nproc=2)
+    done = run(common(source, four_samples, tmp_path) + flags, nproc=2)
     probe = json.loads((tmp_path / "probe.json").read_text())
     assert (probe["engine"], probe["zero_stage"], probe["world_size"]) == ("DeepSpeedEngine", stage, 2)
+    # issue 18.8: the data is checked once on the node, not once per process
+    assert done.stderr.count("checked by this node's first process") == 1, done.stderr[-3000:]
     assert all(torch.isfinite(torch.tensor(probe["losses"])))
     if lora:
         saved = load_file(tmp_path / "adapter_model.safetensors")

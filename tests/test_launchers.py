@@ -181,3 +181,43 @@ def test_master_port_auto_is_a_free_port_on_one_node_and_a_taken_port_is_one_lin
         with pytest.raises(SystemExit, match=rf"^launch: MASTER_PORT {port} is in use on this machine"):
             with_master_port(chosen)
         assert with_master_port(chosen[:3] + ["1"] + chosen[4:])  # another node does not listen on it
+
+
+@pytest.mark.parametrize("config", ["ds_config_zero2.json", "ds_config_zero3.json"])
+def test_two_nodes_on_one_machine_train_save_one_checkpoint_and_resume(tiny_model_dir, tmp_path, config):
+    """Issue 18.8: the multi-node path (NNODES=2, NODE_RANK 0 and 1, loopback MASTER_ADDR), one
+    process per node: trains, node 0 alone writes the checkpoint and the model, a resume (two
+    launches again) continues from it; each node checks the data once."""
+    import socket
+
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")],
+                   check=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    flags = ["--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--disable_tqdm", "true",
+             "--per_device_train_batch_size", "1", "--max_slice_nums", "1", "--save_steps", "2", "--logging_steps", "1"]
+
+    def both_nodes(*more):
+        nodes = []
+        for rank in ("0", "1"):
+            env = {**os.environ, "PATH": path, "GPUS_PER_NODE": "1", "NNODES": "2", "NODE_RANK": rank,
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
+                   "DS_CONFIG": str(ROOT / config), "MODEL": str(tiny_model_dir("2.6")),
+                   "DATA": str(tmp_path / "data" / "train.json"), "OUTPUT_DIR": str(tmp_path / "out")}
+            nodes.append(subprocess.Popen(["sh", str(ROOT / "finetune_ds.sh"), *flags, *more], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        outputs = [node.communicate(timeout=600)[0] for node in nodes]
+        for node, output in zip(nodes, outputs):
+            assert node.returncode == 0, output[-4000:]
+        return outputs
+
+    first = both_nodes("--max_steps", "2")
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (tmp_path / "out" / "checkpoint-2" / "checkpoint_complete.json").is_file()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert all(output.count("14 samples, 14 kept") == 1 for output in first)  # one check per node
+    both_nodes("--max_steps", "3", "--resume_from_checkpoint", "last")
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3]
