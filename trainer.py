@@ -9,6 +9,7 @@ split into micro-batches, gradient accumulation or processes.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
@@ -190,6 +191,15 @@ class MiniCPMVTrainer(Trainer):
             split_param_groups(optimizer, self.model, self.module_lrs)
         return optimizer
 
+    def compare_trainer_and_checkpoint_args(self, training_args, trainer_state):
+        """The Trainer's check on resume, with a ratio (--eval_steps 0.1, as the launchers pass it)
+        compared as the steps it stands for in the checkpoint's run: the Trainer compared 0.1 with
+        the 10 it had resolved and warned on every resume."""
+        resolved = {name: math.ceil(trainer_state.max_steps * getattr(training_args, name))
+                    for name in ("logging_steps", "eval_steps", "save_steps")
+                    if getattr(training_args, name) is not None and 0 < getattr(training_args, name) < 1}
+        super().compare_trainer_and_checkpoint_args(_WithValues(training_args, resolved), trainer_state)
+
     def log(self, logs, *args, **kwargs):
         """Adds each module's own rate at the step `learning_rate` was logged for. The groups'
         current "lr" is already the next step's (the scheduler stepped after the Trainer took
@@ -242,3 +252,13 @@ def owner(name: str, modules) -> str | None:
 
 def _is_peft(model) -> bool:
     return hasattr(model, "peft_config")
+
+
+class _WithValues:
+    """`obj` with some attributes given other values (read-only)."""
+
+    def __init__(self, obj, values: dict):
+        self._obj, self._values = obj, values
+
+    def __getattr__(self, name):
+        return self._values[name] if name in self._values else getattr(self._obj, name)

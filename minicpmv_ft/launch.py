@@ -11,7 +11,8 @@ with a SignalException traceback. Instead, torchrun handles only SIGQUIT
 - forwards the first SIGTERM/SIGINT/SIGHUP once to each worker, which finishes its step, writes
   a complete checkpoint with the others and exits 128+signal (StopOnSignal in checkpoints.py);
 - kills the workers at a second signal, so nothing is left training without its launcher;
-- exits 128+signal (130 for Ctrl-C, 143 for SIGTERM) with one line, not torchrun's traceback;
+- exits 128+signal (130 for Ctrl-C, 143 for SIGTERM) with one line, not torchrun's traceback
+  nor its "failed (exitcode: 130)" line;
 - passes on finetune.py's status 2 (a data or argument problem it printed in one line) without
   torchrun's failure banner around it.
 It also resolves `--master_port auto` (what the launchers pass on one node when MASTER_PORT is
@@ -19,6 +20,7 @@ unset) to a free port, so two runs on one machine do not collide, and stops in o
 the port a first node should listen on is taken.
 """
 import errno
+import logging
 import signal
 import socket
 import sys
@@ -106,6 +108,8 @@ def with_master_port(argv: list) -> list:
         return argv[:where] + [port] + argv[where + 1:]
     if option(argv, "--node_rank", "0") == "0":
         with socket.socket() as probe:
+            # as torchrun's store binds: a port left in TIME_WAIT by a run that just ended is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("", int(port)))
             except OSError as error:
@@ -116,10 +120,23 @@ def with_master_port(argv: list) -> list:
     return argv
 
 
+class WorkersStoppedAsAsked(logging.Filter):
+    """Drops torchrun's "failed (exitcode: 130) local_rank: ..." once the workers were asked to
+    stop: they saved and exited 128+signal as they should; this launcher says so in one line."""
+
+    def __init__(self, forwarder: Forwarder):
+        super().__init__()
+        self.forwarder = forwarder
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.forwarder.received is None or "failed (exitcode:" not in record.getMessage()
+
+
 def main(argv=None):
     argv = with_master_port(list(sys.argv[1:] if argv is None else argv))
     forwarder = Forwarder()
     forwarder.install()
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(WorkersStoppedAsAsked(forwarder))
     try:
         torchrun(["--signals_to_handle", "SIGQUIT", *argv])
     except ChildFailedError as failure:

@@ -712,6 +712,22 @@ def test_a_finished_run_trains_longer_when_resumed_with_more_steps_or_epochs(tin
                                                                       "last"])
 
 
+def test_a_resume_with_eval_steps_given_as_a_ratio_does_not_warn(tiny_model_dir, sample_data, tmp_path, caplog):
+    """Issue 18.9: the launchers pass --eval_steps 0.1; every resume warned that 0.1 != 10."""
+    import shutil
+
+    args = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+            "--eval_data_path", str(sample_data / "eval.json"), "--eval_strategy", "steps", "--eval_steps", "0.5",
+            "--max_steps", "4"] + cpu_flags(tmp_path, 1, 1e-3) + ["--save_strategy", "steps", "--save_steps", "2"]
+    finetune.train(args)
+    shutil.rmtree(tmp_path / "checkpoint-4")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resumed = finetune.train(args + ["--resume_from_checkpoint", "last"])
+    assert resumed.state.global_step == 4
+    assert "do not match the ones in the `trainer_state.json`" not in caplog.text
+
+
 def test_second_run_into_a_busy_output_dir_stops_naming_the_first(tiny_model_dir, sample_data, tmp_path):
     """Issue 8.14: two runs into one folder at once both "succeeded" (the last writer won)."""
     import os

@@ -143,7 +143,7 @@ def test_signal_through_launcher_ends_in_a_complete_checkpoint(tiny_model_dir, t
     assert not alive
     signum = exit_code - 128
     assert output.count(f"interrupted by signal {signum}: {checkpoints[0].name} is the last complete") == 2
-    assert f"failed (exitcode: {exit_code}) local_rank: 0" in output  # saved, then exited 128+signal
+    assert "failed (exitcode:" not in output  # issue 18.9: torchrun's line after a clean stop is dropped
 
 
 def test_a_data_error_is_one_line_and_exit_2_through_the_launcher(tiny_model_dir, tmp_path):
