@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     result = scores(predictions, references)
     bleu_text = f", BLEU {result['bleu']:.1f}" if result["bleu"] is not None else " (BLEU: pip install sacrebleu)"
     print(f"{args.data}: {result['samples']} samples predicted ({len(failed)} could not be asked and were "
-          f"skipped, each listed above): exact match {result['exact_match']:.1f}%, token F1 {result['token_f1']:.1f}%{bleu_text}; "
+          f"skipped{', each listed above' if failed else ''}): exact match {result['exact_match']:.1f}%, token F1 {result['token_f1']:.1f}%{bleu_text}; "
           f"predictions in {args.out}")
     return 0
 

@@ -213,7 +213,7 @@ def test_predict_writes_each_samples_prediction_as_chat_answers_it(adapters, tmp
                                                 question, max_new_tokens=8)
     em = 100 * sum(row["exact_match"] for row in rows) / len(rows)
     f1 = 100 * sum(row["f1"] for row in rows) / len(rows)
-    assert (f"{eval_data}: {len(rows)} samples predicted (0 could not be asked and were skipped, each listed above): "
+    assert (f"{eval_data}: {len(rows)} samples predicted (0 could not be asked and were skipped): "
             f"exact match {em:.1f}%, token F1 {f1:.1f}%") in capsys.readouterr().out
 
 
