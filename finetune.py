@@ -36,8 +36,8 @@ from minicpmv_ft.lora_targets import check_lora_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
 from minicpmv_ft.packing import PackedDataset, check_packable
 from minicpmv_ft.quiet import quiet_third_party
-from minicpmv_ft.run_record import (check_new_run, identity_hash, length_changes, output_dir_lock, run_identity,
-                                   write_run)
+from minicpmv_ft.run_record import (check_new_run, identity_hash, length_changes, output_dir_lock, run_hashes,
+                                   run_identity, write_run)
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import set_max_slice_nums, submodule
 from minicpmv_ft.view_cache import check_cache_folder
@@ -521,7 +521,8 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     identity = run_identity(model_args, data_args, train_args)
     check_new_run(train_args.output_dir, identity, wants_resume(train_args.resume_from_checkpoint),
                   train_args.overwrite_output_dir)
-    resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir, identity_hash(identity))
+    resume = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir,
+                            run_hashes(train_args.output_dir, identity))
     if resume and train_args.deepspeed:
         check_deepspeed_checkpoint(resume)  # DeepSpeed itself unpickles with weights_only=False
     if resume:

@@ -122,7 +122,14 @@ def damage(checkpoint: str) -> str | None:
     return None
 
 
-def newest_complete_checkpoint(output_dir: str, run_hash: str | None = None) -> str | None:
+def of_run(checkpoint: str, run_hash) -> bool:
+    """Whether the checkpoint's marker names the run: `run_hash` one hash or a tuple of the
+    run's hashes (any run when None; a marker without a hash predates run hashes)."""
+    hashes = run_hash if isinstance(run_hash, tuple) else (run_hash,)
+    return run_hash is None or marker_run(checkpoint) in (*hashes, None)
+
+
+def newest_complete_checkpoint(output_dir: str, run_hash=None) -> str | None:
     """The newest readable checkpoint of the run `run_hash` (any run when None)."""
     if not os.path.isdir(output_dir):
         return None
@@ -131,7 +138,7 @@ def newest_complete_checkpoint(output_dir: str, run_hash: str | None = None) -> 
     for _, name in found:
         path = os.path.join(output_dir, name)
         problem = damage(path)
-        if problem is None and run_hash is not None and marker_run(path) not in (run_hash, None):
+        if problem is None and not of_run(path, run_hash):
             problem = "written by another run in this folder"
         if problem is None:
             return path
@@ -148,7 +155,7 @@ def wants_resume(value: str | None) -> bool:
     return value is not None and value.lower() not in ("false", "no", "")
 
 
-def resolve_resume(value: str | None, output_dir: str, run_hash: str | None = None) -> str | None:
+def resolve_resume(value: str | None, output_dir: str, run_hash=None) -> str | None:
     """--resume_from_checkpoint: 'last'/'true' -> the newest complete checkpoint of this run."""
     if not wants_resume(value):
         return None
@@ -158,7 +165,7 @@ def resolve_resume(value: str | None, output_dir: str, run_hash: str | None = No
             raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* in {output_dir}")
         return path
     problem = "no such folder" if not os.path.isdir(value) else damage(value)
-    if problem is None and run_hash is not None and marker_run(value) not in (run_hash, None):
+    if problem is None and not of_run(value, run_hash):
         problem = "written by a run with other arguments or data"
     if problem:
         newest = newest_complete_checkpoint(output_dir, run_hash)

@@ -63,6 +63,16 @@ def identity_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def run_hashes(output_dir: str, identity: dict) -> tuple[str, ...]:
+    """The hashes this run's checkpoints may carry: its own, and the one run.json records when
+    that run differs at most in length (written before the hash left the length out)."""
+    recorded = read_run(output_dir)
+    own = identity_hash(identity)
+    if recorded and recorded.get("hash") not in (None, own) and not differences(recorded["identity"], identity):
+        return own, recorded["hash"]
+    return (own,)
+
+
 def read_run(output_dir: str) -> dict | None:
     path = os.path.join(output_dir, RUN_FILE)
     if not os.path.isfile(path):

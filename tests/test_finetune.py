@@ -712,6 +712,25 @@ def test_a_finished_run_trains_longer_when_resumed_with_more_steps_or_epochs(tin
                                                                       "last"])
 
 
+def test_checkpoints_whose_run_hash_included_the_length_still_resume(tiny_model_dir, sample_data, tmp_path, caplog):
+    """Before issue 18.7 the run hash covered --max_steps / --num_train_epochs: such a run's
+    checkpoints are still its own when run.json's identity matches."""
+    import hashlib
+
+    base = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+            "--max_steps", "2"] + cpu_flags(tmp_path, 1, 1e-3) + ["--save_strategy", "steps", "--save_steps", "2"]
+    finetune.train(base)
+    record = json.loads((tmp_path / "run.json").read_text())
+    old_hash = hashlib.sha256(json.dumps(record["identity"], sort_keys=True).encode()).hexdigest()[:16]
+    (tmp_path / "run.json").write_text(json.dumps({**record, "hash": old_hash}))
+    marker = tmp_path / "checkpoint-2" / "checkpoint_complete.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "run": old_hash}))
+    caplog.set_level(logging.INFO)
+    longer = base[:5] + ["3"] + base[6:]  # --max_steps 3
+    resumed = finetune.train(longer + ["--resume_from_checkpoint", "last"])
+    assert f"resuming from {tmp_path / 'checkpoint-2'}" in caplog.text and resumed.state.global_step == 3
+
+
 def test_a_resume_with_eval_steps_given_as_a_ratio_does_not_warn(tiny_model_dir, sample_data, tmp_path, caplog):
     """Issue 18.9: the launchers pass --eval_steps 0.1; every resume warned that 0.1 != 10."""
     import shutil
