@@ -34,6 +34,7 @@ from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
 from minicpmv_ft.lora_targets import check_lora_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
+from minicpmv_ft.node_check import node_cores
 from minicpmv_ft.packing import PackedDataset, check_packable
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import (check_new_run, identity_hash, length_changes, output_dir_lock, run_hashes,
@@ -324,10 +325,10 @@ def model_dtype(train_args) -> torch.dtype:
 
 
 def check_workers() -> int:
-    """Processes for the data check: the cores this process may use, shared among the node's
-    training processes (each checks the data at the same time, before training starts)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    """This process's share of the node's cores: the data check's processes when it checks alone
+    (several processes on a node check once, with all of them: node_check.py), and the basis of
+    the DataLoader worker default."""
+    return max(1, node_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def video_scheme(version, data_args):

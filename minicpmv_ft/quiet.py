@@ -6,19 +6,18 @@ import warnings
 
 import torch
 
-# (logger, a fragment of the message, why it is noise for our users)
+# (logger, a fragment of the message); why each is noise for our users is said above it
 FALSE_ALARMS = (
     # The MiniCPM-V checkpoints ship only a slow image processor (remote code): there is no fast
     # one to switch to.
-    ("transformers.models.auto.image_processing_auto", "Using a slow image processor", "no fast processor exists"),
-    ("transformers.processing_utils", "Using a slow image processor", "no fast processor exists"),
+    ("transformers.models.auto.image_processing_auto", "Using a slow image processor"),
+    ("transformers.processing_utils", "Using a slow image processor"),
     # transformers 4.57.3+ suspects every local tokenizer folder with over 100k tokens saved by a
     # 4.57.3+ that is not of a Mistral model type (2.5, 2.6, 4.5 results): their ids are unchanged.
-    ("transformers.tokenization_utils_base", "with an incorrect regex pattern", "not a Mistral tokenizer"),
+    ("transformers.tokenization_utils_base", "with an incorrect regex pattern"),
     # 2.0's MiniCPM LLM defines prepare_inputs_for_generation without GenerationMixin; the 2.0
     # load fix gives it generate() (minicpmv_ft/versions/load_fixes.py).
-    ("transformers.modeling_utils", "has generative capabilities, as `prepare_inputs_for_generation`",
-     "2.0's load fix gives it generate()"),
+    ("transformers.modeling_utils", "has generative capabilities, as `prepare_inputs_for_generation`"),
 )
 
 
@@ -30,7 +29,7 @@ def quiet_third_party():
     # The data check's and the DataLoader's workers are forked; a tokenizer that used its own
     # threads before a fork prints a warning in every child and turns them off anyway.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name, fragment, _ in FALSE_ALARMS:
+    for name, fragment in FALSE_ALARMS:
         _drop(name, fragment)
     # transformers 5 draws a progress bar over the weights of every model it loads (4.6), also
     # into log files; our commands log what they load instead.

@@ -12,7 +12,7 @@ from minicpmv_ft import quiet
 
 
 def unquiet():
-    for name, _, _ in quiet.FALSE_ALARMS:
+    for name, _ in quiet.FALSE_ALARMS:
         logger = logging.getLogger(name)
         for kept in [f for f in logger.filters if isinstance(f, quiet._Without)]:
             logger.removeFilter(kept)
