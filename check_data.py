@@ -1,8 +1,8 @@
 """Check a dataset with exactly the preprocessing training uses, before spending GPU hours.
 
-    python check_data.py --model_name_or_path M --data_path D [--eval_data_path E] [--llm_type T]
-        [--max_slice_nums N] [--model_max_length L] [--verify_images] [--num_workers W] [--show N]
-        [--json FILE]
+    python check_data.py --model_name_or_path M --data_path D [any of finetune.py's model and data
+        flags: --eval_data_path, --data_format, --image_folder, --max_slice_nums, --model_max_length,
+        --video_*, --keep_earlier_reasoning, --verify_images, ...] [--num_workers W] [--show N] [--json FILE]
 
 Every conversation is tokenized and every image's header read (its size gives the slices and
 tokens) with a check that the file is whole, as training does; --verify_images decodes and
@@ -22,39 +22,36 @@ import math
 import os
 import re
 import sys
+import typing
 from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from transformers import HfArgumentParser
 
 from dataset import make_encoder
+from minicpmv_ft.arguments import DataArguments, ModelArguments, video_scheme
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records
 from minicpmv_ft.loading import load_tokenizer_and_version
-from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.samples import DataError, load_records
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 
 
+@dataclass
+class CheckArguments:
+    num_workers: int = field(default=os.cpu_count() or 1, metadata={"help": "processes (default: all cores)"})
+    show: int = field(default=0, metadata={"help": "print N samples with trained spans marked"})
+    json: typing.Optional[str] = field(default=None, metadata={"help": "also write the report as JSON to this file"})
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", required=True, help="checkpoint whose tokenizer/config to use")
-    parser.add_argument("--data_path", required=True, help="training data (JSON or JSON Lines)")
-    parser.add_argument("--eval_data_path", default=None, help="evaluation data, checked the same way")
-    parser.add_argument("--data_format", default="auto", choices=FORMATS,
-                        help="as in training: auto (each sample by its keys), native, sharegpt or messages")
-    parser.add_argument("--image_folder", default=None, help="as in training: where relative image paths start")
-    parser.add_argument("--llm_type", default=None, help="version or alias (2.6, qwen, ...); default: from the checkpoint")
-    parser.add_argument("--max_slice_nums", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--model_max_length", type=int, default=2048, help="as in training (default 2048)")
-    parser.add_argument("--keep_earlier_reasoning", action="store_true",
-                        help="as in training: keep and train the reasoning of earlier turns (4.5)")
-    parser.add_argument("--verify_images", action="store_true",
-                        help="decode and slice every image in full (slow); default: as training, read each "
-                             "image's header and check the file is whole")
-    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
-    parser.add_argument("--show", type=int, default=0, metavar="N", help="print N samples with trained spans marked")
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
-    return parser.parse_args(argv)
+    """finetune.py's own model and data arguments (one declaration: minicpmv_ft/arguments.py), so
+    the check sees every sample as training will, and this tool's own."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, CheckArguments), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.parse_args_into_dataclasses(argv)
 
 
 def percentile(sorted_values, fraction):
@@ -187,16 +184,19 @@ def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    model_args, data_args, args = parse_args(argv)
     quiet_third_party()
-    tokenizer, config, version = load_tokenizer_and_version(args.model_name_or_path, args.llm_type)
-    encoder = make_encoder(tokenizer, config, version, args.max_slice_nums, args.model_max_length,
-                           args.keep_earlier_reasoning)
+    tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
+    scheme = video_scheme(version, data_args)
+    if scheme is not None:
+        version = replace(version, video=scheme)
+    encoder = make_encoder(tokenizer, config, version, data_args.max_slice_nums, data_args.model_max_length,
+                           data_args.keep_earlier_reasoning)
     reports, failed, unusable = [], 0, []
-    for path in filter(None, (args.data_path, args.eval_data_path)):
+    for path in filter(None, (data_args.data_path, data_args.eval_data_path)):
         try:
-            shown, report = check_file(path, encoder, args.num_workers, args.image_folder, args.data_format,
-                                       args.verify_images, args.show)
+            shown, report = check_file(path, encoder, args.num_workers, data_args.image_folder, data_args.data_format,
+                                       data_args.verify_images, args.show)
         except DataError as error:  # the file itself: missing, not UTF-8, not JSON, empty
             print(f"FAILED {error}")
             unusable.append(path)

@@ -15,7 +15,6 @@ another sample.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections import Counter
 from dataclasses import replace
@@ -23,8 +22,8 @@ from dataclasses import replace
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from minicpmv_ft.chat_tokens import IGNORE_INDEX
-from minicpmv_ft.encoding import SampleEncoder, check_records, temporal_groups
+from minicpmv_ft.chat_tokens import IGNORE_INDEX, PAD_TOKEN_ID
+from minicpmv_ft.encoding import DEFAULT_MODEL_MAX_LENGTH, SampleEncoder, check_records, temporal_groups
 from minicpmv_ft.node_check import checked_once_per_node, shared_on_node
 from minicpmv_ft.packing import pack_items, packed_collator
 from minicpmv_ft.processor_encoding import (ProcessorSampleEncoder, native_collator, native_pack_items,
@@ -35,10 +34,6 @@ from minicpmv_ft.view_cache import held_bytes
 
 logger = logging.getLogger(__name__)
 
-# Padding value for input_ids. Padded positions are masked out of attention and have label
-# -100, so the id only has to be a valid row of the embedding table.
-PAD_TOKEN_ID = 0
-
 
 class SupervisedDataset(Dataset):
     """Items as SampleEncoder.item() makes them, for the samples that passed the check.
@@ -46,7 +41,7 @@ class SupervisedDataset(Dataset):
     `version` is the detected checkpoint version (finetune.py detects it once per run); when
     None it is detected here from `config` and `tokenizer`, checked against `llm_type`."""
 
-    def __init__(self, data, tokenizer, config, llm_type=None, max_slice_nums=None, model_max_length=2048,
+    def __init__(self, data, tokenizer, config, llm_type=None, max_slice_nums=None, model_max_length=DEFAULT_MODEL_MAX_LENGTH,
                  base_dir=None, skip_bad_samples=False, verify_images=False, num_workers=1, progress=False,
                  version=None, keep_earlier_reasoning=False, data_format="auto", image_cache_dir=None,
                  video=None):
@@ -138,7 +133,7 @@ class SupervisedDataset(Dataset):
             return None
 
 
-def make_encoder(tokenizer, config, version, max_slice_nums=None, model_max_length=2048, keep_earlier_reasoning=False,
+def make_encoder(tokenizer, config, version, max_slice_nums=None, model_max_length=DEFAULT_MODEL_MAX_LENGTH, keep_earlier_reasoning=False,
                  image_cache_dir=None) -> SampleEncoder:
     """The sample encoder of a version: ours for the remote-code checkpoints, the checkpoint's own
     processor for a native one (read from the tokenizer's folder or hub id)."""

@@ -3,13 +3,14 @@
 # model, writes and checks the bundled sample data, runs finetune_lora.sh and a short full fine-tune
 # (finetune_ds.sh) on CPU, merges the adapter, then asks each result (adapter, merged, full)
 # about each of the six training images with predict.py and prints what they answered.
-# DEMO_VERSION=2.0|2.5|2.6|4.0|4.5|4.6 picks the tiny model's version (default 2.6); 4.6 sets up
-# and uses its own environment (.venv-4.6 from requirements-4.6.txt, transformers 5.x).
+# DEMO_VERSION picks the tiny model's version (default 2.6; `python tools/make_tiny_model.py --help`
+# lists them). A version with its own requirements file (requirements-VERSION.txt: the native
+# checkpoints, minicpmv_ft/versions/environments.py) sets up and uses its own .venv-VERSION.
 set -euo pipefail
 cd "$(dirname "$0")"
 VERSION=${DEMO_VERSION:-2.6}
-if [ "$VERSION" = "4.6" ]; then
-    export VENV=.venv-4.6 REQUIREMENTS=requirements-4.6.txt
+if [ -f "requirements-$VERSION.txt" ]; then
+    export VENV=".venv-$VERSION" REQUIREMENTS="requirements-$VERSION.txt"
 fi
 source tools/setup_venv.sh
 WORK=${WORK:-demo_output}

@@ -7,18 +7,12 @@ option is accepted too.
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
-import json
 import logging
 import os
-import re
 import sys
 import time
 import traceback
-import typing
 from collections import Counter
-from dataclasses import dataclass, field
 
 import torch
 import transformers
@@ -26,247 +20,27 @@ from transformers import HfArgumentParser
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset
+from minicpmv_ft.arguments import (DataArguments, ModelArguments, TrainingArguments, check_workers, run_identity,
+                                   video_scheme, zero_stage)
 from minicpmv_ft.checkpoints import (CheckpointWriteError, MarkCompleteCheckpoints, StopOnSignal, checkpoint_step,
                                      explain_write_failures, resolve_resume, wants_resume)
-from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
+from minicpmv_ft.launch import REPORTED_ERROR_EXIT
 from minicpmv_ft.loading import load_model as load_checkpoint
-from minicpmv_ft.loading import load_tokenizer_and_version, local_dir, looks_like_hub_id
+from minicpmv_ft.loading import load_tokenizer_and_version, local_dir
 from minicpmv_ft.lora_targets import check_lora_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
-from minicpmv_ft.node_check import node_cores
 from minicpmv_ft.packing import PackedDataset, check_packable
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import (check_new_run, identity_hash, length_changes, output_dir_lock, run_hashes,
-                                   run_identity, write_run)
+                                   write_run)
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import set_max_slice_nums, submodule
-from minicpmv_ft.view_cache import check_cache_folder
 from minicpmv_ft.zero3_leaves import mark_zero3_leaves
 from trainer import MiniCPMVTrainer
 
 logger = logging.getLogger("finetune")
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "checkpoint directory or hub id, e.g. openbmb/MiniCPM-V-4_5"})
-    llm_type: typing.Optional[str] = field(default=None, metadata={
-        "help": "checkpoint version or its alias: 2.0 (minicpm), 2.5 (llama3), 2.6 (qwen, qwen2), 4.0 (llama), "
-                "4.5 (qwen3). Default: read from the checkpoint; a value contradicting it is an error"})
-
-    attn_implementation: typing.Optional[str] = field(default=None, metadata={
-        "help": "attention of the LLM: eager, sdpa or flash_attention_2 (CUDA, pip install flash-attn; packed "
-                "samples then run as variable-length sequences); default: transformers' choice for the "
-                "checkpoint (sdpa)"})
-
-    def __post_init__(self):
-        if self.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2"):
-            raise ValueError(f"--attn_implementation {self.attn_implementation!r}: choose eager, sdpa or "
-                             "flash_attention_2")
-        if self.attn_implementation == "flash_attention_2" and (
-                not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None):
-            raise ValueError("--attn_implementation flash_attention_2 needs a CUDA GPU and flash-attn "
-                             "(pip install flash-attn); sdpa works everywhere")
-        path = self.model_name_or_path
-        if not looks_like_hub_id(path) and not os.path.isdir(path):
-            raise ValueError(f"--model_name_or_path {path}: no such folder (and not a hub id like openbmb/MiniCPM-V-4_5)")
-        if not os.path.isdir(path) and os.path.isdir(path.split("/")[0]):  # "output/modle": a mistyped folder
-            raise ValueError(f"--model_name_or_path {path}: no such folder ({path.split('/')[0]}/ is a folder here)")
-
-
-@dataclass
-class DataArguments:
-    data_path: str = field(metadata={"help": "training data: JSON list or JSON Lines file (see README)"})
-    eval_data_path: typing.Optional[str] = field(default=None, metadata={
-        "help": "evaluation data, same format: its loss is logged at the end of training, and every "
-                "--eval_steps with --eval_strategy steps"})
-    data_format: str = field(default="auto", metadata={
-        "help": "auto (each sample by its keys), native, sharegpt (ShareGPT/LLaVA from/value) or messages "
-                "(OpenAI style with images); see README, Data format"})
-    image_folder: typing.Optional[str] = field(default=None, metadata={
-        "help": "folder that relative image paths start from; default: the data file's folder"})
-    max_slice_nums: typing.Optional[int] = field(default=None, metadata={
-        "help": "most slices per image (>= 1); default: the checkpoint's (9). Lower saves memory"})
-    model_max_length: int = field(default=2048, metadata={
-        "help": "tokens per sample, images included; longer samples are truncated, or dropped (and "
-                "counted) when the cut would split an image or leave no trained token"})
-    skip_bad_samples: bool = field(default=False, metadata={
-        "help": "train without the samples that fail the data check (they are counted in the log); "
-                "default: any failing sample stops the run before training"})
-    verify_images: bool = field(default=False, metadata={
-        "help": "decode every image (and the frames of every video) in full before training (check_data.py "
-                "--verify_images likewise); default: read each image's header and check the file ends whole"})
-    image_cache_dir: typing.Optional[str] = field(default=None, metadata={
-        "help": "folder that keeps every image's decoded and sliced views (uint8) after their first use, so "
-                "later epochs skip decoding and resizing; checked to fit on its disk before training"})
-    video_fps: typing.Optional[float] = field(default=None, metadata={
-        "help": "video frames sampled per second; default: the checkpoint's video example (2.6, 4.0: 1; 4.5: 3)"})
-    video_max_frames: typing.Optional[int] = field(default=None, metadata={
-        "help": "frames per video at most (4.5: before grouping); default 2.6, 4.0: 64; 4.5: 180"})
-    video_max_group: typing.Optional[int] = field(default=None, metadata={
-        "help": "4.5: frames per group at most, 1-6 (each group is one 64-token block); default 3"})
-    video_max_slice_nums: typing.Optional[int] = field(default=None, metadata={
-        "help": "2.6, 4.0: slices per video frame; default 2"})
-    keep_earlier_reasoning: bool = field(default=False, metadata={
-        "help": "thinking models (4.5): keep the reasoning of every assistant turn as a trained think block. "
-                "Default: as the chat template, only the last answer carries its reasoning"})
-
-    def __post_init__(self):
-        if self.data_format not in FORMATS:
-            raise ValueError(f"--data_format {self.data_format!r}: choose one of {', '.join(FORMATS)}")
-        if self.image_folder is not None and not os.path.isdir(self.image_folder):
-            raise ValueError(f"--image_folder {self.image_folder}: no such folder")
-        if self.video_max_group is not None and not 1 <= self.video_max_group <= 6:
-            raise ValueError(f"--video_max_group must be 1-6 (the 3-D resampler's groups), got {self.video_max_group}")
-        for flag in ("video_fps", "video_max_frames", "video_max_slice_nums"):
-            if getattr(self, flag) is not None and getattr(self, flag) <= 0:
-                raise ValueError(f"--{flag} must be positive, got {getattr(self, flag)}")
-        if self.max_slice_nums is not None and self.max_slice_nums < 1:
-            raise ValueError(f"--max_slice_nums must be >= 1, got {self.max_slice_nums}")
-        if self.image_cache_dir:
-            check_cache_folder(self.image_cache_dir)
-        if self.model_max_length < 1:
-            raise ValueError(f"--model_max_length must be a positive number of tokens, got {self.model_max_length}")
-
-
-NATIVE_TRAINING_ARGUMENTS = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
-
-
-@dataclass
-class TrainingArguments(transformers.TrainingArguments):
-    tune_vision: bool = field(default=True, metadata={"help": "train the vision tower (vpm)"})
-    tune_llm: typing.Optional[bool] = field(default=None, metadata={
-        "help": "train all LLM weights; default true for full fine-tuning, false with --use_lora"})
-    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM instead of its weights"})
-    q_lora: bool = field(default=False, metadata={"help": "QLoRA: load the LLM in 4-bit (needs CUDA and bitsandbytes)"})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input, 0-1"})
-    lora_target_modules: typing.Optional[str] = field(default=None, metadata={
-        "help": "regex over full module names to adapt; default: the LLM's q/k/v/o projections"})
-    lora_modules_to_save: list[str] = field(default_factory=list, metadata={
-        "help": "extra modules trained fully and saved with the adapter (resampler always is; the vision "
-                "tower with --tune_vision). embed_tokens is trained only if listed here"})
-    # MiniCPM-V's forward takes one `data` dict, so columns must not be filtered by signature.
-    remove_unused_columns: bool = field(default=False, metadata={"help": "keep False for MiniCPM-V"})
-    label_names: typing.Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "label keys"})
-    # Evaluation reports the loss only; full-vocab logits are never gathered.
-    prediction_loss_only: bool = field(default=True, metadata={"help": "keep True: eval computes loss only"})
-    loss_chunk_tokens: int = field(default=64, metadata={
-        "help": "labelled positions whose logits exist at once in the loss (chunked cross-entropy; the "
-                "backward pass recomputes each chunk); smaller saves memory, larger saves a little time"})
-    packing: bool = field(default=False, metadata={
-        "help": "train on packs of whole samples up to --model_max_length tokens, each sample attending only "
-                "to itself (no padding; see README, Packing)"})
-    loss_kernel: str = field(default="chunked", metadata={
-        "help": "chunked (--loss_chunk_tokens rows of logits at a time, any device) or liger (Liger's fused "
-                "linear cross-entropy; CUDA and pip install liger-kernel)"})
-    vision_lr: typing.Optional[float] = field(default=None, metadata={
-        "help": "learning rate of the vision tower (default: --learning_rate); same schedule"})
-    resampler_lr: typing.Optional[float] = field(default=None, metadata={
-        "help": "learning rate of the resampler (default: --learning_rate); same schedule"})
-    report_to: typing.Union[None, str, list[str]] = field(default="tensorboard", metadata={
-        "help": "where to log: tensorboard (OUTPUT_DIR/runs; `tensorboard --logdir OUTPUT_DIR/runs`), none, wandb, ..."})
-    dataloader_num_workers: int = field(default=-1, metadata={
-        "help": "processes that build batches (decode, slice, normalise, tokenize) while the model trains; "
-                "-1: this process's share of the node's cores minus one, at most 8; 0: in the training process"})
-    dataloader_persistent_workers: bool = field(default=True, metadata={
-        "help": "keep the DataLoader workers from one epoch to the next instead of starting new ones"})
-    # transformers 5 dropped these (warmup_steps < 1 is a ratio there; --train_sampling_strategy
-    # replaced group_by_length); the launchers and our runs use them in both environments
-    warmup_ratio: float = field(default=0.0, metadata={"help": "share of the steps that warm the learning rate up"})
-    group_by_length: bool = field(default=False, metadata={
-        "help": "batch samples of similar token counts together (less padding), by the data check's counts"})
-    overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "start a new run in an output folder that holds another run's checkpoints (see README, Resuming)"})
-    gradient_checkpointing_kwargs: typing.Optional[dict] = field(
-        default_factory=lambda: {"use_reentrant": False}, metadata={"help": "kwargs for gradient checkpointing"})
-
-    def __post_init__(self):
-        if self.warmup_ratio and "warmup_ratio" not in NATIVE_TRAINING_ARGUMENTS and not self.warmup_steps:
-            self.warmup_steps = self.warmup_ratio  # transformers 5: a float below 1 is the ratio
-        if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            self.ddp_find_unused_parameters = False  # one process: nothing to synchronise, only a warning to print
-        if self.dataloader_num_workers < 0:
-            self.dataloader_num_workers = min(8, check_workers() - 1)
-        if self.dataloader_num_workers == 0:
-            self.dataloader_persistent_workers = False  # nothing to keep; the DataLoader refuses the flag
-        # Before the Trainer's own checks: with --deepspeed they set up process-wide DeepSpeed state.
-        if (self.vision_lr is not None or self.resampler_lr is not None) and "optimizer" in deepspeed_config(self):
-            raise ValueError(f"--vision_lr / --resampler_lr need the Trainer's optimizer, but {self.deepspeed} has "
-                             "an \"optimizer\" block (DeepSpeed would build its own, with one learning rate); "
-                             "remove the block or the per-module rates")
-        super().__post_init__()
-        for flag in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
-                     "loss_chunk_tokens"):
-            if getattr(self, flag) < 1:
-                raise ValueError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
-        self._check_lora_and_rates()
-        if self.loss_kernel not in ("chunked", "liger"):
-            raise ValueError(f"--loss_kernel {self.loss_kernel!r}: choose chunked or liger")
-        if self.loss_kernel == "liger" and (not torch.cuda.is_available()
-                                            or importlib.util.find_spec("liger_kernel") is None):
-            raise ValueError("--loss_kernel liger needs a CUDA GPU and liger-kernel (pip install liger-kernel); "
-                             "--loss_kernel chunked works everywhere")
-        if self.packing and self.group_by_length:
-            raise ValueError("--packing and --group_by_length both arrange samples by length; use one")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            raise ValueError(f"--num_train_epochs {self.num_train_epochs} trains nothing; give a positive "
-                             "--num_train_epochs or --max_steps")
-        if self.output_dir:
-            check_output_dir(self.output_dir)
-        if self.use_lora and self.tune_llm:
-            raise ValueError("--use_lora true with --tune_llm true would train all LLM weights as well as the "
-                             "adapters; use --tune_llm false (the LoRA default) or drop --use_lora")
-        if self.q_lora and not self.use_lora:
-            raise ValueError("--q_lora true needs --use_lora true")
-        if self.q_lora and not torch.cuda.is_available():
-            raise ValueError("--q_lora true needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora without --q_lora on CPU")
-        if self.q_lora and importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError("--q_lora true needs bitsandbytes: pip install bitsandbytes")
-        if self.q_lora and zero_stage(self) == 3:
-            raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
-                             "use ds_config_zero2.json")
-
-    def _check_lora_and_rates(self):
-        if self.lora_r < 1:
-            raise ValueError(f"--lora_r must be >= 1 (the adapters' rank), got {self.lora_r}")
-        if self.lora_alpha <= 0:
-            raise ValueError(f"--lora_alpha must be positive (scale = alpha / r), got {self.lora_alpha}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"--lora_dropout is a probability in [0, 1), got {self.lora_dropout}")
-        if self.lora_target_modules is not None:
-            try:
-                re.compile(self.lora_target_modules)
-            except re.error as error:
-                raise ValueError(f"--lora_target_modules {self.lora_target_modules!r} is not a regular expression: "
-                                 f"{error}") from None
-        for flag in ("vision_lr", "resampler_lr"):
-            rate = getattr(self, flag)
-            if rate is not None and rate <= 0:
-                raise ValueError(f"--{flag} must be positive, got {rate} (a negative rate ascends the loss); to "
-                                 "freeze the vision tower use --tune_vision false")
-        if self.vision_lr is not None and not self.tune_vision:
-            raise ValueError("--vision_lr with --tune_vision false: the vision tower is frozen, nothing uses the "
-                             "rate; drop one of them")
-
-    @property
-    def trains_llm(self) -> bool:
-        """--tune_llm, defaulting to true for full fine-tuning and false with LoRA."""
-        return (not self.use_lora) if self.tune_llm is None else self.tune_llm
-
-
-def check_output_dir(path: str):
-    """ValueError unless `path` is, or can be created as, a writable folder."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--output_dir {path} is a file, not a folder")
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-        raise ValueError(f"--output_dir {path}: {existing} is not a writable folder")
 
 
 def parse_arguments(argv=None):
@@ -285,18 +59,6 @@ def _init_cpu_deepspeed(argv):
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
-
-
-def deepspeed_config(train_args) -> dict:
-    config = train_args.deepspeed
-    if isinstance(config, str):
-        with open(config) as handle:
-            return json.load(handle)
-    return config or {}
-
-
-def zero_stage(train_args) -> int:
-    return int(deepspeed_config(train_args).get("zero_optimization", {}).get("stage", 0))
 
 
 def check_version_supported(version, config, train_args, world_size: int):
@@ -322,29 +84,6 @@ def check_video_supported(version, train_set, train_args, world_size: int):
 
 def model_dtype(train_args) -> torch.dtype:
     return torch.bfloat16 if train_args.bf16 else torch.float16 if train_args.fp16 else torch.float32
-
-
-def check_workers() -> int:
-    """This process's share of the node's cores: the data check's processes when it checks alone
-    (several processes on a node check once, with all of them: node_check.py), and the basis of
-    the DataLoader worker default."""
-    return max(1, node_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def video_scheme(version, data_args):
-    """The version's video sampling with the --video_* options applied (None: the version's own)."""
-    options = {"fps": data_args.video_fps, "max_frames": data_args.video_max_frames,
-               "max_group": data_args.video_max_group, "max_slice_nums": data_args.video_max_slice_nums}
-    options = {key: value for key, value in options.items() if value is not None}
-    if not options:
-        return None
-    if version.video is None:
-        raise ValueError(f"--video_* options: MiniCPM-V {version.name} takes no video")
-    if version.video.grouped and options.get("max_slice_nums", 1) != 1:
-        raise ValueError("--video_max_slice_nums: 4.5 groups whole frames, one view each; leave it out")
-    if not version.video.grouped and "max_group" in options:
-        raise ValueError(f"--video_max_group: MiniCPM-V {version.name} does not group frames (4.5 does)")
-    return dataclasses.replace(version.video, **options)
 
 
 def load_datasets(version, data_args, tokenizer, config, num_workers=1):
@@ -571,9 +310,6 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     return trainer
 
 
-# Exit status of a run stopped by a reported problem (bad data, arguments, full disk): the
-# launcher recognises it and adds no torchrun error banner to the one-line message.
-REPORTED_ERROR_EXIT = 2
 OTHER_RANKS_REPORT_DELAY_S = 5
 
 

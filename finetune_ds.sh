@@ -6,10 +6,10 @@ set -eu
 CALLER_DIR=$(pwd)   # relative DATA, EVAL_DATA, OUTPUT_DIR, MODEL, DS_CONFIG are taken from here
 cd "$(dirname "$0")"
 
-MODEL=${MODEL:-openbmb/MiniCPM-V-4_5}   # or openbmb/MiniCPM-V-4, -2_6, MiniCPM-Llama3-V-2_5, MiniCPM-V-2, a local folder
-DATA=${DATA:-path/to/train.json}        # JSON list or JSON Lines, see README "Data format"
+MODEL=${MODEL:-openbmb/MiniCPM-V-4_5}   # or another MiniCPM-V checkpoint (README lists them), or a local folder
+DATA=${DATA:-path/to/train.json}        # JSON list or JSON Lines, see docs/data.md
 EVAL_DATA=${EVAL_DATA:-}                # optional: evaluated every 10% of the steps and at the end
-LLM_TYPE=${LLM_TYPE:-}                  # empty: read from the checkpoint; else 2.0..4.5 or an alias (README)
+LLM_TYPE=${LLM_TYPE:-}                  # empty: read from the checkpoint; else a version or alias (finetune.py --help)
 OUTPUT_DIR=${OUTPUT_DIR:-output/minicpmv_full}   # relative: under the folder you start the script from
 DS_CONFIG=${DS_CONFIG-ds_config_zero2.json}   # ds_config_zero3.json for large models; empty: no DeepSpeed
 
@@ -28,7 +28,7 @@ MODEL=$(from_caller "$MODEL")
 DS_CONFIG=$(from_caller "$DS_CONFIG")
 
 # The project's environment (bash run_tests.sh or demo.sh make it) without activating it by hand;
-# VENV=.venv-4.6 for MiniCPM-V 4.6 (README).
+# VENV=.venv-VERSION for a native checkpoint with its own environment (docs/checkpoints.md).
 # A relative VENV is under this repo (or the folder the script was started from), an absolute
 # one where it says; a VENV you set that holds no python stops here rather than fall back.
 CHOSEN_VENV=${VENV:-}
@@ -60,7 +60,7 @@ MASTER_ADDR=${MASTER_ADDR:-localhost}
 MASTER_PORT=${MASTER_PORT:-$([ "$NNODES" = 1 ] && echo auto || echo 6001)}
 
 if [ ! -f "$DATA" ]; then
-    echo "finetune: DATA=$DATA does not exist; set DATA to your training file (see README, Data format)" >&2
+    echo "finetune: DATA=$DATA does not exist; set DATA to your training file (see docs/data.md)" >&2
     exit 1
 fi
 if [ -n "$EVAL_DATA" ] && [ ! -f "$EVAL_DATA" ]; then
@@ -82,7 +82,6 @@ exec python -m minicpmv_ft.launch --nproc_per_node "$GPUS_PER_NODE" --nnodes "$N
     --output_dir "$OUTPUT_DIR" \
     --bf16 true \
     --tune_vision true \
-    --model_max_length 2048 \
     --num_train_epochs 1 \
     --per_device_train_batch_size 1 \
     --gradient_accumulation_steps 1 \

@@ -25,6 +25,9 @@ from .slicing import SlicePlan, plan_slices
 from .versions import ImageSettings, ModelVersion
 
 IGNORE_INDEX = -100
+# Padding value for input_ids. Padded positions are masked out of attention and have label
+# IGNORE_INDEX, so the id only has to be a valid row of the embedding table.
+PAD_TOKEN_ID = 0
 
 
 @dataclass(frozen=True)

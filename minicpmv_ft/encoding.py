@@ -23,6 +23,9 @@ from .versions import ImageSettings, ModelVersion
 from .video import VideoError, decode_frames, plan_frames, read_video_info
 from .view_cache import ViewCache
 
+# Tokens per sample, images included, unless --model_max_length says otherwise.
+DEFAULT_MODEL_MAX_LENGTH = 2048
+
 
 @dataclass
 class EncodedSample:
@@ -84,7 +87,7 @@ class SampleReport:
 class SampleEncoder:
     """Samples of one checkpoint -> token ids, labels and pixel tensors for model(data=...)."""
 
-    def __init__(self, tokenizer, version: ModelVersion, settings: ImageSettings, model_max_length: int = 2048,
+    def __init__(self, tokenizer, version: ModelVersion, settings: ImageSettings, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
                  keep_earlier_reasoning: bool = False, image_cache_dir: str | None = None):
         self.tokenizer, self.version, self.settings = tokenizer, version, settings
         self.model_max_length = int(model_max_length)

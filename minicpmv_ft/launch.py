@@ -30,7 +30,9 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-REPORTED_ERROR_EXIT = 2  # finetune.py's exit status after printing a data or argument problem
+# finetune.py's exit status after printing a reported problem (bad data, arguments, full disk) in
+# one line: this launcher recognises it and adds no torchrun error banner around the line.
+REPORTED_ERROR_EXIT = 2
 
 
 def say(message):

@@ -19,15 +19,11 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from .chat_formats import Turn
-from .chat_tokens import IGNORE_INDEX, Placeholder
-from .encoding import SampleEncoder, read_image
+from .chat_tokens import IGNORE_INDEX, PAD_TOKEN_ID, Placeholder
+from .encoding import DEFAULT_MODEL_MAX_LENGTH, SampleEncoder, read_image
 from .samples import Sample
 from .slicing import SlicePlan
 from .versions import ImageSettings
-
-# Padding value for input_ids: masked out of attention and labelled -100, any valid row works.
-PAD_TOKEN_ID = 0
-
 
 def processor_settings(processor, max_slice_nums: int | None = None) -> ImageSettings:
     """The slicing settings the processor holds (`max_slice_nums` overrides its own)."""
@@ -44,7 +40,7 @@ def processor_settings(processor, max_slice_nums: int | None = None) -> ImageSet
 class ProcessorSampleEncoder(SampleEncoder):
     """Samples of a native checkpoint -> token ids, labels, NaViT-packed pixels and target sizes."""
 
-    def __init__(self, tokenizer, version, processor, max_slice_nums: int | None = None, model_max_length: int = 2048,
+    def __init__(self, tokenizer, version, processor, max_slice_nums: int | None = None, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
                  keep_earlier_reasoning: bool = False):
         super().__init__(tokenizer, version, processor_settings(processor, max_slice_nums), model_max_length,
                          keep_earlier_reasoning)

@@ -1,7 +1,7 @@
 """What a run is, recorded in its output folder, so that a resume never continues another run.
 
 OUTPUT_DIR/run.json holds the run's identity (the arguments that change the trained weights
-and a fingerprint of the training data) and whether it finished; every checkpoint's
+and fingerprints of the data files: minicpmv_ft/arguments.py says which) and whether it finished; every checkpoint's
 completion marker carries the identity's hash. `--resume_from_checkpoint last` takes only
 checkpoints of the current run, and a new run into a folder that holds another one is refused
 unless --overwrite_output_dir. A resume may lengthen (or shorten) the run: --num_train_epochs and
@@ -22,16 +22,6 @@ from contextlib import contextmanager
 
 RUN_FILE = "run.json"
 
-# Arguments that change the weights a run produces (logging, saving and evaluation do not).
-RESULT_ARGUMENTS = (
-    "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
-    "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
-    "tune_vision", "tune_llm", "use_lora", "q_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "lora_modules_to_save", "model_name_or_path", "max_slice_nums", "model_max_length", "skip_bad_samples",
-    "keep_earlier_reasoning", "vision_lr", "resampler_lr", "packing", "video_fps", "video_max_frames",
-    "video_max_group", "video_max_slice_nums",
-)
 # How long the run trains: a resume may change them (training longer), the rest must match.
 SCHEDULE_LENGTH = ("num_train_epochs", "max_steps")
 
@@ -42,19 +32,6 @@ def file_fingerprint(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def run_identity(*argument_sets) -> dict:
-    """The result-changing arguments of the run and its training data's fingerprint."""
-    identity = {}
-    for arguments in argument_sets:
-        for name in RESULT_ARGUMENTS:
-            if hasattr(arguments, name):
-                value = getattr(arguments, name)
-                identity[name] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
-        if hasattr(arguments, "data_path"):
-            identity["data"] = file_fingerprint(arguments.data_path) if os.path.isfile(arguments.data_path) else None
-    return identity
 
 
 def identity_hash(identity: dict) -> str:
@@ -90,9 +67,10 @@ def write_run(output_dir: str, identity: dict, finished: bool):
 
 def differences(recorded: dict, identity: dict, keys=None) -> list[str]:
     """'name recorded (now new)' for each argument that differs (of `keys`; default: all but the
-    run's length)."""
+    run's length). An argument the record lacks joined the identity after that run started, which
+    could not record it: it is not compared."""
     if keys is None:
-        keys = sorted((set(recorded) | set(identity)) - set(SCHEDULE_LENGTH))
+        keys = sorted((set(recorded) & set(identity)) - set(SCHEDULE_LENGTH))
     return [f"{key} {recorded.get(key)!r} (now {identity.get(key)!r})" for key in keys
             if recorded.get(key) != identity.get(key)]
 

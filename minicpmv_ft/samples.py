@@ -187,7 +187,7 @@ def _turns(record: dict, index: int, source: str, sample_id, system_allowed: boo
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         raise fail('no "conversations" list of {"role", "content"} turns; ShareGPT/LLaVA ("from"/"value") and '
-                   '"messages" samples are read too (README, Data format); convert others with tools/convert_data.py')
+                   '"messages" samples are read too (docs/data.md); convert others with tools/convert_data.py')
     turns = []
     for t, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:

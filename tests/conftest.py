@@ -1,5 +1,8 @@
-"""Shared fixtures: tiny model directories (built once per session) and image files."""
+"""Shared fixtures: tiny model directories, the sample data and a trained result (each built once
+per session), image and video files."""
+import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -15,25 +18,37 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import transformers  # noqa: E402
-from packaging.version import Version  # noqa: E402
 
-# Every checkpoint generation the tests run on: each has a registry entry
-# (minicpmv_ft/versions/) and a tiny-model recipe (tools/make_tiny_model.py). The remote-code
-# ones need transformers 4.57 (requirements.txt), the native 4.6 its own environment with
-# transformers >= 5.7 (requirements-4.6.txt); each environment runs the tests of its versions.
-REMOTE_VERSIONS = ["2.0", "2.5", "2.6", "4.0", "4.5"]
-NATIVE_VERSIONS = ["4.6"]
-NATIVE_ENVIRONMENT = Version(transformers.__version__) >= Version("5.7")
+from minicpmv_ft import versions  # noqa: E402
+
+# Every checkpoint generation the tests run on: the registry's (minicpmv_ft/versions/), each with
+# a tiny-model recipe (tools/make_tiny_model.py). The remote-code ones need transformers 4.57
+# (requirements.txt), the native ones their own environment (environments.py says which);
+# each environment runs the tests of its versions.
+REMOTE_VERSIONS = list(versions.REMOTE_CODE_VERSIONS)
+NATIVE_VERSIONS = list(versions.NATIVE_VERSIONS)
+NATIVE_ENVIRONMENT = versions.in_native_environment()
 VERSIONS = NATIVE_VERSIONS if NATIVE_ENVIRONMENT else REMOTE_VERSIONS
+
+
+# The quick tier (`bash run_tests.sh -m quick`, docs/testing.md): every test but the multi-process
+# ones (slow) and those marked long; of a long test marked `long(demo_version_quick=True)` it keeps
+# the demo version's run (one full training run, the merge, the chat of a result).
+QUICK_VERSION = "2.6"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: multi-process runs (torchrun, DeepSpeed); deselect with -m 'not slow'")
-    config.addinivalue_line("markers", "native: needs the 4.6 environment (transformers >= 5.7)")
+    config.addinivalue_line("markers", "long(demo_version_quick=False): trains to a result or starts processes of "
+                                       "its own (5 s or more); the quick tier leaves it out (or runs the demo "
+                                       "version's only)")
+    config.addinivalue_line("markers", "quick: the quick tier, set by this conftest: -m quick")
+    config.addinivalue_line("markers", "native: needs a native checkpoint's environment (minicpmv_ft/versions/environments.py)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the markers added here
 def pytest_collection_modifyitems(config, items):
-    """The default environment leaves out the tests marked native; the 4.6 environment runs those
+    """The default environment leaves out the tests marked native; a native one runs those
     and the tests parametrised with a native version, nothing else (the rest is about the
     remote-code checkpoints, which need transformers 4.57)."""
     def native(item):
@@ -45,6 +60,14 @@ def pytest_collection_modifyitems(config, items):
     if len(keep) < len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        long = item.get_closest_marker("long")
+        demo_version = (long is not None and long.kwargs.get("demo_version_quick") and not NATIVE_ENVIRONMENT
+                        and callspec is not None and callspec.params.get("version") == QUICK_VERSION
+                        and callspec.params.get("mode", "full") == "full")
+        if item.get_closest_marker("slow") is None and (long is None or demo_version):
+            item.add_marker(pytest.mark.quick)
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +150,41 @@ def make_video(path, frames, fps=10, size=(64, 48), faststart=False):
         for packet in stream.encode():
             container.mux(packet)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(out)], check=True)
+    return out
+
+
+def cpu_flags(output_dir, epochs, lr):
+    return ["--output_dir", str(output_dir), "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no",
+            "--num_train_epochs", str(epochs), "--learning_rate", str(lr), "--per_device_train_batch_size", "2",
+            "--logging_steps", "7", "--max_slice_nums", "1", "--disable_tqdm", "true", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def shapes_full(tiny_model_dir, sample_data, tmp_path_factory):
+    """version -> (its Trainer, output folder) of a full fine-tune on the six shape images (one
+    each, 30 epochs, the vision tower at a tenth of the rate), trained once per test session for
+    the tests that only read the result."""
+    import finetune
+
+    trained = {}
+
+    def get(version):
+        if version not in trained:
+            records = [r for r in json.loads((sample_data / "train.json").read_text()) if r["id"].startswith("shape-")]
+            folder = tmp_path_factory.mktemp(f"shapes-full-{version}")
+            (folder / "shapes.json").write_text(json.dumps(records))
+            out = folder / "out"
+            trainer = finetune.train(["--model_name_or_path", str(tiny_model_dir(version)), "--data_path",
+                                      str(folder / "shapes.json"), "--image_folder", str(sample_data)]
+                                     + cpu_flags(out, 30, 1e-3) + ["--vision_lr", "1e-4",
+                                                                   "--per_device_train_batch_size", "1"])
+            trained[version] = trainer, out
+        return trained[version]
+
+    return get

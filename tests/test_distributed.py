@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
 
 from conftest import ROOT, VERSIONS
 from minicpmv_ft.checkpoints import resolve_resume

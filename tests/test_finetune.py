@@ -1,15 +1,13 @@
 """finetune.py end to end on the tiny models: loss falls, outputs reload with the same logits."""
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
 import torch
 import transformers
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import VERSIONS, ROOT
+from conftest import VERSIONS, cpu_flags
 
 import chat
 import finetune
@@ -20,20 +18,7 @@ from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import VERSIONS as REGISTRY
 
 
-@pytest.fixture(scope="session")
-def sample_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample")
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(out)], check=True)
-    return out
-
-
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
-
-
-def cpu_flags(output_dir, epochs, lr):
-    return ["--output_dir", str(output_dir), "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no",
-            "--num_train_epochs", str(epochs), "--learning_rate", str(lr), "--per_device_train_batch_size", "2",
-            "--logging_steps", "7", "--max_slice_nums", "1", "--disable_tqdm", "true", "--seed", "0"]
 
 
 def logits_on(model, batch, version="2.6"):
@@ -42,17 +27,18 @@ def logits_on(model, batch, version="2.6"):
         return model(**REGISTRY[version].forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
 
 
+@pytest.mark.long(demo_version_quick=True)
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, tmp_path, version, mode):
+def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, shapes_full, tmp_path, version, mode):
     source = tiny_model_dir(version)
-    args = ["--model_name_or_path", str(source), "--data_path", str(sample_data / "train.json")]
     if mode == "full":
-        args += cpu_flags(tmp_path / "out", epochs=8, lr=6e-3)
+        trainer, out = shapes_full(version)
     else:
-        args += cpu_flags(tmp_path / "out", epochs=8, lr=1e-2) + ["--use_lora", "true", "--lora_r", "8",
-                                                                   "--lora_alpha", "16", "--lora_dropout", "0"]
-    trainer = finetune.train(args)
+        out = tmp_path / "out"
+        trainer = finetune.train(["--model_name_or_path", str(source), "--data_path", str(sample_data / "train.json")]
+                                 + cpu_flags(out, epochs=8, lr=1e-2) + ["--use_lora", "true", "--lora_r", "8",
+                                                                         "--lora_alpha", "16", "--lora_dropout", "0"])
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) >= 6
     assert losses[-1] < losses[0] * (0.3 if mode == "full" else 0.7), losses
@@ -64,7 +50,6 @@ def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, tmp_
     batch = dataset.collator([dataset[0], dataset[3], dataset[len(dataset) - 1]])
     trained = trainer.model.eval()
     expected = logits_on(trained, batch, version)
-    out = tmp_path / "out"
     if mode == "full":
         reloaded = auto_class.from_pretrained(out, trust_remote_code=True).eval()
         # the inference files: remote code and chat template as they were; the processor config
@@ -461,6 +446,7 @@ def test_group_by_length_uses_the_checked_lengths_without_building_items(tiny_mo
     assert dataset.lengths[order[0]] == max(dataset.lengths)  # the longest batch comes first (memory errors early)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("version,attention", [("2.0", "sdpa"), ("2.0", "eager"), ("4.5", "sdpa"), ("4.5", "eager")])
 def test_packed_training_memorises_and_logs_its_packs(tiny_model_dir, sample_data, tmp_path, caplog, version,
                                                       attention):
@@ -482,11 +468,13 @@ def test_packed_training_memorises_and_logs_its_packs(tiny_model_dir, sample_dat
 def test_data_loading_defaults_and_the_image_cache_in_a_run(tiny_model_dir, sample_data, tmp_path, caplog,
                                                             monkeypatch):
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(finetune, "check_workers", lambda: 3)  # this process's share of the cores
+    from minicpmv_ft import arguments
+
+    monkeypatch.setattr(arguments, "check_workers", lambda: 3)  # this process's share of the cores
     _, _, args = finetune.parse_arguments(["--model_name_or_path", str(tmp_path), "--data_path", "x.json",
                                            "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
     assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (2, True)
-    monkeypatch.setattr(finetune, "check_workers", lambda: 1)
+    monkeypatch.setattr(arguments, "check_workers", lambda: 1)
     _, _, args = finetune.parse_arguments(["--model_name_or_path", str(tmp_path), "--data_path", "x.json",
                                            "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
     assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (0, False)
@@ -497,6 +485,7 @@ def test_data_loading_defaults_and_the_image_cache_in_a_run(tiny_model_dir, samp
     assert f"image cache: {cache}" in caplog.text and "image cache " + str(cache) + ": views of this data" in caplog.text
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("version", ["2.6", "4.5"])
 def test_a_tiny_video_set_is_memorised(tiny_model_dir, tmp_path, caplog, version):
     """Videos of 2.5 s (4.5: grouped two frames a group by --video_max_frames 4) with answers to
@@ -731,6 +720,7 @@ def test_checkpoints_whose_run_hash_included_the_length_still_resume(tiny_model_
     assert f"resuming from {tmp_path / 'checkpoint-2'}" in caplog.text and resumed.state.global_step == 3
 
 
+@pytest.mark.long
 def test_a_resume_with_eval_steps_given_as_a_ratio_does_not_warn(tiny_model_dir, sample_data, tmp_path, caplog):
     """Issue 18.9: the launchers pass --eval_steps 0.1; every resume warned that 0.1 != 10."""
     import shutil

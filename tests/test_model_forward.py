@@ -27,6 +27,7 @@ def loss_of(model, batch):
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("version", REMOTE_VERSIONS)
 @pytest.mark.parametrize("picks", [[0, 1, 2], [1], [0, 2]], ids=["mixed", "text-only", "images"])
 def test_batch_forward_loss_backward(tiny, image_file, version, picks):

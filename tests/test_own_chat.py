@@ -1,7 +1,6 @@
 """What we save chats through the checkpoint's own chat(), loaded the way its users load it
 (AutoModel / AutoTokenizer with trust_remote_code), and the tiny remote code fails where the
-published code fails (../shared/minicpmv-interface.md, "What the real remote code does at
-inference")."""
+published remote code fails at inference (docs/tiny-models.md)."""
 import json
 
 import pytest
@@ -10,7 +9,7 @@ from PIL import Image
 from transformers import AutoModel, AutoTokenizer
 
 from conftest import REMOTE_VERSIONS, chat_call, make_image
-from test_finetune import cpu_flags, sample_data  # noqa: F401  (fixture)
+from conftest import cpu_flags
 
 import chat
 import finetune
@@ -92,6 +91,7 @@ def trained(tiny_model_dir, sample_data, tmp_path_factory):  # noqa: F811
     return get
 
 
+@pytest.mark.long(demo_version_quick=True)
 @pytest.mark.parametrize("version", REMOTE_VERSIONS)
 def test_results_trained_with_fewer_slices_chat_through_their_own_chat(trained, tmp_path, version):
     """Issue 18.1: a merged LoRA result had max_slice_nums 2 in config.json and 9 in

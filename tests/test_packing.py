@@ -90,6 +90,7 @@ def summed_loss_and_grads(trainer, model, batches):
     return total, grads
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("version", VERSIONS)
 def test_packed_batch_has_the_loss_and_gradients_of_its_samples_one_by_one(packable, image_file, tmp_path, version):
     tok, model = packable(version)
@@ -115,6 +116,7 @@ def test_packed_batch_has_the_loss_and_gradients_of_its_samples_one_by_one(packa
         torch.testing.assert_close(packed_grads[name], grads[name], rtol=1e-4, atol=1e-9 + 1e-6 * scale, msg=name)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("version", VERSIONS)
 def test_a_packed_sample_cannot_see_the_one_before_it(packable, image_file, tmp_path, version, attention):

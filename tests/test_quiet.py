@@ -5,6 +5,7 @@ import logging
 import subprocess
 import sys
 
+import pytest
 from transformers import AutoModel, AutoTokenizer
 
 from conftest import ROOT
@@ -41,6 +42,7 @@ def test_2_0_generation_mixin_and_mistral_regex_alarms_are_dropped(tiny_model_di
     assert "generative capabilities" not in quieted and "incorrect regex" not in quieted
 
 
+@pytest.mark.long
 def test_slow_image_processor_advice_is_dropped(tiny_model_dir):
     """Logged once per process: each case runs in its own."""
     load = f"from transformers import AutoProcessor; AutoProcessor.from_pretrained({str(tiny_model_dir('2.6'))!r}, " \

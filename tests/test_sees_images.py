@@ -7,20 +7,17 @@ import pytest
 from PIL import Image
 
 from conftest import VERSIONS
-from test_finetune import cpu_flags, sample_data  # noqa: F401  (fixture)
 
 import chat
-import finetune
 from minicpmv_ft.loading import load_for_inference
+
+pytestmark = pytest.mark.long(demo_version_quick=True)  # 2.6 reads the quick tier's training run
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_full_fine_tune_answers_each_training_image_right(tiny_model_dir, sample_data, tmp_path, version):  # noqa: F811
+def test_full_fine_tune_answers_each_training_image_right(shapes_full, sample_data, version):  # noqa: F811
+    _, out = shapes_full(version)
     records = [r for r in json.loads((sample_data / "train.json").read_text()) if r["id"].startswith("shape-")]
-    (tmp_path / "shapes.json").write_text(json.dumps(records))
-    out = tmp_path / "out"
-    finetune.train(["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(tmp_path / "shapes.json"),
-                    "--image_folder", str(sample_data)] + cpu_flags(out, 30, 1e-3) + ["--vision_lr", "1e-4", "--per_device_train_batch_size", "1"])
     tokenizer, model, entry, _ = load_for_inference(str(out))
     answers = {}
     for record in records:

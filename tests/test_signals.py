@@ -5,7 +5,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.long  # processes of their own, waiting out the signal windows
 
 WORKER = """
 import signal, sys, time

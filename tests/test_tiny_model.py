@@ -1,4 +1,4 @@
-"""The tiny models expose the real checkpoints' interface (../shared/minicpmv-interface.md)."""
+"""The tiny models expose the real checkpoints' interface (docs/tiny-models.md)."""
 import json
 
 import pytest

@@ -50,6 +50,7 @@ def batch_for(tokenizer, config, data, version):
     return batch
 
 
+@pytest.mark.long(demo_version_quick=True)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_merged_model_equals_adapter_model(adapters, tmp_path, version):
     entry = REGISTRY[version]
@@ -80,6 +81,7 @@ def test_merged_model_equals_adapter_model(adapters, tmp_path, version):
     assert not any(k.startswith(llm) and ("mlp" in k or "embed_tokens" in k or "lm_head" in k) for k in changed)
 
 
+@pytest.mark.long(demo_version_quick=True)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_chat_answers_alike_from_adapter_and_merged_model(adapters, tmp_path, version):
     base, adapter, data = adapters(version)

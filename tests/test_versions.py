@@ -15,8 +15,26 @@ def test_detected_from_config(tiny, version):
     assert llm_config_family(model.config) == FAMILIES[version] == REGISTRY[version].llm_config_family
 
 
-def test_registry_holds_every_tested_version():
-    assert list(REGISTRY) == REMOTE_VERSIONS + NATIVE_VERSIONS
+def test_every_registry_entry_has_a_tiny_model_and_runs_in_the_parametrised_tests():
+    """Adding a version (docs/adding-a-version.md): its entry, its tiny-model recipe, and the tests
+    parametrised with conftest's lists, which come from the registry."""
+    import make_tiny_model
+
+    assert sorted([*make_tiny_model.RECIPES, *make_tiny_model.NATIVE_RECIPES], key=float) == list(REGISTRY)
+    assert sorted(REMOTE_VERSIONS + NATIVE_VERSIONS, key=float) == list(REGISTRY)
+
+
+def test_each_native_version_has_its_own_requirements_file_and_environment():
+    """demo.sh and run_tests.sh find a version's environment by this naming alone."""
+    from conftest import ROOT
+    from minicpmv_ft.versions.environments import BY_MODEL_TYPE
+
+    assert NATIVE_VERSIONS
+    for name in NATIVE_VERSIONS:
+        environment = BY_MODEL_TYPE[REGISTRY[name].model_type]
+        assert (environment.requirements, environment.venv) == (f"requirements-{name}.txt", f".venv-{name}")
+        assert (ROOT / environment.requirements).is_file()
+    assert sorted(p.name for p in ROOT.glob("requirements-*.txt")) == [f"requirements-{n}.txt" for n in NATIVE_VERSIONS]
 
 
 @pytest.mark.parametrize("alias,version", [
@@ -92,8 +110,11 @@ def test_no_module_outside_the_registry_names_a_version():
 
     from conftest import ROOT
 
-    pattern = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](2\.0|2\.5|2\.6|4\.0|4\.5|4\.6|minicpm|llama3|qwen2?|qwen3)["']""")
+    names = "|".join(re.escape(name) for version in REGISTRY.values() for name in version.names)
+    pattern = re.compile(rf"""(==|!=|\bin)\s*\(?\s*["']({names})["']""")
+    shell = re.compile(rf"""\[\s.*=\s*["']?({names})["']?\s*\]""")  # [ "$VERSION" = "4.6" ]
     offenders = []
-    for path in [*ROOT.glob("*.py"), *(ROOT / "minicpmv_ft").glob("*.py")]:
-        offenders += [f"{path.name}: {line.strip()}" for line in path.read_text().splitlines() if pattern.search(line)]
+    for path in [*ROOT.glob("*.py"), *(ROOT / "minicpmv_ft").glob("*.py"), *ROOT.glob("*.sh")]:
+        check = shell if path.suffix == ".sh" else pattern
+        offenders += [f"{path.name}: {line.strip()}" for line in path.read_text().splitlines() if check.search(line)]
     assert offenders == []

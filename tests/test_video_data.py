@@ -125,7 +125,7 @@ def test_unreadable_videos_fail_the_check_naming_the_sample(tiny, tmp_path, cont
         (tmp_path / "clip.mp4").write_bytes(content)
     sample = {"id": "v1", "video": "clip.mp4", "conversations": [{"role": "user", "content": "<video> What?"},
                                                                 {"role": "assistant", "content": "x"}]}
-    with pytest.raises(DataError, match=re.escape(f"sample 0 (id 'v1'): " + reason.format(folder=tmp_path))):
+    with pytest.raises(DataError, match=re.escape("sample 0 (id 'v1'): " + reason.format(folder=tmp_path))):
         SupervisedDataset([sample], tok, model.config, base_dir=str(tmp_path))
 
 

@@ -68,7 +68,9 @@ def worker(mode: str, model_dir: str, steps: int):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", default="2.6", choices=["2.0", "2.5", "2.6", "4.0", "4.5"])
+    from minicpmv_ft.versions import REMOTE_CODE_VERSIONS
+
+    parser.add_argument("--version", default="2.6", choices=REMOTE_CODE_VERSIONS)
     parser.add_argument("--vocab-size", type=int, default=151666, help="embedding rows (real 2.6: 151666)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (the fastest is reported)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -1,4 +1,4 @@
-"""Write data in our format (README, Data format) from the formats people have.
+"""Write data in our format (docs/data.md) from the formats people have.
 
     python tools/convert_data.py --from sharegpt llava.json --out train.json [--image_folder DIR]
     python tools/convert_data.py --from messages swift.jsonl --out train.json

@@ -2,9 +2,10 @@
 
     python tools/make_tiny_model.py --version 4.5 --out /tmp/tiny-4.5 [--vocab-size 151748] [--seed 0]
 
---version is one of 2.0, 2.5, 2.6, 4.0, 4.5, 4.6 (--llm-type minicpm / llama3 / qwen still name 2.x).
-4.6 has no remote code: it is built from transformers' own 4.6 classes, in the 4.6 environment
-(requirements-4.6.txt; tools/tiny_model/native_4_6.py).
+--version is any version of the registry (minicpmv_ft/versions/; --help lists them; --llm-type
+minicpm / llama3 / qwen still name 2.x). A native version has no remote code: it is built from
+transformers' own classes, in its own environment (requirements-VERSION.txt;
+tools/tiny_model/native_4_6.py).
 
 The directory holds config.json (with auto_map), our own remote-code .py files, a small
 tokenizer with the real special tokens, attributes and chat template of that version, and

@@ -2,7 +2,7 @@
 the checkpoint's config, and the image settings read from wherever each version keeps them.
 
 Adding a version means one module here (a `ModelVersion`), a tiny-model recipe and its test
-parameters. The facts come from ../shared/minicpmv-interface.md.
+parameters: docs/adding-a-version.md walks through them.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pkgutil
 import re
 from dataclasses import dataclass
 
+from .environments import BY_MODEL_TYPE, in_native_environment  # noqa: F401 (the latter: for importers)
 from .spec import ModelVersion, submodule  # noqa: F401 (submodule: for importers)
 
 
@@ -22,6 +23,10 @@ def _discover() -> dict[str, ModelVersion]:
 
 
 VERSIONS: dict[str, ModelVersion] = _discover()
+# Native checkpoints (their classes inside a newer transformers) need their own environment;
+# the others run their remote code in the default one.
+NATIVE_VERSIONS = tuple(name for name, v in VERSIONS.items() if v.model_type in BY_MODEL_TYPE)
+REMOTE_CODE_VERSIONS = tuple(name for name in VERSIONS if name not in NATIVE_VERSIONS)
 
 LLM_FAMILIES = ("minicpm", "llama", "qwen2", "qwen3")
 
@@ -32,6 +37,26 @@ class VersionError(ValueError):
 
 def supported() -> str:
     return "; ".join(f"{v.name} = {v.checkpoints} (--llm_type {' / '.join(v.names)})" for v in VERSIONS.values())
+
+
+def version_choices() -> str:
+    """'2.0 (minicpm), 2.5 (llama3), ...': the names --llm_type takes, for help texts."""
+    return ", ".join(f"{v.name} ({', '.join(v.aliases)})" if v.aliases else v.name for v in VERSIONS.values())
+
+
+def names_where(predicate) -> str:
+    """'2.6, 4.0': the versions an entry predicate holds for, for help texts and messages."""
+    return ", ".join(v.name for v in VERSIONS.values() if predicate(v))
+
+
+def video_defaults(setting: str, sampling: str | None = None) -> str:
+    """'2.6, 4.0: 1; 4.5: 3': each video version's default of a VideoScheme setting (of one
+    sampling kind when given), for help texts."""
+    by_value = {}
+    for v in VERSIONS.values():
+        if v.video is not None and sampling in (None, v.video.sampling):
+            by_value.setdefault(getattr(v.video, setting), []).append(v.name)
+    return "; ".join(f"{', '.join(names)}: {value:g}" for value, names in by_value.items())
 
 
 def by_name(name: str) -> ModelVersion:

@@ -30,6 +30,12 @@ BY_MODEL_TYPE = {
 }
 
 
+def in_native_environment() -> bool:
+    """Whether this environment is one the native checkpoints' requirements file set up."""
+    installed = Version(transformers.__version__)
+    return any(installed >= Version(env.transformers_at_least) for env in BY_MODEL_TYPE.values())
+
+
 class WrongEnvironment(ValueError):
     """The checkpoint needs the other environment; the message says how to set it up."""
 

@@ -1,0 +1,337 @@
+"""The command-line arguments of fine-tuning, the one declaration finetune.py and check_data.py
+both parse (check_data.py takes ModelArguments and DataArguments), and which of them make a run
+what it is: a resume must match those (RESULT_ARGUMENTS; minicpmv_ft/run_record.py).
+
+Every field declared here is listed in RESULT_ARGUMENTS or in RUN_NEUTRAL_ARGUMENTS; a test
+keeps the two lists complete, so a new option has to say whether it changes the trained weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+
+from .data_formats import FORMATS
+from .encoding import DEFAULT_MODEL_MAX_LENGTH
+from .loading import looks_like_hub_id
+from .node_check import node_cores
+from .run_record import file_fingerprint
+from .versions import names_where, version_choices, video_defaults
+from .view_cache import check_cache_folder
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "checkpoint directory or hub id, e.g. openbmb/MiniCPM-V-4_5"})
+    llm_type: typing.Optional[str] = field(default=None, metadata={
+        "help": f"checkpoint version or its alias: {version_choices()}. Default: read from the checkpoint; "
+                "a value contradicting it is an error"})
+
+    attn_implementation: typing.Optional[str] = field(default=None, metadata={
+        "help": "attention of the LLM: eager, sdpa or flash_attention_2 (CUDA, pip install flash-attn; packed "
+                "samples then run as variable-length sequences); default: transformers' choice for the "
+                "checkpoint (sdpa)"})
+
+    def __post_init__(self):
+        if self.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2"):
+            raise ValueError(f"--attn_implementation {self.attn_implementation!r}: choose eager, sdpa or "
+                             "flash_attention_2")
+        if self.attn_implementation == "flash_attention_2" and (
+                not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None):
+            raise ValueError("--attn_implementation flash_attention_2 needs a CUDA GPU and flash-attn "
+                             "(pip install flash-attn); sdpa works everywhere")
+        path = self.model_name_or_path
+        if not looks_like_hub_id(path) and not os.path.isdir(path):
+            raise ValueError(f"--model_name_or_path {path}: no such folder (and not a hub id like openbmb/MiniCPM-V-4_5)")
+        if not os.path.isdir(path) and os.path.isdir(path.split("/")[0]):  # "output/modle": a mistyped folder
+            raise ValueError(f"--model_name_or_path {path}: no such folder ({path.split('/')[0]}/ is a folder here)")
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(metadata={"help": "training data: JSON list or JSON Lines file (docs/data.md)"})
+    eval_data_path: typing.Optional[str] = field(default=None, metadata={
+        "help": "evaluation data, same format: its loss is logged at the end of training, and every "
+                "--eval_steps with --eval_strategy steps"})
+    data_format: str = field(default="auto", metadata={
+        "help": "auto (each sample by its keys), native, sharegpt (ShareGPT/LLaVA from/value) or messages "
+                "(OpenAI style with images); docs/data.md"})
+    image_folder: typing.Optional[str] = field(default=None, metadata={
+        "help": "folder that relative image paths start from; default: the data file's folder"})
+    max_slice_nums: typing.Optional[int] = field(default=None, metadata={
+        "help": "most slices per image (>= 1); default: the checkpoint's (9). Lower saves memory and tokens. "
+                "Saved with the result (config, processor config; an adapter's minicpmv_settings.json), so its "
+                "chat(), chat.py and predict.py slice as training did"})
+    model_max_length: int = field(default=DEFAULT_MODEL_MAX_LENGTH, metadata={
+        "help": "tokens per sample, images included; longer samples are truncated, or dropped (and "
+                "counted) when the cut would split an image or leave no trained token"})
+    skip_bad_samples: bool = field(default=False, metadata={
+        "help": "train without the samples that fail the data check (they are counted in the log); "
+                "default: any failing sample stops the run before training"})
+    verify_images: bool = field(default=False, metadata={
+        "help": "decode every image (and the frames of every video) in full before training (check_data.py "
+                "--verify_images likewise); default: read each image's header and check the file ends whole"})
+    image_cache_dir: typing.Optional[str] = field(default=None, metadata={
+        "help": "folder that keeps every image's decoded and sliced views (uint8) after their first use, so "
+                "later epochs skip decoding and resizing (videos: the sampled frames' views); checked to fit on its "
+                "disk before training. Several runs may share one folder, at once too: entries are keyed by the "
+                "file (path, modification and change time, inode, size) and the slicing settings, written "
+                "atomically and checksummed (a damaged one is rebuilt)"})
+    video_fps: typing.Optional[float] = field(default=None, metadata={
+        "help": f"video frames sampled per second; default: the checkpoint's video example ({video_defaults('fps')})"})
+    video_max_frames: typing.Optional[int] = field(default=None, metadata={
+        "help": "frames per video at most (grouped frames: before grouping); default "
+                f"{video_defaults('max_frames')}"})
+    video_max_group: typing.Optional[int] = field(default=None, metadata={
+        "help": f"frames per group at most, 1-6 (each group is one 64-token block), for the versions that group "
+                f"frames; default {video_defaults('max_group', 'grouped')}"})
+    video_max_slice_nums: typing.Optional[int] = field(default=None, metadata={
+        "help": f"slices per video frame, for the versions that slice frames; default "
+                f"{video_defaults('max_slice_nums', 'stride')}"})
+    keep_earlier_reasoning: bool = field(default=False, metadata={
+        "help": f"thinking models ({names_where(lambda v: v.chat.thinking)}): keep the reasoning of every assistant "
+                "turn as a trained think block. Default: as the chat template, only the last answer carries its "
+                "reasoning"})
+
+    def __post_init__(self):
+        if self.data_format not in FORMATS:
+            raise ValueError(f"--data_format {self.data_format!r}: choose one of {', '.join(FORMATS)}")
+        if self.image_folder is not None and not os.path.isdir(self.image_folder):
+            raise ValueError(f"--image_folder {self.image_folder}: no such folder")
+        if self.video_max_group is not None and not 1 <= self.video_max_group <= 6:
+            raise ValueError(f"--video_max_group must be 1-6 (the 3-D resampler's groups), got {self.video_max_group}")
+        for flag in ("video_fps", "video_max_frames", "video_max_slice_nums"):
+            if getattr(self, flag) is not None and getattr(self, flag) <= 0:
+                raise ValueError(f"--{flag} must be positive, got {getattr(self, flag)}")
+        if self.max_slice_nums is not None and self.max_slice_nums < 1:
+            raise ValueError(f"--max_slice_nums must be >= 1, got {self.max_slice_nums}")
+        if self.image_cache_dir:
+            check_cache_folder(self.image_cache_dir)
+        if self.model_max_length < 1:
+            raise ValueError(f"--model_max_length must be a positive number of tokens, got {self.model_max_length}")
+
+
+NATIVE_TRAINING_ARGUMENTS = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    tune_vision: bool = field(default=True, metadata={"help": "train the vision tower (vpm)"})
+    tune_llm: typing.Optional[bool] = field(default=None, metadata={
+        "help": "train all LLM weights; default true for full fine-tuning, false with --use_lora"})
+    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM instead of its weights"})
+    q_lora: bool = field(default=False, metadata={"help": "QLoRA: load the LLM in 4-bit (needs CUDA and bitsandbytes; not with ZeRO-3)"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input, 0-1"})
+    lora_target_modules: typing.Optional[str] = field(default=None, metadata={
+        "help": "regex over full module names to adapt; default: the LLM's q/k/v/o projections"})
+    lora_modules_to_save: list[str] = field(default_factory=list, metadata={
+        "help": "extra modules trained fully and saved with the adapter (resampler always is; the vision "
+                "tower with --tune_vision). embed_tokens is trained only if listed here"})
+    # MiniCPM-V's forward takes one `data` dict, so columns must not be filtered by signature.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep False for MiniCPM-V"})
+    label_names: typing.Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "label keys"})
+    # Evaluation reports the loss only; full-vocab logits are never gathered.
+    prediction_loss_only: bool = field(default=True, metadata={"help": "keep True: eval computes loss only"})
+    loss_chunk_tokens: int = field(default=64, metadata={
+        "help": "labelled positions whose logits exist at once in the loss (chunked cross-entropy; the "
+                "backward pass recomputes each chunk); smaller saves memory, larger saves a little time"})
+    packing: bool = field(default=False, metadata={
+        "help": "train on packs of whole samples up to --model_max_length tokens, each sample attending only "
+                "to itself (no padding; docs/training.md, Packing)"})
+    loss_kernel: str = field(default="chunked", metadata={
+        "help": "chunked (--loss_chunk_tokens rows of logits at a time, any device) or liger (Liger's fused "
+                "linear cross-entropy; CUDA and pip install liger-kernel)"})
+    vision_lr: typing.Optional[float] = field(default=None, metadata={
+        "help": "learning rate of the vision tower (default: --learning_rate): a param group of its own on the "
+                "same schedule, logged as learning_rate_vpm, restored on resume (not with a DeepSpeed optimizer block)"})
+    resampler_lr: typing.Optional[float] = field(default=None, metadata={
+        "help": "learning rate of the resampler (default: --learning_rate), as --vision_lr; logged as "
+                "learning_rate_resampler"})
+    report_to: typing.Union[None, str, list[str]] = field(default="tensorboard", metadata={
+        "help": "where to log: tensorboard (OUTPUT_DIR/runs; `tensorboard --logdir OUTPUT_DIR/runs`), none, wandb, ..."})
+    dataloader_num_workers: int = field(default=-1, metadata={
+        "help": "processes that build batches (decode, slice, normalise, tokenize) while the model trains; "
+                "-1: this process's share of the node's cores minus one, at most 8; 0: in the training process"})
+    dataloader_persistent_workers: bool = field(default=True, metadata={
+        "help": "keep the DataLoader workers from one epoch to the next instead of starting new ones"})
+    # transformers 5 dropped these (warmup_steps < 1 is a ratio there; --train_sampling_strategy
+    # replaced group_by_length); the launchers and our runs use them in both environments
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of the steps that warm the learning rate up"})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "batch samples of similar token counts together (less padding), by the data check's counts (no "
+                "item is built to measure them); not with --packing"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "start a new run in an output folder that holds another run's checkpoints (docs/training.md, Interrupting and resuming)"})
+    gradient_checkpointing_kwargs: typing.Optional[dict] = field(
+        default_factory=lambda: {"use_reentrant": False}, metadata={"help": "kwargs for gradient checkpointing"})
+
+    def __post_init__(self):
+        if self.warmup_ratio and "warmup_ratio" not in NATIVE_TRAINING_ARGUMENTS and not self.warmup_steps:
+            self.warmup_steps = self.warmup_ratio  # transformers 5: a float below 1 is the ratio
+        if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            self.ddp_find_unused_parameters = False  # one process: nothing to synchronise, only a warning to print
+        if self.dataloader_num_workers < 0:
+            self.dataloader_num_workers = min(8, check_workers() - 1)
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False  # nothing to keep; the DataLoader refuses the flag
+        # Before the Trainer's own checks: with --deepspeed they set up process-wide DeepSpeed state.
+        if (self.vision_lr is not None or self.resampler_lr is not None) and "optimizer" in deepspeed_config(self):
+            raise ValueError(f"--vision_lr / --resampler_lr need the Trainer's optimizer, but {self.deepspeed} has "
+                             "an \"optimizer\" block (DeepSpeed would build its own, with one learning rate); "
+                             "remove the block or the per-module rates")
+        super().__post_init__()
+        for flag in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+                     "loss_chunk_tokens"):
+            if getattr(self, flag) < 1:
+                raise ValueError(f"--{flag} must be >= 1, got {getattr(self, flag)}")
+        self._check_lora_and_rates()
+        if self.loss_kernel not in ("chunked", "liger"):
+            raise ValueError(f"--loss_kernel {self.loss_kernel!r}: choose chunked or liger")
+        if self.loss_kernel == "liger" and (not torch.cuda.is_available()
+                                            or importlib.util.find_spec("liger_kernel") is None):
+            raise ValueError("--loss_kernel liger needs a CUDA GPU and liger-kernel (pip install liger-kernel); "
+                             "--loss_kernel chunked works everywhere")
+        if self.packing and self.group_by_length:
+            raise ValueError("--packing and --group_by_length both arrange samples by length; use one")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"--num_train_epochs {self.num_train_epochs} trains nothing; give a positive "
+                             "--num_train_epochs or --max_steps")
+        if self.output_dir:
+            check_output_dir(self.output_dir)
+        if self.use_lora and self.tune_llm:
+            raise ValueError("--use_lora true with --tune_llm true would train all LLM weights as well as the "
+                             "adapters; use --tune_llm false (the LoRA default) or drop --use_lora")
+        if self.q_lora and not self.use_lora:
+            raise ValueError("--q_lora true needs --use_lora true")
+        if self.q_lora and not torch.cuda.is_available():
+            raise ValueError("--q_lora true needs a CUDA GPU (bitsandbytes 4-bit); use --use_lora without --q_lora on CPU")
+        if self.q_lora and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("--q_lora true needs bitsandbytes: pip install bitsandbytes")
+        if self.q_lora and zero_stage(self) == 3:
+            raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
+                             "use ds_config_zero2.json")
+
+    def _check_lora_and_rates(self):
+        if self.lora_r < 1:
+            raise ValueError(f"--lora_r must be >= 1 (the adapters' rank), got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"--lora_alpha must be positive (scale = alpha / r), got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout is a probability in [0, 1), got {self.lora_dropout}")
+        if self.lora_target_modules is not None:
+            try:
+                re.compile(self.lora_target_modules)
+            except re.error as error:
+                raise ValueError(f"--lora_target_modules {self.lora_target_modules!r} is not a regular expression: "
+                                 f"{error}") from None
+        for flag in ("vision_lr", "resampler_lr"):
+            rate = getattr(self, flag)
+            if rate is not None and rate <= 0:
+                raise ValueError(f"--{flag} must be positive, got {rate} (a negative rate ascends the loss); to "
+                                 "freeze the vision tower use --tune_vision false")
+        if self.vision_lr is not None and not self.tune_vision:
+            raise ValueError("--vision_lr with --tune_vision false: the vision tower is frozen, nothing uses the "
+                             "rate; drop one of them")
+
+    @property
+    def trains_llm(self) -> bool:
+        """--tune_llm, defaulting to true for full fine-tuning and false with LoRA."""
+        return (not self.use_lora) if self.tune_llm is None else self.tune_llm
+
+
+def check_output_dir(path: str):
+    """ValueError unless `path` is, or can be created as, a writable folder."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output_dir {path} is a file, not a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise ValueError(f"--output_dir {path}: {existing} is not a writable folder")
+
+
+def deepspeed_config(train_args) -> dict:
+    config = train_args.deepspeed
+    if isinstance(config, str):
+        with open(config) as handle:
+            return json.load(handle)
+    return config or {}
+
+
+def zero_stage(train_args) -> int:
+    return int(deepspeed_config(train_args).get("zero_optimization", {}).get("stage", 0))
+
+
+def check_workers() -> int:
+    """This process's share of the node's cores: the data check's processes when it checks alone
+    (several processes on a node check once, with all of them: node_check.py), and the basis of
+    the DataLoader worker default."""
+    return max(1, node_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def video_scheme(version, data_args):
+    """The version's video sampling with the --video_* options applied (None: the version's own)."""
+    options = {"fps": data_args.video_fps, "max_frames": data_args.video_max_frames,
+               "max_group": data_args.video_max_group, "max_slice_nums": data_args.video_max_slice_nums}
+    options = {key: value for key, value in options.items() if value is not None}
+    if not options:
+        return None
+    if version.video is None:
+        raise ValueError(f"--video_* options: MiniCPM-V {version.name} takes no video")
+    if version.video.grouped and options.get("max_slice_nums", 1) != 1:
+        raise ValueError(f"--video_max_slice_nums: MiniCPM-V {version.name} groups whole frames, one view each; "
+                         "leave it out")
+    if not version.video.grouped and "max_group" in options:
+        raise ValueError(f"--video_max_group: MiniCPM-V {version.name} does not group frames (only "
+                         f"{names_where(lambda v: v.video and v.video.grouped)} do)")
+    return dataclasses.replace(version.video, **options)
+
+
+
+
+# What a resume must match (minicpmv_ft/run_record.py): the arguments that change the weights a
+# run produces. transformers' own TrainingArguments fields first (the optimizer, schedule,
+# batch, precision and seed), then ours. The data files count by their content's fingerprint.
+RESULT_ARGUMENTS = (
+    "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
+    "optim_args", "num_train_epochs", "max_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
+    "label_smoothing_factor", "neftune_noise_alpha",
+    "model_name_or_path",
+    "data_format", "image_folder", "max_slice_nums", "model_max_length", "skip_bad_samples", "video_fps",
+    "video_max_frames", "video_max_group", "video_max_slice_nums", "keep_earlier_reasoning",
+    "tune_vision", "tune_llm", "use_lora", "q_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "lora_modules_to_save", "packing", "vision_lr", "resampler_lr", "warmup_ratio", "group_by_length",
+)
+FINGERPRINTED_FILES = {"data_path": "data", "eval_data_path": "eval_data"}  # argument -> identity key
+# Ours that leave the weights as they are: how the run is checked, logged, cached, computed.
+RUN_NEUTRAL_ARGUMENTS = (
+    "llm_type", "attn_implementation", "verify_images", "image_cache_dir", "remove_unused_columns", "label_names",
+    "prediction_loss_only", "loss_chunk_tokens", "loss_kernel", "report_to", "dataloader_num_workers",
+    "dataloader_persistent_workers", "overwrite_output_dir", "gradient_checkpointing_kwargs",
+)
+
+
+def run_identity(*argument_sets) -> dict:
+    """The result-changing arguments of a run, and its data files' fingerprints (None: no file)."""
+    identity = {}
+    for arguments in argument_sets:
+        for name in RESULT_ARGUMENTS:
+            if hasattr(arguments, name):
+                value = getattr(arguments, name)
+                value = getattr(value, "value", value)  # transformers' enums: their string
+                identity[name] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+        for name, key in FINGERPRINTED_FILES.items():
+            if hasattr(arguments, name):
+                path = getattr(arguments, name)
+                identity[key] = file_fingerprint(path) if path and os.path.isfile(path) else None
+    return identity

@@ -1,0 +1,111 @@
+"""One declaration of the arguments: every option says whether it changes the trained weights (the
+run identity a resume must match), and check_data.py parses the data flags as finetune.py does."""
+import dataclasses
+import json
+import re
+
+import pytest
+import transformers
+
+from conftest import make_video
+
+import check_data
+import finetune
+from minicpmv_ft import arguments
+from minicpmv_ft.run_record import check_new_run, write_run
+
+
+def declared_here(cls) -> set[str]:
+    """The fields a class of ours declares itself (not those it inherits from transformers)."""
+    return set(vars(cls).get("__annotations__", {}))
+
+
+def test_every_option_of_ours_says_whether_it_changes_the_result():
+    ours = declared_here(arguments.ModelArguments) | declared_here(arguments.DataArguments) \
+        | declared_here(arguments.TrainingArguments)
+    classified = [*arguments.RESULT_ARGUMENTS, *arguments.FINGERPRINTED_FILES, *arguments.RUN_NEUTRAL_ARGUMENTS]
+    assert sorted(ours - set(classified)) == [], "add each new option to RESULT_ARGUMENTS or RUN_NEUTRAL_ARGUMENTS"
+    assert len(classified) == len(set(classified)), "an option is listed twice"
+    every_field = ours | {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    assert sorted(set(classified) - every_field) == [], "a listed option is no field (renamed? a typo?)"
+
+
+def parse(tmp_path, *extra):
+    (tmp_path / "d.json").write_text("[]")
+    return finetune.parse_arguments(["--model_name_or_path", str(tmp_path), "--data_path", str(tmp_path / "d.json"),
+                                     "--output_dir", str(tmp_path / "out"), "--use_cpu", "true",
+                                     "--report_to", "none", *extra])
+
+
+def test_the_identity_holds_every_result_argument_and_the_data_files(tmp_path):
+    identity = arguments.run_identity(*parse(tmp_path))
+    assert set(identity) == set(arguments.RESULT_ARGUMENTS) | set(arguments.FINGERPRINTED_FILES.values())
+    assert identity["eval_data"] is None and len(identity["data"]) == 64
+    assert identity["lr_scheduler_type"] == "linear"  # the enum's value, as run.json stores it
+    json.dumps(identity)  # run.json holds it
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--packing", "true"], "packing False (now True)"),
+    (["--group_by_length", "true"], "group_by_length False (now True)"),
+    (["--video_fps", "2"], "video_fps None (now 2.0)"),
+    (["--video_max_frames", "8"], "video_max_frames None (now 8)"),
+    (["--data_format", "sharegpt"], "data_format 'auto' (now 'sharegpt')"),
+    (["--image_folder", "."], "image_folder None (now '.')"),
+    (["--lora_r", "8"], "lora_r 64 (now 8)"),
+])
+def test_a_resume_with_a_result_argument_switched_is_refused_naming_it(tmp_path, flags, named):
+    """Issue 19: resuming with --packing (or a --video_* setting, ...) switched was the same run."""
+    write_run(str(tmp_path / "out"), arguments.run_identity(*parse(tmp_path)), finished=False)
+    with pytest.raises(ValueError, match=re.escape(f"holds a run with other settings: {named}. Resume with the same")):
+        check_new_run(str(tmp_path / "out"), arguments.run_identity(*parse(tmp_path, *flags)), resuming=True,
+                      overwrite=False)
+
+
+def test_a_resume_with_other_eval_data_is_refused(tmp_path):
+    (tmp_path / "e.json").write_text("[]")
+    write_run(str(tmp_path / "out"), arguments.run_identity(*parse(tmp_path, "--eval_data_path",
+                                                                   str(tmp_path / "e.json"))), finished=False)
+    (tmp_path / "e.json").write_text("[ ]")
+    with pytest.raises(ValueError, match=r"holds a run with other settings: eval_data '[0-9a-f]{64}' \(now "):
+        check_new_run(str(tmp_path / "out"), arguments.run_identity(
+            *parse(tmp_path, "--eval_data_path", str(tmp_path / "e.json"))), resuming=True, overwrite=False)
+
+
+def test_a_run_recorded_before_an_argument_joined_the_identity_still_resumes(tmp_path):
+    """run.json written when the identity lacked group_by_length: not compared, not refused."""
+    identity = arguments.run_identity(*parse(tmp_path))
+    write_run(str(tmp_path / "out"), {k: v for k, v in identity.items() if k != "group_by_length"}, finished=False)
+    check_new_run(str(tmp_path / "out"), identity, resuming=True, overwrite=False)
+
+
+def test_check_data_parses_every_model_and_data_flag_as_finetune_does(tmp_path):
+    (tmp_path / "e.json").write_text("[]")
+    (tmp_path / "cache").mkdir()
+    flags = ["--llm_type", "2.6", "--eval_data_path", str(tmp_path / "e.json"), "--data_format", "messages",
+             "--image_folder", str(tmp_path), "--max_slice_nums", "3", "--model_max_length", "777",
+             "--skip_bad_samples", "--verify_images", "--image_cache_dir", str(tmp_path / "cache"), "--video_fps", "2.5",
+             "--video_max_frames", "9", "--video_max_group", "2", "--video_max_slice_nums", "1",
+             "--keep_earlier_reasoning", "true", "--attn_implementation", "eager"]
+    model_args, data_args, _ = parse(tmp_path, *flags)
+    checked_model, checked_data, _ = check_data.parse_args(
+        ["--model_name_or_path", str(tmp_path), "--data_path", str(tmp_path / "d.json"), *flags])
+    assert (checked_model, checked_data) == (model_args, data_args)
+    defaults = {f.name: f.default for f in dataclasses.fields(arguments.DataArguments)}
+    assert all(getattr(data_args, name) != default for name, default in defaults.items() if name != "data_path"), \
+        "the flags above set every data argument"
+
+
+def test_check_data_samples_videos_with_the_video_flags(tiny_model_dir, tmp_path):
+    """check_data lacked --video_*: with them it checked other frames than training trains on."""
+    make_video(tmp_path / "clip.mp4", frames=50, fps=10)  # 5 s: 5 frames at the 2.6 default of 1 a second
+    sample = {"video": "clip.mp4", "conversations": [{"role": "user", "content": "<video>\nWhat?"},
+                                                     {"role": "assistant", "content": "x"}]}
+    (tmp_path / "d.json").write_text(json.dumps([sample]))
+    frames = {}
+    for flags in ([], ["--video_max_frames", "2"], ["--video_fps", "0.5"]):
+        assert check_data.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path",
+                                str(tmp_path / "d.json"), "--num_workers", "1", "--json", str(tmp_path / "r.json"),
+                                *flags]) == 0
+        frames[" ".join(flags)] = json.loads((tmp_path / "r.json").read_text())["files"][0]["videos"]["frames"]["max"]
+    assert frames == {"": 5, "--video_max_frames 2": 2, "--video_fps 0.5": 3}
