@@ -296,8 +296,6 @@ def video_scheme(version, data_args):
     return dataclasses.replace(version.video, **options)
 
 
-
-
 # What a resume must match (minicpmv_ft/run_record.py): the arguments that change the weights a
 # run produces. transformers' own TrainingArguments fields first (the optimizer, schedule,
 # batch, precision and seed), then ours. The data files count by their content's fingerprint.

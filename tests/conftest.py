@@ -35,6 +35,8 @@ VERSIONS = NATIVE_VERSIONS if NATIVE_ENVIRONMENT else REMOTE_VERSIONS
 # ones (slow) and those marked long; of a long test marked `long(demo_version_quick=True)` it keeps
 # the demo version's run (one full training run, the merge, the chat of a result).
 QUICK_VERSION = "2.6"
+# Fixtures that train a result several tests read (conftest's, test_tools.py's, test_own_chat.py's).
+SHARED_RESULTS = ("shapes_full", "adapters", "trained")
 
 
 def pytest_configure(config):
@@ -68,6 +70,11 @@ def pytest_collection_modifyitems(config, items):
                         and callspec.params.get("mode", "full") == "full")
         if item.get_closest_marker("slow") is None and (long is None or demo_version):
             item.add_marker(pytest.mark.quick)
+        # run_tests.sh runs the tests in one pytest-xdist worker per core (--dist loadgroup): the
+        # readers of a result trained by a fixture go to one worker, which trains it once
+        shared = next((name for name in SHARED_RESULTS if name in getattr(item, "fixturenames", ())), None)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared))
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,10 @@ def video_tokens(encoder, info) -> tuple[int, int, int]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--versions", nargs="+", default=["2.6", "4.0", "4.5"])
+    from minicpmv_ft.versions import REMOTE_CODE_VERSIONS, VERSIONS
+
+    with_video = [name for name in REMOTE_CODE_VERSIONS if VERSIONS[name].video is not None]
+    parser.add_argument("--versions", nargs="+", default=with_video, choices=with_video)
     parser.add_argument("--minutes", type=float, nargs="+", default=[0.5, 1, 5, 30], help="video lengths")
     parser.add_argument("--size", default="640x360", help="frame size WxH")
     parser.add_argument("--clip_seconds", type=float, default=20, help="length of the clip the data path decodes")

@@ -1,7 +1,7 @@
 """What one checkpoint generation is, as the rest of the code sees it: a `ModelVersion`.
 
-Each generation (2.0, 2.5, 2.6, 4.0, 4.5) fills one of these in its own module next to this
-one; nothing outside this package compares version names.
+Each generation fills one of these in its own module next to this one (docs/adding-a-version.md);
+nothing outside this package compares version names.
 """
 from __future__ import annotations
 
