@@ -1,9 +1,9 @@
 """Fine-tune a MiniCPM-V checkpoint (full or LoRA) on JSON conversations with images.
 
-Read top to bottom: arguments -> checks -> tokenizer, config and data (bad data fails before
-any weight is loaded) -> model -> what trains (freezing / LoRA) -> Trainer -> train -> save.
-Launch through finetune_ds.sh / finetune_lora.sh; every transformers.TrainingArguments
-option is accepted too.
+Read top to bottom: arguments (declared in minicpmv_ft/arguments.py) -> checks -> tokenizer,
+config and data (bad data fails before any weight is loaded) -> model -> what trains (freezing /
+LoRA) -> Trainer -> train -> save. Launch through finetune_ds.sh / finetune_lora.sh; every
+transformers.TrainingArguments option is accepted too (docs/options.md lists ours).
 """
 from __future__ import annotations
 

@@ -14,26 +14,34 @@ for requirements in requirements-*.txt; do
     environments+=(".venv-$version $requirements")
 done
 
-# Set up (or check) all of them at once: pip installs on one core, so side by side they take the
-# time of the slowest rather than the sum. Each then builds DeepSpeed's CPU communication op (half
-# a minute, once per environment) before any test waits on it.
-setups=()
-for environment in "${environments[@]}"; do
-    read -r venv requirements <<< "$environment"
-    (VENV=$venv REQUIREMENTS=$requirements; source tools/setup_venv.sh
-     python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" > /dev/null 2>&1 || true) &
-    setups+=($!)
+prepare() {  # VENV REQUIREMENTS: set the environment up (or check it), then build DeepSpeed's CPU
+             # communication op in it (half a minute, once) before any test waits on it
+    (VENV=$1 REQUIREMENTS=$2; source tools/setup_venv.sh
+     python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" > /dev/null 2>&1 || true)
+}
+
+# The first environment is prepared in the foreground; the others at the same time in the
+# background (pip installs on one core), ready when their turn comes.
+preparing=()
+for index in "${!environments[@]}"; do
+    [ "$index" -eq 0 ] && continue
+    read -r venv requirements <<< "${environments[$index]}"
+    prepare "$venv" "$requirements" & preparing[$index]=$!
 done
-for setup in "${setups[@]}"; do wait "$setup"; done
+read -r venv requirements <<< "${environments[0]}"
+prepare "$venv" "$requirements"
 
 # One pytest-xdist worker per core, each computing on one thread: the tiny models' steps gain
 # little from a second thread, and a worker waiting on the processes a test started leaves its
 # core to the other worker (tests/conftest.py keeps the readers of one trained result together).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 statuses=()
-for environment in "${environments[@]}"; do
-    read -r venv requirements <<< "$environment"
-    [ "$venv" = .venv ] || echo "== $venv ($requirements)"
+for index in "${!environments[@]}"; do
+    read -r venv requirements <<< "${environments[$index]}"
+    if [ "$index" -gt 0 ]; then
+        wait "${preparing[$index]}"
+        echo "== $venv ($requirements)"
+    fi
     status=0
     (VENV=$venv REQUIREMENTS=$requirements; source tools/setup_venv.sh
      python -m pytest tests -q -n auto --dist loadgroup "$@") || status=$?

@@ -1,12 +1,12 @@
 """What a run is, recorded in its output folder, so that a resume never continues another run.
 
 OUTPUT_DIR/run.json holds the run's identity (the arguments that change the trained weights
-and fingerprints of the data files: minicpmv_ft/arguments.py says which) and whether it finished; every checkpoint's
-completion marker carries the identity's hash. `--resume_from_checkpoint last` takes only
-checkpoints of the current run, and a new run into a folder that holds another one is refused
-unless --overwrite_output_dir. A resume may lengthen (or shorten) the run: --num_train_epochs and
---max_steps are recorded but not part of what must match. While a run runs, its first process
-holds a lock on the folder.
+and fingerprints of the data files: minicpmv_ft/arguments.py says which) and whether it
+finished; every checkpoint's completion marker carries the identity's hash.
+`--resume_from_checkpoint last` takes only checkpoints of the current run, and a new run into a
+folder that holds another one is refused unless --overwrite_output_dir. A resume may lengthen
+(or shorten) the run: --num_train_epochs and --max_steps are recorded but not part of what must
+match. While a run runs, its first process holds a lock on the folder.
 """
 from __future__ import annotations
 
