@@ -8,8 +8,7 @@ WANT="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "setting up $VENV from $REQUIREMENTS ..."
     python3 -m venv "$VENV"
-    # --no-compile: imports write the bytecode of the modules they use, not of every installed file
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -r "$REQUIREMENTS"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
     echo "$WANT" > "$STAMP"
 fi
 # shellcheck disable=SC1091
