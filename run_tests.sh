@@ -34,6 +34,8 @@ prepare "$venv" "$requirements"
 # One pytest-xdist worker per core, each computing on one thread: the tiny models' steps gain
 # little from a second thread, and a worker waiting on the processes a test started leaves its
 # core to the other worker (tests/conftest.py keeps the readers of one trained result together).
+# A passing test's tmp_path is removed when it ends (a failing one's is kept to look into): the
+# suite's checkpoints would otherwise add up to over a gigabyte per run.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 statuses=()
 for index in "${!environments[@]}"; do
@@ -44,7 +46,7 @@ for index in "${!environments[@]}"; do
     fi
     status=0
     (VENV=$venv REQUIREMENTS=$requirements; source tools/setup_venv.sh
-     python -m pytest tests -q -n auto --dist loadgroup "$@") || status=$?
+     python -m pytest tests -q -n auto --dist loadgroup -o tmp_path_retention_policy=failed "$@") || status=$?
     statuses+=("$status")
 done
 # pytest exits 5 when it collected no test: a failure, unless arguments selected tests that only

@@ -1,7 +1,9 @@
 """Shared fixtures: tiny model directories, the sample data and a trained result (each built once
 per session), image and video files."""
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -9,8 +11,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
-# Remote code of the tiny models is imported from a per-session cache, never a stale one.
-os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="hf_modules_")
+# The processes the tests start (torchrun's log folders, killed trainings' leftovers) and the remote
+# code of the tiny models (imported from a per-session cache, never a stale one) write into one
+# scratch folder per test process, removed when it exits: a full suite leaves nothing in the
+# system's temporary folder. This process keeps that folder (pytest's tmp_path lives there).
+tempfile.gettempdir()  # fixed for this process before TMPDIR changes
+SCRATCH = tempfile.mkdtemp(prefix="minicpmv_ft_tests_")
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+os.environ["TMPDIR"] = SCRATCH
+os.environ["HF_MODULES_CACHE"] = os.path.join(SCRATCH, "hf_modules")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np  # noqa: E402

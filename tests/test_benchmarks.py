@@ -11,12 +11,21 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow  # each setting is a finetune.train run in a process of its own
 
 
+def run_tool(tmp_path, tool, *args, timeout=600):
+    """Runs tools/TOOL with a temporary folder of its own: it succeeds and leaves nothing there."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / tool), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "TMPDIR": str(scratch)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(scratch.iterdir())
+    return done
+
+
 def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_gpu.py"), "--size", "tiny", "--versions", "2.6",
-                           "--steps", "2", "--tokens", "700", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_tool(tmp_path, "bench_gpu.py", "--size", "tiny", "--versions", "2.6", "--steps", "2", "--tokens", "700",
+                    "--out", str(out), timeout=900)
     rows = {row["setting"]: row for row in map(json.loads, out.read_text().splitlines())}
     assert set(rows) == {"lora", "lora-full-logits", "lora-padded-mixed", "lora-packed-mixed"}  # qlora needs CUDA
     assert "qlora             skipped: needs CUDA" in done.stdout
@@ -35,10 +44,8 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
 
 def test_loss_memory_benchmark_shows_the_chunked_loss_flat_and_small(tmp_path):
     out = tmp_path / "loss.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_loss_memory.py"), "--tokens", "512",
-                           "--hidden", "32", "--vocabs", "40000", "--labelled", "0.1", "0.5", "--chunk", "16",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_tool(tmp_path, "bench_loss_memory.py", "--tokens", "512", "--hidden", "32", "--vocabs", "40000",
+                    "--labelled", "0.1", "0.5", "--chunk", "16", "--out", str(out))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     memory = {(row["way"], row["labelled"]): row["extra_peak_mib"] for row in rows}
     for share in (0.1, 0.5):
@@ -49,9 +56,7 @@ def test_loss_memory_benchmark_shows_the_chunked_loss_flat_and_small(tmp_path):
 
 def test_packing_benchmark_reports_padding_and_speed_of_both(tmp_path):
     out = tmp_path / "packing.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_packing.py"), "--samples", "18",
-                           "--model_max_length", "1024", "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_tool(tmp_path, "bench_packing.py", "--samples", "18", "--model_max_length", "1024", "--out", str(out))
     rows = {row["setting"]: row for row in map(json.loads, out.read_text().splitlines())}
     assert rows["unpacked"]["padding_share"] > 0.05 and rows["packed"]["padding_share"] == 0
     assert 0 <= rows["packed"]["pack_room_unused"] < 0.5
@@ -62,9 +67,7 @@ def test_packing_benchmark_reports_padding_and_speed_of_both(tmp_path):
 
 def test_data_check_benchmark_times_both_commands(tmp_path):
     out = tmp_path / "check.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_data_check.py"), "--samples", "800",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_tool(tmp_path, "bench_data_check.py", "--samples", "800", "--out", str(out))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(row["samples"], row["way"]) for row in rows] == [
         (200, "finetune.py"), (200, "check_data.py"), (800, "finetune.py"), (800, "check_data.py")]
@@ -75,10 +78,8 @@ def test_data_check_benchmark_times_both_commands(tmp_path):
 
 def test_data_path_benchmark_compares_with_the_official_bit_for_bit(tmp_path):
     out = tmp_path / "path.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_data_path.py"), "--samples", "4",
-                           "--epochs", "2", "--max_slice_nums", "4", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_tool(tmp_path, "bench_data_path.py", "--samples", "4", "--epochs", "2", "--max_slice_nums", "4",
+                    "--out", str(out))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["way"] for row in rows[:3]] == ["official", "ours", "ours+cache"]
     assert all(row["same_tensors"] for row in rows) and rows[0]["vs_official"] == 1
@@ -89,10 +90,8 @@ def test_data_path_benchmark_compares_with_the_official_bit_for_bit(tmp_path):
 
 def test_video_benchmark_counts_tokens_per_minute_and_times_the_data_path(tmp_path):
     out = tmp_path / "video.jsonl"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_video.py"), "--versions", "2.6", "4.5",
-                           "--minutes", "0.5", "5", "--size", "160x90", "--clip_seconds", "2", "--samples", "2",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_tool(tmp_path, "bench_video.py", "--versions", "2.6", "4.5", "--minutes", "0.5", "5", "--size", "160x90",
+                    "--clip_seconds", "2", "--samples", "2", "--out", str(out))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     tokens = {(row["version"], row["minutes"]): row for row in rows if "minutes" in row}
     # 2.6: one frame a second up to 64; 160x90 frames are single views: <image> + 64 + </image> and a newline each

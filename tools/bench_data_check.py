@@ -88,7 +88,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return worker(*args.worker)
-    work = Path(tempfile.mkdtemp(prefix="bench_data_check_"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench_data_check_")  # removed when main() ends, however it ends
+    work = Path(scratch.name)
     model = args.model
     if model is None:
         import make_tiny_model

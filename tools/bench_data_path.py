@@ -133,7 +133,8 @@ def main(argv=None):
     from dataset import SupervisedDataset
 
     torch.set_num_threads(1)  # per core
-    work = Path(tempfile.mkdtemp(prefix="bench_data_path_"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench_data_path_")  # removed when main() ends, however it ends
+    work = Path(scratch.name)
     model = args.model
     if model is None:
         import make_tiny_model

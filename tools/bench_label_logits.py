@@ -35,7 +35,8 @@ def worker(mode: str, model_dir: str, steps: int):
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).train()
-    folder = Path(tempfile.mkdtemp())
+    scratch = tempfile.TemporaryDirectory(prefix="bench_label_logits_")  # removed when worker() ends
+    folder = Path(scratch.name)
     samples = []
     for i in range(4):
         pixels = (np.random.RandomState(i).rand(1000, 1400, 3) * 255).astype("uint8")
@@ -80,7 +81,8 @@ def main(argv=None):
         return worker(args.worker, args.model, args.steps)
     import make_tiny_model
 
-    model_dir = make_tiny_model.build(args.version, Path(tempfile.mkdtemp()) / "model", vocab_size=args.vocab_size)
+    scratch = tempfile.TemporaryDirectory(prefix="bench_label_logits_")  # removed when main() ends
+    model_dir = make_tiny_model.build(args.version, Path(scratch.name) / "model", vocab_size=args.vocab_size)
     results = {}
     for mode in ("label-positions", "full-logits"):
         out = subprocess.run([sys.executable, __file__, "--worker", mode, "--model", str(model_dir),

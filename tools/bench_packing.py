@@ -86,7 +86,8 @@ def main(argv=None):
     from dataset import SupervisedDataset
     from minicpmv_ft.packing import PackedDataset, padding_share
 
-    work = Path(tempfile.mkdtemp(prefix="bench_packing_"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench_packing_")  # removed when main() ends, however it ends
+    work = Path(scratch.name)
     model = args.model
     if model is None:
         import make_tiny_model

@@ -82,7 +82,8 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     size = tuple(int(n) for n in args.size.split("x"))
-    work = Path(tempfile.mkdtemp(prefix="bench_video_"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench_video_")  # removed when main() ends, however it ends
+    work = Path(scratch.name)
     clip = write_clip(work / "clip.mp4", args.clip_seconds, size)
     rows = []
     print(f"frames {size[0]}x{size[1]} at 30 fps; tokens of the video's placeholders (chat template not counted)")
