@@ -19,26 +19,8 @@ import torch
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import (AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference,
                                  version_for_inference)
-from minicpmv_ft.native_chat import generate_answers
 from minicpmv_ft.quiet import quiet_third_party
-from minicpmv_ft.versions import set_max_slice_nums
 from minicpmv_ft.video import VideoError, decode_frames, plan_frames, read_video_info
-
-
-def chat_options(model, version, max_new_tokens: int, thinking: bool, max_slice_nums: int | None) -> dict:
-    """chat()'s keyword arguments: deterministic decoding (sampling off: the checkpoints' beam
-    search), the answer length, 4.5's thinking switch and, when given, the slice limit: an
-    argument of 2.6+ chat() (their config must keep agreeing with their processor), the config
-    of 2.0 and 2.5, whose chat() reads it there."""
-    options = {"max_new_tokens": max_new_tokens, "sampling": False}
-    if version.chat.thinking:
-        options["enable_thinking"] = thinking
-    if max_slice_nums is not None:
-        if version.chat_takes_max_slice_nums:
-            options["max_slice_nums"] = max_slice_nums
-        else:
-            set_max_slice_nums(model.config, version, max_slice_nums)
-    return options
 
 
 def split_system(version, history) -> tuple[str | None, list]:
@@ -50,7 +32,7 @@ def split_system(version, history) -> tuple[str | None, list]:
         return None, history
     if not version.chat_takes_system_prompt:
         raise ValueError(f"MiniCPM-V {version.name}'s chat() takes no system turn (its roles are user and assistant)")
-    if version.chat_api == "processor":
+    if version.family.system_in_messages:
         return None, history
     return history[0][1], history[1:]
 
@@ -92,16 +74,10 @@ def answer(model, tokenizer, version, images, question: str, history=(), max_new
     checkpoint was saved with; `extra`: more chat() options (a video's, from video_frames)."""
     system, history = split_system(version, history)
     msgs = chat_messages(version, images, question, history)
-    if version.chat_api == "processor":  # `tokenizer` is its processor (load_for_inference)
-        return generate_answers(model, tokenizer, [msgs], max_new_tokens, thinking, max_slice_nums)[0]
-    options = {**chat_options(model, version, max_new_tokens, thinking, max_slice_nums), **(extra or {})}
-    if system:
-        options["system_prompt"] = system
     image = None if version.chat_images_in_messages or not images else list(images)[0]
-    with torch.no_grad():
-        if version.chat_takes_context:  # 2.0: chat(image, msgs, context, tokenizer) -> (answer, ...)
-            return model.chat(image, msgs, None, tokenizer, **options)[0]
-        return model.chat(image, msgs, tokenizer, **options)
+    # `tokenizer`: a native checkpoint's processor (load_for_inference)
+    return version.family.answers(model, tokenizer, version, [msgs], image, system, max_new_tokens, thinking,
+                                  max_slice_nums, extra)[0]
 
 
 def answer_batch(model, tokenizer, version, requests, max_new_tokens: int = 256, thinking: bool = False,
@@ -116,13 +92,8 @@ def answer_batch(model, tokenizer, version, requests, max_new_tokens: int = 256,
                 for request in requests]
     batch = [chat_messages(version, images, question, history)
              for (images, question, _), (_, history) in zip(requests, split)]
-    if version.chat_api == "processor":
-        return generate_answers(model, tokenizer, batch, max_new_tokens, thinking, max_slice_nums)
-    options = chat_options(model, version, max_new_tokens, thinking, max_slice_nums)
-    if systems != {None}:
-        options["system_prompt"] = systems.pop()
-    with torch.no_grad():
-        return list(model.chat(None, batch, tokenizer, **options))
+    return version.family.answers(model, tokenizer, version, batch, None, systems.pop(), max_new_tokens, thinking,
+                                  max_slice_nums, None)
 
 
 def converse(model, tokenizer, version, images, questions, out=None, max_new_tokens=256, thinking=False,

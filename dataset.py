@@ -19,17 +19,15 @@ import shutil
 from collections import Counter
 from dataclasses import replace
 
-from torch.nn.utils.rnn import pad_sequence
+from functools import partial
+
 from torch.utils.data import Dataset
 
-from minicpmv_ft.chat_tokens import IGNORE_INDEX, PAD_TOKEN_ID
-from minicpmv_ft.encoding import DEFAULT_MODEL_MAX_LENGTH, SampleEncoder, check_records, temporal_groups
+from minicpmv_ft.batching import REMOTE_MEDIA, collate, pack, packed_collate
+from minicpmv_ft.encoding import DEFAULT_MODEL_MAX_LENGTH, SampleEncoder, check_records
 from minicpmv_ft.node_check import checked_once_per_node, shared_on_node
-from minicpmv_ft.packing import pack_items, packed_collator
-from minicpmv_ft.processor_encoding import (ProcessorSampleEncoder, native_collator, native_pack_items,
-                                            native_packed_collator)
 from minicpmv_ft.samples import DataError, Sample, load_records
-from minicpmv_ft.versions import detect_version, image_settings
+from minicpmv_ft.versions import detect_version
 from minicpmv_ft.view_cache import held_bytes
 
 logger = logging.getLogger(__name__)
@@ -52,9 +50,9 @@ class SupervisedDataset(Dataset):
                                     keep_earlier_reasoning, image_cache_dir)
         self.settings = self.encoder.settings
         # how items become batches: right-padded, or laid end to end in one row (--packing)
+        media = self.version.family.media
         self.collator, self.packed_collator, self.pack_items = (
-            (native_collator, native_packed_collator, native_pack_items) if self.version.placeholder_scheme == "processor"
-            else (data_collator, packed_collator, pack_items))
+            partial(collate, layout=media), partial(packed_collate, layout=media), partial(pack, layout=media))
         self.records, self.source, self.folder = load_records(data, base_dir, data_format)
         def check(workers):
             return check_records(self.encoder, self.records, self.source, self.folder, verify_images, workers,
@@ -137,17 +135,8 @@ def make_encoder(tokenizer, config, version, max_slice_nums=None, model_max_leng
                  image_cache_dir=None) -> SampleEncoder:
     """The sample encoder of a version: ours for the remote-code checkpoints, the checkpoint's own
     processor for a native one (read from the tokenizer's folder or hub id)."""
-    if version.placeholder_scheme != "processor":
-        return SampleEncoder(tokenizer, version, image_settings(config, version, max_slice_nums), model_max_length,
-                             keep_earlier_reasoning, image_cache_dir)
-    if image_cache_dir:
-        raise ValueError(f"--image_cache_dir: MiniCPM-V {version.name}'s processor makes its pixels itself; train "
-                         "without the image cache")
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(tokenizer.name_or_path)
-    return ProcessorSampleEncoder(tokenizer, version, processor, max_slice_nums, model_max_length,
-                                  keep_earlier_reasoning)
+    return version.family.make_encoder(tokenizer, config, version, max_slice_nums, model_max_length,
+                                       keep_earlier_reasoning, image_cache_dir)
 
 
 def check_cache_room(folder: str, needed: int):
@@ -165,26 +154,10 @@ def check_cache_room(folder: str, needed: int):
 
 
 def data_collator(examples):
-    """Right-pads a list of items into a batch for model(data=batch).
+    """Right-pads a list of items of a remote-code checkpoint into a batch for model(data=batch).
 
     input_ids pad with PAD_TOKEN_ID, labels with -100, attention_mask with 0, position_ids
     with 0; pixel_values, tgt_sizes, image_bound (and temporal_ids) stay per-sample lists (the
     remote code iterates over them). Text-only samples have empty [0, 2] tgt_sizes and image_bound.
     """
-    def pad(key, value):
-        return pad_sequence([e[key] for e in examples], batch_first=True, padding_value=value)
-
-    bounds = [e["image_bound"] for e in examples]
-    batch = {
-        "input_ids": pad("input_ids", PAD_TOKEN_ID),
-        "position_ids": pad("position_ids", 0),
-        "labels": pad("labels", IGNORE_INDEX),
-        "attention_mask": pad("attention_mask", 0),
-        "pixel_values": [e["pixel_values"] for e in examples],
-        "tgt_sizes": [e["tgt_sizes"] for e in examples],
-        "image_bound": bounds,
-        "image_bounds": bounds,
-    }
-    if any("temporal_ids" in e for e in examples):
-        batch["temporal_ids"] = [temporal_groups(e) for e in examples]
-    return batch
+    return collate(examples, REMOTE_MEDIA)

@@ -123,7 +123,7 @@ class MiniCPMVTrainer(Trainer):
         blank = self.version.vision_skipped_without_images and "pixel_values" not in inputs
         with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel), \
                 self._blank_view_in_forward(model, blank):
-            loss = model(**self.version.forward_kwargs(inputs), attention_mask=self._attention_mask(model, inputs),
+            loss = model(**self.version.family.forward_kwargs(inputs), attention_mask=self._attention_mask(model, inputs),
                          use_cache=False).logits
         if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
             loss = loss / max(targets.numel(), 1)

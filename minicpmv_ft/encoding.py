@@ -57,12 +57,6 @@ def in_layout(cached_views, settings) -> list:
     return [(h, w, torch.from_numpy(flat).reshape(layout_shape(h, w, settings))) for h, w, flat in cached_views]
 
 
-def temporal_groups(item: dict) -> list:
-    """An item's temporal groups (4.5); for an item without a video one still group [-1] per view,
-    which a batch needs where another item has a video."""
-    return item.get("temporal_ids") or [[-1] for _ in item["pixel_values"]]
-
-
 @dataclass
 class SampleReport:
     """What the check of one sample found (check_data.py reports these)."""

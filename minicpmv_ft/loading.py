@@ -103,8 +103,7 @@ def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merg
     (adapter_max_slice_nums)."""
     base_path = adapter_base(model_dir, base) if is_adapter(model_dir) else None
     tokenizer, _, version = load_tokenizer_and_version(base_path or model_dir)
-    if version.placeholder_scheme == "processor":
-        tokenizer = transformers.AutoProcessor.from_pretrained(base_path or model_dir)
+    tokenizer = version.family.inference_inputs(tokenizer, base_path or model_dir)
     model = load_model(base_path or model_dir, version, dtype)
     if base_path:
         from peft import PeftModel

@@ -2,7 +2,10 @@
 
     packs = plan_packs(dataset.lengths, model_max_length)   # sample indices per pack
     PackedDataset(dataset, model_max_length)[i]              # one pack as one item
-    packed_collator([item, item, ...])                       # the micro-batch as ONE row [1, T]
+    dataset.packed_collator([item, item, ...])               # the micro-batch as ONE row [1, T]
+
+(a dataset's pack_items and packed_collator: minicpmv_ft/batching.py's pack and packed_collate
+with its checkpoint's media layout).
 
 A pack is whole samples (a sample is never split, so neither is an image), their token ids
 laid end to end with position ids restarting at 0 at each sample, pixel views and
@@ -28,8 +31,6 @@ import logging
 import torch
 from torch.utils.data import Dataset
 
-from .chat_tokens import IGNORE_INDEX
-from .encoding import temporal_groups
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +55,6 @@ def plan_packs(lengths: list[int], budget: int) -> list[list[int]]:
     return [sorted(pack) for pack in packs]
 
 
-def pack_items(items: list[dict]) -> dict:
-    """Items of SampleEncoder.item() -> one item holding them end to end (see the module doc)."""
-    if any(int(item["labels"][0]) != IGNORE_INDEX for item in items):
-        # the chat formats always start with prompt; a trained first token would be predicted
-        # from the previous sample
-        raise ValueError("cannot pack a sample whose first token is trained")
-    packed = {key: torch.cat([item[key] for item in items])
-              for key in ("input_ids", "position_ids", "labels", "attention_mask")}
-    offsets = torch.tensor([0] + [len(item["input_ids"]) for item in items]).cumsum(0)
-    bounds = torch.cat([item["image_bound"] + offset for item, offset in zip(items, offsets)]).reshape(-1, 2)
-    packed.update({
-        "pixel_values": [view for item in items for view in item["pixel_values"]],
-        "tgt_sizes": torch.cat([item["tgt_sizes"] for item in items]).reshape(-1, 2),
-        "image_bound": bounds,
-        "image_bounds": bounds,
-    })
-    if any("temporal_ids" in item for item in items):
-        packed["temporal_ids"] = [group for item in items for group in temporal_groups(item)]
-    return packed
-
-
 class PackedDataset(Dataset):
     """Packs of `dataset`'s samples (planned once from the lengths the data check measured);
     the Trainer's sampler shuffles the packs each epoch."""
@@ -95,24 +75,12 @@ class PackedDataset(Dataset):
         return len(self.packs)
 
     def __getitem__(self, i):
-        pack = getattr(self.dataset, "pack_items", pack_items)  # the dataset's item format
+        pack = self.dataset.pack_items  # for the dataset's item format
         if not getattr(self.dataset, "skip_bad_samples", False):
             return pack([self.dataset[j] for j in self.packs[i]])
         # --skip_bad_samples: a sample that fails now leaves the pack (counted by the dataset)
         items = [item for item in map(self.dataset.usable_item, self.packs[i]) if item is not None]
         return pack(items or [self.dataset[self.packs[i][0]]])
-
-
-def packed_collator(examples: list[dict]) -> dict:
-    """The micro-batch as one row [1, T] with no padding and no attention_mask (packs or
-    single samples alike: the per-token losses are those of the unpacked samples)."""
-    row = pack_items(examples)
-    batch = {key: row[key].unsqueeze(0) for key in ("input_ids", "position_ids", "labels")}
-    for key in ("pixel_values", "tgt_sizes", "image_bound", "image_bounds"):
-        batch[key] = [row[key]]
-    if "temporal_ids" in row:
-        batch["temporal_ids"] = [row["temporal_ids"]]
-    return batch
 
 
 # Layer kinds that find sample boundaries from the position ids of a packed row; others (e.g.

@@ -9,17 +9,15 @@ places where the remote-code versions need our reproduction of their slicing.
   image's size, so the data check needs only the file's header.
 - Pixels: the image processor itself, per sample; the view sizes it returns must be the planned
   ones (checked per item).
-- Batches: the model takes all views of a batch NaViT-packed in one [1, 3, patch, N] tensor with
-  their `target_sizes`, and finds the placeholders by the image token's id.
+- Batches: minicpmv_ft/batching.py (PROCESSOR_MEDIA).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from .chat_formats import Turn
-from .chat_tokens import IGNORE_INDEX, PAD_TOKEN_ID, Placeholder
+from .chat_tokens import Placeholder
 from .encoding import DEFAULT_MODEL_MAX_LENGTH, SampleEncoder, read_image
 from .samples import Sample
 from .slicing import SlicePlan
@@ -148,38 +146,3 @@ def check_template(chat, processor, version):
                          f"{version.name}'s format that training uses, so training would not match its inference:\n"
                          f"  its template: {theirs!r}\n  training:     {ours!r}\nPlease report this with the "
                          "checkpoint's name (minicpmv_ft/versions/)")
-
-
-def with_views(batch: dict, items: list[dict]) -> dict:
-    """The items' views as the model takes them: one NaViT-packed row; none at all without images."""
-    if any(len(item["target_sizes"]) for item in items):
-        batch["pixel_values"] = torch.cat([item["pixel_values"] for item in items], dim=-1).unsqueeze(0)
-        batch["target_sizes"] = torch.cat([item["target_sizes"] for item in items])
-    return batch
-
-
-def native_collator(examples: list[dict]) -> dict:
-    """Right-pads the items' text into [B, L] (input_ids with PAD_TOKEN_ID, labels -100,
-    attention_mask and position_ids 0) and packs all their views into one row."""
-    def pad(key, value):
-        return pad_sequence([e[key] for e in examples], batch_first=True, padding_value=value)
-
-    return with_views({"input_ids": pad("input_ids", PAD_TOKEN_ID), "position_ids": pad("position_ids", 0),
-                       "labels": pad("labels", IGNORE_INDEX), "attention_mask": pad("attention_mask", 0)}, examples)
-
-
-def native_pack_items(items: list[dict]) -> dict:
-    """Items end to end in one item (position ids restarting per sample), views in order."""
-    if any(int(item["labels"][0]) != IGNORE_INDEX for item in items):
-        raise ValueError("cannot pack a sample whose first token is trained")
-    packed = {key: torch.cat([item[key] for item in items])
-              for key in ("input_ids", "position_ids", "labels", "attention_mask")}
-    packed["pixel_values"] = torch.cat([item["pixel_values"] for item in items], dim=-1)
-    packed["target_sizes"] = torch.cat([item["target_sizes"] for item in items]).reshape(-1, 2)
-    return packed
-
-
-def native_packed_collator(examples: list[dict]) -> dict:
-    """The micro-batch as one row [1, T], no padding and no attention_mask (see packing.py)."""
-    row = native_pack_items(examples)
-    return with_views({key: row[key].unsqueeze(0) for key in ("input_ids", "position_ids", "labels")}, [row])

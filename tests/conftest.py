@@ -16,7 +16,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 # scratch folder per test process, removed when it exits: a full suite leaves nothing in the
 # system's temporary folder. This process keeps that folder (pytest's tmp_path lives there).
 tempfile.gettempdir()  # fixed for this process before TMPDIR changes
-SCRATCH = tempfile.mkdtemp(prefix="minicpmv_ft_tests_")
+SCRATCH = tempfile.mkdtemp(prefix="ft_tests_")  # short: socket paths under it have 108 bytes
 atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 os.environ["TMPDIR"] = SCRATCH
 os.environ["HF_MODULES_CACHE"] = os.path.join(SCRATCH, "hf_modules")

@@ -1,8 +1,11 @@
 """Smoke runs of the benchmarks in CI-sized settings: they run, and report what they claim."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -12,13 +15,16 @@ pytestmark = pytest.mark.slow  # each setting is a finetune.train run in a proce
 
 
 def run_tool(tmp_path, tool, *args, timeout=600):
-    """Runs tools/TOOL with a temporary folder of its own: it succeeds and leaves nothing there."""
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / tool), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "TMPDIR": str(scratch)})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert not list(scratch.iterdir())
+    """Runs tools/TOOL with a temporary folder of its own: it succeeds and leaves nothing there.
+    (A short path: multiprocessing's sockets under it must fit the 108 bytes of a socket address.)"""
+    scratch = Path(tempfile.mkdtemp(prefix="bench_"))
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "tools" / tool), *args], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "TMPDIR": str(scratch)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert not list(scratch.iterdir())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return done
 
 

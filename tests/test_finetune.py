@@ -16,6 +16,7 @@ from minicpmv_ft.loading import load_for_inference
 from minicpmv_ft.packing import PackedDataset
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import VERSIONS as REGISTRY
+from minicpmv_ft.versions.family import REMOTE_CODE
 
 
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -24,7 +25,7 @@ SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 def logits_on(model, batch, version="2.6"):
     batch = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
-        return model(**REGISTRY[version].forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
+        return model(**REGISTRY[version].family.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
 
 
 @pytest.mark.long(demo_version_quick=True)
@@ -59,7 +60,7 @@ def test_training_memorises_and_output_reloads(tiny_model_dir, sample_data, shap
         for name in [p.name for p in source.iterdir() if p.name.endswith("processor_config.json")]:
             saved = json.loads((out / name).read_text())
             assert saved.get("image_processor", saved)["max_slice_nums"] == 1, name
-        if entry.chat_api == "remote":
+        if entry.family is REMOTE_CODE:
             saved_tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
             assert saved_tokenizer.chat_template == tokenizer.chat_template
             assert (out / "image_processing_minicpmv.py").exists()

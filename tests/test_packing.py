@@ -7,7 +7,7 @@ import torch
 
 from conftest import VERSIONS
 from dataset import SupervisedDataset
-from minicpmv_ft.packing import (PackedDataset, block_causal_mask, check_packable, pack_items, padding_share,
+from minicpmv_ft.packing import (PackedDataset, block_causal_mask, check_packable, padding_share,
                                  plan_packs, sample_starts)
 from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.versions import submodule
@@ -135,7 +135,7 @@ def test_a_packed_sample_cannot_see_the_one_before_it(packable, image_file, tmp_
     def logits(batch, isolate=True):
         mask = trainer._attention_mask(model, batch) if isolate else torch.ones_like(batch["input_ids"])
         with torch.no_grad():
-            return model(**REGISTRY[version].forward_kwargs(batch), attention_mask=mask, use_cache=False).logits[0]
+            return model(**REGISTRY[version].family.forward_kwargs(batch), attention_mask=mask, use_cache=False).logits[0]
 
     pack = dataset.packed_collator
     before, after = logits(pack(items)), logits(pack([changed] + items[1:]))
@@ -150,7 +150,7 @@ def test_pack_items_shifts_image_bounds_and_restarts_positions(tiny, image_file)
     tok, model = tiny("2.6")
     dataset = SupervisedDataset(samples(image_file), tok, model.config)
     items = [dataset[i] for i in range(4)]
-    row = pack_items(items)
+    row = dataset.pack_items(items)
     lengths = [len(item["input_ids"]) for item in items]
     offsets = [0, lengths[0], lengths[0] + lengths[1]]
     expected = torch.cat([items[1]["image_bound"] + offsets[1], items[2]["image_bound"] + offsets[2]])

@@ -13,6 +13,7 @@ from conftest import VERSIONS, ROOT, make_image
 from dataset import SupervisedDataset
 from minicpmv_ft.loading import AdapterBaseError, load_for_inference
 from minicpmv_ft.versions import VERSIONS as REGISTRY
+from minicpmv_ft.versions.family import NATIVE
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def adapters(tiny_model_dir, tmp_path_factory):
 
 def batch_for(tokenizer, config, data, version):
     """Three samples' batch, labels out; `tokenizer`: what load_for_inference gives (4.6: its processor)."""
-    if REGISTRY[version].chat_api == "processor":
+    if REGISTRY[version].family is NATIVE:
         tokenizer = tokenizer.tokenizer
     ds = SupervisedDataset(str(data), tokenizer, config, max_slice_nums=1)
     batch = ds.collator([ds[0], ds[1], ds[len(ds) - 1]])
@@ -62,13 +63,13 @@ def test_merged_model_equals_adapter_model(adapters, tmp_path, version):
     merged = getattr(transformers, entry.auto_class).from_pretrained(out, trust_remote_code=True).eval()
     # remote code is imported once per directory (transformers_modules.<dir>), so compare by name
     assert type(merged).__name__ == type(peft_model.get_base_model()).__name__
-    saved = (transformers.AutoProcessor if entry.chat_api == "processor" else transformers.AutoTokenizer
+    saved = (transformers.AutoProcessor if entry.family is NATIVE else transformers.AutoTokenizer
              ).from_pretrained(out, trust_remote_code=True)
     assert saved.chat_template == tokenizer.chat_template
     batch = batch_for(tokenizer, merged.config, data, version)
     with torch.no_grad():
-        expected = peft_model(**entry.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
-        got = merged(**entry.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
+        expected = peft_model(**entry.family.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
+        got = merged(**entry.family.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
     before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "merged" / "model.safetensors")

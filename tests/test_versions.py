@@ -1,4 +1,6 @@
 """Version detection from the checkpoint's config, aliases, and config field locations."""
+import re
+
 import pytest
 
 from conftest import NATIVE_VERSIONS, REMOTE_VERSIONS, VERSIONS
@@ -35,6 +37,32 @@ def test_each_native_version_has_its_own_requirements_file_and_environment():
         assert (environment.requirements, environment.venv) == (f"requirements-{name}.txt", f".venv-{name}")
         assert (ROOT / environment.requirements).is_file()
     assert sorted(p.name for p in ROOT.glob("requirements-*.txt")) == [f"requirements-{n}.txt" for n in NATIVE_VERSIONS]
+
+
+@pytest.mark.parametrize("version,field,value,message", [
+    ("2.6", "placeholder_scheme", "per-slice", "placeholder_scheme 'per-slice' is none of ('wrapped', 'per_slice')"),
+    ("4.6", "placeholder_scheme", "per_slice", "placeholder_scheme 'per_slice' is none of ('processor',)"),
+    ("2.6", "pixel_layout", "patch-major", "pixel_layout 'patch-major' is none of"),
+    ("2.0", "packed_attention", "mask4d", "packed_attention 'mask4d' is none of"),
+    ("4.6", "auto_class", "AutoModelForImageTextToTex", "auto_class 'AutoModelForImageTextToTex' is none of"),
+    ("2.6", "model_type", "minicpmv4_6", "a remote-code checkpoint's config.json says model_type 'minicpmv'"),
+    ("4.6", "model_type", "minicpmv4_8", "model_type 'minicpmv4_8' has no environment"),
+])
+def test_a_mistyped_entry_fails_when_it_is_made(version, field, value, message):
+    """An entry's enum-like fields are checked against their values and its family: a typo does
+    not fall through to another scheme's branch."""
+    import dataclasses
+
+    with pytest.raises(ValueError, match=f"MiniCPM-V {version}: {re.escape(message)}"):
+        dataclasses.replace(REGISTRY[version], **{field: value})
+
+
+def test_the_native_versions_are_the_native_family_and_the_rest_remote_code():
+    from minicpmv_ft.versions.family import NATIVE, REMOTE_CODE
+
+    assert {name for name, entry in REGISTRY.items() if entry.family is NATIVE} == set(NATIVE_VERSIONS)
+    assert {name for name, entry in REGISTRY.items() if entry.family is REMOTE_CODE} == set(REMOTE_VERSIONS)
+    assert NATIVE_VERSIONS and REMOTE_VERSIONS
 
 
 @pytest.mark.parametrize("alias,version", [
@@ -106,8 +134,6 @@ def test_slice_config_given_as_dict_without_scale_resolution():
 
 def test_no_module_outside_the_registry_names_a_version():
     """Version differences are fields of the registry entries; no other file branches on a name."""
-    import re
-
     from conftest import ROOT
 
     names = "|".join(re.escape(name) for version in REGISTRY.values() for name in version.names)

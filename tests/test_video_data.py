@@ -4,13 +4,14 @@ the placeholders of all but the first frame of a group and the newline before ea
 videos as data errors."""
 import dataclasses
 import re
+from functools import partial
 
 import pytest
 import torch
 
 from conftest import make_video
 from dataset import SupervisedDataset, data_collator
-from minicpmv_ft.packing import packed_collator
+from minicpmv_ft.batching import REMOTE_MEDIA, packed_collate
 from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.video import VideoScheme
@@ -99,7 +100,8 @@ def test_a_mixed_batch_of_videos_an_image_and_text_runs_forward_and_backward(tin
                {"video": "long.mp4", "conversations": turn("<video>\nDescribe.")},
                {"image": "p.png", "conversations": turn("<image>\nAnd this?")},
                {"conversations": turn("No picture.")}]
-    for version, collate, scheme in (("2.6", data_collator, None), ("4.5", packed_collator, GROUPED_SMALL)):
+    one_row = partial(packed_collate, layout=REMOTE_MEDIA)
+    for version, collate, scheme in (("2.6", data_collator, None), ("4.5", one_row, GROUPED_SMALL)):
         tok, model = tiny(version)
         dataset = SupervisedDataset(samples, tok, model.config, base_dir=str(tmp_path), video=scheme)
         batch = collate([dataset[i] for i in range(4)])

@@ -6,7 +6,7 @@ import copy
 import torch
 
 from dataset import data_collator
-from minicpmv_ft.packing import packed_collator
+from minicpmv_ft.batching import REMOTE_MEDIA, packed_collate
 
 
 def video_item(tok, model, seed, times):
@@ -50,7 +50,7 @@ def test_two_grouped_videos_in_two_rows_lose_the_second_ones_features_and_one_ro
     with torch.no_grad():
         alone = [block(model.get_vllm_embedding(data_collator([item]))[0], 0, 2, q) for item in (first, second)]
         rows = model.get_vllm_embedding(data_collator([first, second]))[0]
-        one_row = model.get_vllm_embedding(packed_collator([first, second]))[0]
+        one_row = model.get_vllm_embedding(packed_collate([first, second], REMOTE_MEDIA))[0]
         raw_unk = model.llm.get_input_embeddings()(torch.tensor([tok.unk_token_id] * q))
     # The real code's split (reproduced): the second sample's block keeps the raw <unk> embeddings
     torch.testing.assert_close(block(rows, 1, 2, q), raw_unk)

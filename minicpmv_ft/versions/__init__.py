@@ -11,7 +11,8 @@ import pkgutil
 import re
 from dataclasses import dataclass
 
-from .environments import BY_MODEL_TYPE, in_native_environment  # noqa: F401 (the latter: for importers)
+from .environments import in_native_environment  # noqa: F401 (for importers)
+from .family import NATIVE
 from .spec import ModelVersion, submodule  # noqa: F401 (submodule: for importers)
 
 
@@ -25,7 +26,7 @@ def _discover() -> dict[str, ModelVersion]:
 VERSIONS: dict[str, ModelVersion] = _discover()
 # Native checkpoints (their classes inside a newer transformers) need their own environment;
 # the others run their remote code in the default one.
-NATIVE_VERSIONS = tuple(name for name, v in VERSIONS.items() if v.model_type in BY_MODEL_TYPE)
+NATIVE_VERSIONS = tuple(name for name, v in VERSIONS.items() if v.family is NATIVE)
 REMOTE_CODE_VERSIONS = tuple(name for name in VERSIONS if name not in NATIVE_VERSIONS)
 
 LLM_FAMILIES = ("minicpm", "llama", "qwen2", "qwen3")
@@ -98,11 +99,8 @@ def version_from_config(config) -> ModelVersion:
 def check_tokenizer(version: ModelVersion, tokenizer):
     """The tokenizer must carry the chat and image tokens of the detected version."""
     ctx = version.chat.context(tokenizer)
-    needed = [version.chat.end_of_turn_token(ctx), "<image>", "</image>"]
-    if version.placeholder_scheme == "processor":  # its processor's image token fills the placeholders
-        needed += [getattr(tokenizer, "image_token", None), "<slice>", "</slice>"]
-    else:  # the remote code's query tokens are <unk>
-        needed += [tokenizer.unk_token] + ["<slice>", "</slice>"] * (version.placeholder_scheme == "per_slice")
+    needed = [version.chat.end_of_turn_token(ctx), "<image>", "</image>"] + version.family.placeholder_tokens(
+        tokenizer, version)
     missing = [t for t in needed if not _in_vocabulary(tokenizer, t)]
     if missing:
         raise VersionError(f"the config says MiniCPM-V {version.name} but the tokenizer lacks {', '.join(map(repr, missing))}: "

@@ -10,6 +10,13 @@ from typing import Callable
 
 from ..chat_formats import ChatFormat
 from ..video import VideoScheme
+from .family import REMOTE_CODE, Family
+
+# The values of the enum-like fields (a typo fails when the entry is made, not later in another
+# branch); placeholder_scheme's and model_type's are the entry's family's to check.
+PIXEL_LAYOUTS = ("chw", "patch_major")
+PACKED_ATTENTIONS = ("position_ids", "mask_4d")
+AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText")
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class ModelVersion:
     encode_adds_special_tokens: bool
     # Placeholder scheme: "wrapped" (2.0/2.5: <slice> around rows of <image> cells),
     # "per_slice" (2.6-4.5: each slice its own <slice>unk*q</slice>, optional image id) or
-    # "processor" (4.6: the checkpoint's own processor writes placeholders and pixels;
+    # "processor" (native: the checkpoint's own processor writes placeholders and pixels;
     # minicpmv_ft/processor_encoding.py).
     placeholder_scheme: str
     use_image_id_default: bool
@@ -56,9 +63,6 @@ class ModelVersion:
     # A system turn reaches 2.6+ chat() as its system_prompt argument (a native model's template
     # takes it as a message); 2.0 and 2.5 chat() assert that every role is user or assistant.
     chat_takes_system_prompt: bool = False
-    # "remote": the checkpoint's own chat(); "processor": its processor's chat template and
-    # generate() (a native model has no chat(); minicpmv_ft/native_chat.py).
-    chat_api: str = "remote"
     # A native model (4.6) runs its vision tower only for a batch with images: a process whose
     # batch is text-only would then give the tower no gradient (ZeRO/DDP reduce gradients that one
     # process lacks). The Trainer runs the tower on one tiny blank view for such a batch, adding
@@ -77,9 +81,6 @@ class ModelVersion:
     model_type: str = "minicpmv"
     # The transformers Auto class that loads the checkpoint.
     auto_class: str = "AutoModel"
-    # How the Trainer's batch goes into forward: "data" (the remote code's forward(data=batch))
-    # or "kwargs" (a native model's forward(**batch)).
-    forward_style: str = "data"
     # Module paths (dotted attributes of the loaded model); the LM head is
     # get_output_embeddings() of `head_owner` ("": the model itself).
     llm_module: str = "llm"
@@ -100,17 +101,21 @@ class ModelVersion:
     # Load fixes: called with no argument before from_pretrained, and with (model, dtype) after it.
     before_load: tuple[Callable[[], None], ...] = ()
     after_load: tuple[Callable, ...] = ()
+    # Remote code or native (family.py): how samples are encoded and batched, the model fed,
+    # loaded for inference and asked.
+    family: Family = REMOTE_CODE
+
+    def __post_init__(self):
+        allowed = {"pixel_layout": PIXEL_LAYOUTS, "packed_attention": PACKED_ATTENTIONS, "auto_class": AUTO_CLASSES}
+        for name, values in allowed.items():
+            if getattr(self, name) not in values:
+                raise ValueError(f"MiniCPM-V {self.name}: {name} {getattr(self, name)!r} is none of {values}")
+        self.family.check_entry(self)
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name,) + self.aliases
 
-    def forward_kwargs(self, batch: dict) -> dict:
-        """The keyword arguments of model(...) for a collated batch (labels taken out), but its
-        attention_mask, which the caller passes (None for a packed batch)."""
-        if self.forward_style == "data":
-            return {"data": batch}
-        return {key: value for key, value in batch.items() if key != "attention_mask"}
 
 
 def submodule(model, path: str):

@@ -2,6 +2,7 @@
 native transformers classes (>= 5.7, its own environment: requirements-4.6.txt), ChatML with
 Qwen3 thinking blocks. Its processor writes the image placeholders and pixels."""
 from ..chat_formats import Qwen3ThinkingChat
+from .family import NATIVE
 from .spec import ModelVersion
 
 VERSION = ModelVersion(
@@ -19,12 +20,10 @@ VERSION = ModelVersion(
     chat_images_in_messages=True,
     chat_takes_max_slice_nums=True,
     chat_takes_system_prompt=True,
-    chat_api="processor",
     vision_skipped_without_images=True,
     zero3_leaf_modules=("model.merger",),  # its MLPs run once per view
     model_type="minicpmv4_6",
     auto_class="AutoModelForImageTextToText",
-    forward_style="kwargs",
     llm_module="model.language_model",
     vision_module="model.vision_tower",
     resampler_module="model.merger",
@@ -34,4 +33,5 @@ VERSION = ModelVersion(
     lora_target_regex=(r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|"
                        r"linear_attn\.(in_proj_qkv|in_proj_z|out_proj))"),
     published_llm={},
+    family=NATIVE,
 )

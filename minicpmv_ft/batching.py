@@ -1,0 +1,112 @@
+"""Items -> batches, for both kinds of checkpoint: the text is padded (or laid end to end) the
+same way for all; only where the pixels go differs, which a `MediaLayout` says.
+
+    collate(items, layout)          # right-padded [B, L]
+    pack(items, layout)             # items end to end in one item (a --packing pack)
+    packed_collate(items, layout)   # the micro-batch as ONE row [1, T] (minicpmv_ft/packing.py)
+
+- REMOTE_MEDIA (2.0-4.5, forward(data=batch)): the remote code iterates over per-sample lists
+  of views, `tgt_sizes` and `image_bound` rows (and 4.5's `temporal_ids`).
+- PROCESSOR_MEDIA (native checkpoints, forward(**batch)): all views of a batch NaViT-packed in
+  one [1, 3, patch, N] tensor with their `target_sizes`; the model finds the placeholders by the
+  image token's id.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from .chat_tokens import IGNORE_INDEX, PAD_TOKEN_ID
+
+# Per-token keys and what pads them: input_ids PAD_TOKEN_ID, labels -100 (untrained), the
+# attention_mask 0 and position ids 0.
+TEXT_PADDING = {"input_ids": PAD_TOKEN_ID, "position_ids": 0, "labels": IGNORE_INDEX, "attention_mask": 0}
+
+
+class MediaLayout:
+    """Where one kind of checkpoint takes an item's pixels in a batch."""
+
+    def per_sample(self, items: list[dict]) -> dict:
+        """The media entries of a padded batch of `items`."""
+        raise NotImplementedError
+
+    def join(self, items: list[dict], offsets: list[int]) -> dict:
+        """The media entries of `items` laid end to end, item k starting at token offsets[k]."""
+        raise NotImplementedError
+
+    def in_row(self, joined: dict) -> dict:
+        """The media entries of one packed row made of a `join` result."""
+        raise NotImplementedError
+
+
+class RemoteMedia(MediaLayout):
+    def per_sample(self, items):
+        bounds = [item["image_bound"] for item in items]
+        media = {"pixel_values": [item["pixel_values"] for item in items],
+                 "tgt_sizes": [item["tgt_sizes"] for item in items], "image_bound": bounds, "image_bounds": bounds}
+        if any("temporal_ids" in item for item in items):
+            media["temporal_ids"] = [temporal_groups(item) for item in items]
+        return media
+
+    def join(self, items, offsets):
+        bounds = torch.cat([item["image_bound"] + offset for item, offset in zip(items, offsets)]).reshape(-1, 2)
+        media = {"pixel_values": [view for item in items for view in item["pixel_values"]],
+                 "tgt_sizes": torch.cat([item["tgt_sizes"] for item in items]).reshape(-1, 2),
+                 "image_bound": bounds, "image_bounds": bounds}
+        if any("temporal_ids" in item for item in items):
+            media["temporal_ids"] = [group for item in items for group in temporal_groups(item)]
+        return media
+
+    def in_row(self, joined):
+        return {key: [value] for key, value in joined.items()}
+
+
+def temporal_groups(item: dict) -> list[list[int]]:
+    """An item's temporal_ids: [[-1]] per view of a still image (4.5's 3-D resampler treats
+    those as single frames); items of other versions have none."""
+    return item.get("temporal_ids") or [[-1]] * len(item["pixel_values"])
+
+
+class ProcessorMedia(MediaLayout):
+    def per_sample(self, items):
+        if not any(len(item["target_sizes"]) for item in items):
+            return {}  # no views at all: the model runs no vision tower
+        return {"pixel_values": torch.cat([item["pixel_values"] for item in items], dim=-1).unsqueeze(0),
+                "target_sizes": torch.cat([item["target_sizes"] for item in items])}
+
+    def join(self, items, offsets):
+        return {"pixel_values": torch.cat([item["pixel_values"] for item in items], dim=-1),
+                "target_sizes": torch.cat([item["target_sizes"] for item in items]).reshape(-1, 2)}
+
+    def in_row(self, joined):
+        return self.per_sample([joined])
+
+
+REMOTE_MEDIA = RemoteMedia()
+PROCESSOR_MEDIA = ProcessorMedia()
+
+
+def collate(items: list[dict], layout: MediaLayout) -> dict:
+    """Right-pads the items' text into [B, L] (TEXT_PADDING) and adds their media."""
+    batch = {key: pad_sequence([item[key] for item in items], batch_first=True, padding_value=value)
+             for key, value in TEXT_PADDING.items()}
+    return {**batch, **layout.per_sample(items)}
+
+
+def pack(items: list[dict], layout: MediaLayout) -> dict:
+    """Items end to end in one item: position ids restart at each sample, media in order."""
+    if any(int(item["labels"][0]) != IGNORE_INDEX for item in items):
+        # the chat formats always start with prompt; a trained first token would be predicted
+        # from the previous sample
+        raise ValueError("cannot pack a sample whose first token is trained")
+    packed = {key: torch.cat([item[key] for item in items]) for key in TEXT_PADDING}
+    offsets = torch.tensor([0] + [len(item["input_ids"]) for item in items]).cumsum(0).tolist()
+    return {**packed, **layout.join(items, offsets)}
+
+
+def packed_collate(items: list[dict], layout: MediaLayout) -> dict:
+    """The micro-batch as one row [1, T] with no padding and no attention_mask (packs or single
+    samples alike: the per-token losses are those of the unpacked samples)."""
+    row = pack(items, layout)
+    text = {key: row[key].unsqueeze(0) for key in ("input_ids", "position_ids", "labels")}
+    return {**text, **layout.in_row({key: value for key, value in row.items() if key not in TEXT_PADDING})}
