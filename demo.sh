@@ -4,14 +4,13 @@
 # (finetune_ds.sh) on CPU, merges the adapter, then asks each result (adapter, merged, full)
 # about each of the six training images with predict.py and prints what they answered.
 # DEMO_VERSION picks the tiny model's version (default 2.6; `python tools/make_tiny_model.py --help`
-# lists them). A version with its own requirements file (requirements-VERSION.txt: the native
-# checkpoints, minicpmv_ft/versions/environments.py) sets up and uses its own .venv-VERSION.
+# lists them). A native version sets up and uses its own environment (.venv-transformers5:
+# minicpmv_ft/versions/environments.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 VERSION=${DEMO_VERSION:-2.6}
-if [ -f "requirements-$VERSION.txt" ]; then
-    export VENV=".venv-$VERSION" REQUIREMENTS="requirements-$VERSION.txt"
-fi
+read -r VENV REQUIREMENTS <<< "$(python3 minicpmv_ft/versions/environments.py version "$VERSION")"
+export VENV REQUIREMENTS
 source tools/setup_venv.sh
 WORK=${WORK:-demo_output}
 

@@ -27,12 +27,13 @@ OUTPUT_DIR=$(from_caller "$OUTPUT_DIR" always)
 MODEL=$(from_caller "$MODEL")
 DS_CONFIG=$(from_caller "$DS_CONFIG")
 
-# The project's environment (bash run_tests.sh or demo.sh make it) without activating it by hand;
-# VENV=.venv-VERSION for a native checkpoint with its own environment (docs/checkpoints.md).
+# The project's environment (bash run_tests.sh or demo.sh make it) without activating it by hand:
+# the one MODEL's checkpoint needs (.venv; .venv-transformers5 for a native checkpoint folder:
+# minicpmv_ft/versions/environments.py), or VENV if you set it.
 # A relative VENV is under this repo (or the folder the script was started from), an absolute
 # one where it says; a VENV you set that holds no python stops here rather than fall back.
 CHOSEN_VENV=${VENV:-}
-VENV=${VENV:-.venv}
+VENV=${VENV:-$(python3 minicpmv_ft/versions/environments.py model "$MODEL" | cut -d' ' -f1)}
 case "$VENV" in
     /*) ;;
     *) if [ ! -x "$PWD/$VENV/bin/python" ] && [ -x "$CALLER_DIR/$VENV/bin/python" ]; then VENV="$CALLER_DIR/$VENV"; else VENV="$PWD/$VENV"; fi ;;
@@ -44,8 +45,9 @@ elif [ -n "$CHOSEN_VENV" ]; then
          "'VENV=$CHOSEN_VENV bash tools/setup_venv.sh' or unset VENV" >&2
     exit 1
 elif ! python -c 'import transformers, peft' 2>/dev/null; then
-    echo "finetune: this python lacks the requirements and there is no .venv here; make it with" \
-         "'bash run_tests.sh' (or: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt)" >&2
+    REQUIREMENTS=$(python3 minicpmv_ft/versions/environments.py model "$MODEL" | cut -d' ' -f2)
+    echo "finetune: this python lacks the requirements and there is no $(basename "$VENV") here; make it with" \
+         "'VENV=$(basename "$VENV") REQUIREMENTS=$REQUIREMENTS bash tools/setup_venv.sh'" >&2
     exit 1
 fi
 

@@ -1,35 +1,35 @@
 #!/usr/bin/env bash
-# Sets up the virtual environments (first run: a few minutes) and runs the whole test suite:
-# the remote-code versions in .venv (requirements.txt, transformers 4.57), then each native
-# version VERSION in .venv-VERSION from its requirements-VERSION.txt (tests/conftest.py picks each
-# environment's tests). Extra arguments go to every pytest run, e.g. `bash run_tests.sh -k slicing`;
+# Sets up the virtual environments (first run: a few minutes) and runs the whole test suite in
+# each: the remote-code versions in .venv (requirements.txt, transformers 4.57), the native ones in
+# .venv-transformers5 (the table in minicpmv_ft/versions/environments.py; tests/conftest.py picks
+# each environment's tests). Extra arguments go to every pytest run, e.g. `bash run_tests.sh -k slicing`;
 # `bash run_tests.sh -m quick` is the quick tier (docs/testing.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Every environment: .venv, then .venv-VERSION for each requirements-VERSION.txt
-environments=(".venv requirements.txt")
-for requirements in requirements-*.txt; do
-    version=${requirements#requirements-}; version=${version%.txt}
-    environments+=(".venv-$version $requirements")
-done
+# Every environment ("VENV REQUIREMENTS"), the default first
+mapfile -t environments < <(python3 minicpmv_ft/versions/environments.py list)
 
-prepare() {  # VENV REQUIREMENTS: set the environment up (or check it), then build DeepSpeed's CPU
-             # communication op in it (half a minute, once) before any test waits on it
+set_up() {  # VENV REQUIREMENTS: set the environment up (or check it)
+    (VENV=$1 REQUIREMENTS=$2; source tools/setup_venv.sh)
+}
+build_ops() {  # VENV REQUIREMENTS: build DeepSpeed's CPU communication op (half a minute, once per
+               # environment); a test that needs it meanwhile waits on the build's lock
     (VENV=$1 REQUIREMENTS=$2; source tools/setup_venv.sh
      python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" > /dev/null 2>&1 || true)
 }
 
-# The first environment is prepared in the foreground; the others at the same time in the
-# background (pip installs on one core), ready when their turn comes.
+# The first environment is set up in the foreground and its tests start while its op builds; the
+# others are prepared at the same time in the background, ready when their turn comes.
 preparing=()
 for index in "${!environments[@]}"; do
     [ "$index" -eq 0 ] && continue
     read -r venv requirements <<< "${environments[$index]}"
-    prepare "$venv" "$requirements" & preparing[$index]=$!
+    (set_up "$venv" "$requirements" && build_ops "$venv" "$requirements") & preparing[$index]=$!
 done
 read -r venv requirements <<< "${environments[0]}"
-prepare "$venv" "$requirements"
+set_up "$venv" "$requirements"
+build_ops "$venv" "$requirements" &
 
 # One pytest-xdist worker per core, each computing on one thread: the tiny models' steps gain
 # little from a second thread, and a worker waiting on the processes a test started leaves its

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import ROOT
 from minicpmv_ft.versions import VERSIONS as REGISTRY
+from minicpmv_ft.versions.environments import for_version
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -30,6 +31,7 @@ def test_readme_lists_every_registry_version_with_its_checkpoints_and_aliases():
     rows = table_rows((ROOT / "README.md").read_text(), "checkpoint (hub id)")
     assert [row[0] for row in rows] == [v.checkpoints for v in REGISTRY.values()]
     assert [row[1] for row in rows] == [", ".join(f"`{name}`" for name in v.names) for v in REGISTRY.values()]
+    assert [row[2] for row in rows] == [f"`{for_version(name).venv}`" for name in REGISTRY]  # the environments table
 
 
 def test_checkpoints_page_lists_every_registry_version_and_its_aliases():

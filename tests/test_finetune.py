@@ -614,7 +614,7 @@ def test_a_4_6_checkpoint_in_this_environment_names_the_command_for_its_own(tmp_
     assert exit_info.value.code == 2 and err.count("\n") == 1
     assert "is MiniCPM-V 4.6 (openbmb/MiniCPM-V-4.6, -Thinking) (model_type minicpmv4_6), whose classes ship inside " \
            "transformers >= 5.7" in err
-    assert "`VENV=.venv-4.6 REQUIREMENTS=requirements-4.6.txt bash tools/setup_venv.sh`" in err
+    assert "`VENV=.venv-transformers5 REQUIREMENTS=requirements-transformers5.txt bash tools/setup_venv.sh`" in err
 
 
 def test_a_full_disk_during_a_save_says_so_and_names_the_intact_checkpoint(tiny_model_dir, sample_data, tmp_path):

@@ -38,6 +38,30 @@ def test_venv_given_as_an_absolute_path_is_used_and_a_missing_one_refused(tmp_pa
     assert real.returncode == 1 and "DATA=" in real.stderr and "VENV" not in real.stderr
 
 
+@pytest.mark.parametrize("model_type,venv", [("minicpmv4_6", ".venv-transformers5"), ("minicpmv", ".venv")])
+def test_the_environment_is_the_one_the_model_needs(tmp_path, model_type, venv):
+    """Without VENV the launcher runs the python of the environment the table
+    (minicpmv_ft/versions/environments.py) gives MODEL's model_type: here a stand-in python in a
+    copy of the launcher's folder, which prints what it was asked to run."""
+    repo = tmp_path / "repo"
+    (repo / "minicpmv_ft" / "versions").mkdir(parents=True)
+    shutil.copy(ROOT / "finetune_ds.sh", repo)
+    shutil.copy(ROOT / "minicpmv_ft" / "versions" / "environments.py", repo / "minicpmv_ft" / "versions")
+    for name in (".venv", ".venv-transformers5"):
+        (repo / name / "bin").mkdir(parents=True)
+        (repo / name / "bin" / "python").write_text(f'#!/bin/sh\necho "{name} python $*"\n')
+        (repo / name / "bin" / "python").chmod(0o755)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (tmp_path / "train.json").write_text("[]")
+    env = {**os.environ, "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1", "MODEL": str(tmp_path / "model"),
+           "DATA": str(tmp_path / "train.json")}
+    env.pop("VENV", None)
+    done = subprocess.run(["sh", str(repo / "finetune_ds.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{venv} python -m minicpmv_ft.launch --nproc_per_node 1")
+
+
 def test_relative_paths_are_taken_from_the_callers_folder(tiny_model_dir, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")],
                    check=True)
@@ -59,8 +83,7 @@ def test_relative_paths_are_taken_from_the_callers_folder(tiny_model_dir, tmp_pa
 def test_lora_launcher_trains_and_saves_adapter(tiny_model_dir, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")], check=True)
     env = {"MODEL": str(tiny_model_dir("2.6")), "DATA": str(tmp_path / "data" / "train.json"),
-           "EVAL_DATA": str(tmp_path / "data" / "eval.json"), "OUTPUT_DIR": str(tmp_path / "out"),
-           "MASTER_PORT": "29517"}
+           "EVAL_DATA": str(tmp_path / "data" / "eval.json"), "OUTPUT_DIR": str(tmp_path / "out")}
     result = launch("finetune_lora.sh", env, "--use_cpu", "true", "--bf16", "false", "--max_steps", "2",
                     "--eval_steps", "2", "--gradient_checkpointing", "true", "--disable_tqdm", "true")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -125,7 +148,7 @@ def test_signal_through_launcher_ends_in_a_complete_checkpoint(tiny_model_dir, t
                    check=True)
     out = tmp_path / "out"
     run = Launched({"MODEL": str(tiny_model_dir("2.6")), "DATA": str(tmp_path / "data" / "train.json"),
-                    "OUTPUT_DIR": str(out), "GPUS_PER_NODE": "2", "MASTER_PORT": "29531"},
+                    "OUTPUT_DIR": str(out), "GPUS_PER_NODE": "2"},
                    "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
                    "--max_steps", "100000", "--save_steps", "100000", "--disable_tqdm", "true")
     run.wait_for("'loss'")
@@ -151,8 +174,8 @@ def test_a_data_error_is_one_line_and_exit_2_through_the_launcher(tiny_model_dir
                                                                  {"role": "assistant", "content": "x"}]}]
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     result = launch("finetune_ds.sh", {"MODEL": str(tiny_model_dir("2.6")), "DATA": str(tmp_path / "bad.json"),
-                                       "OUTPUT_DIR": str(tmp_path / "out"), "GPUS_PER_NODE": "2",
-                                       "MASTER_PORT": "29533"}, "--use_cpu", "true", "--bf16", "false")
+                                       "OUTPUT_DIR": str(tmp_path / "out"), "GPUS_PER_NODE": "2"},
+                                      "--use_cpu", "true", "--bf16", "false")
     assert result.returncode == 2, result.stderr[-3000:]
     line = f"finetune: {tmp_path / 'bad.json'}, sample 0 (id 'lost'): image not found: {tmp_path / 'nope.png'}"
     assert result.stderr.count(line) == 1  # printed by the first process only

@@ -11,7 +11,7 @@ from transformers import AutoConfig
 from conftest import make_image
 from dataset import SupervisedDataset
 
-pytestmark = pytest.mark.native  # runs in the 4.6 environment (requirements-4.6.txt)
+pytestmark = pytest.mark.native  # runs in the transformers 5 environment (requirements-transformers5.txt)
 
 
 @pytest.fixture(scope="module")

@@ -26,17 +26,40 @@ def test_every_registry_entry_has_a_tiny_model_and_runs_in_the_parametrised_test
     assert sorted(REMOTE_VERSIONS + NATIVE_VERSIONS, key=float) == list(REGISTRY)
 
 
-def test_each_native_version_has_its_own_requirements_file_and_environment():
-    """demo.sh and run_tests.sh find a version's environment by this naming alone."""
+def test_the_environment_table_holds_every_version_and_requirements_file_once():
+    """run_tests.sh, demo.sh and the launchers read the table (minicpmv_ft/versions/environments.py);
+    its versions and model types are the registry's, the remote-code ones in the default."""
     from conftest import ROOT
-    from minicpmv_ft.versions.environments import BY_MODEL_TYPE
+    from minicpmv_ft.versions.environments import DEFAULT, ENVIRONMENTS, for_version
 
-    assert NATIVE_VERSIONS
-    for name in NATIVE_VERSIONS:
-        environment = BY_MODEL_TYPE[REGISTRY[name].model_type]
-        assert (environment.requirements, environment.venv) == (f"requirements-{name}.txt", f".venv-{name}")
-        assert (ROOT / environment.requirements).is_file()
-    assert sorted(p.name for p in ROOT.glob("requirements-*.txt")) == [f"requirements-{n}.txt" for n in NATIVE_VERSIONS]
+    assert sorted((v for env in ENVIRONMENTS for v in env.versions), key=float) == list(REGISTRY)
+    assert DEFAULT.versions == tuple(REMOTE_VERSIONS) and ENVIRONMENTS[0] is DEFAULT
+    for name, entry in REGISTRY.items():
+        assert entry.model_type in for_version(name).model_types
+        assert for_version(name).model_types[entry.model_type].startswith(
+            entry.checkpoints if entry.model_type != "minicpmv" else "MiniCPM-V 2.0-4.5")
+    assert sorted(p.name for p in ROOT.glob("requirements*.txt")) == sorted(env.requirements for env in ENVIRONMENTS)
+    assert len({env.venv for env in ENVIRONMENTS}) == len(ENVIRONMENTS)
+
+
+@pytest.mark.parametrize("args,printed", [
+    (["list"], ".venv requirements.txt\n.venv-transformers5 requirements-transformers5.txt\n"),
+    (["version", "4.6"], ".venv-transformers5 requirements-transformers5.txt\n"),
+    (["version", "2.0"], ".venv requirements.txt\n"),
+    (["model", "FOLDER"], ".venv-transformers5 requirements-transformers5.txt\n"),
+    (["model", "openbmb/MiniCPM-V-4_5"], ".venv requirements.txt\n"),
+])
+def test_the_table_is_read_by_the_shell_scripts_with_any_python3(tmp_path, args, printed):
+    """The system's python3, without transformers or this package's imports."""
+    import subprocess
+
+    from conftest import ROOT
+
+    (tmp_path / "config.json").write_text('{"model_type": "minicpmv4_6"}')
+    args = [str(tmp_path) if arg == "FOLDER" else arg for arg in args]
+    done = subprocess.run(["python3", "-S", str(ROOT / "minicpmv_ft" / "versions" / "environments.py"), *args],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, printed, "")
 
 
 @pytest.mark.parametrize("version,field,value,message", [

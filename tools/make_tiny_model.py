@@ -4,7 +4,7 @@
 
 --version is any version of the registry (minicpmv_ft/versions/; --help lists them; --llm-type
 minicpm / llama3 / qwen still name 2.x). A native version has no remote code: it is built from
-transformers' own classes, in its own environment (requirements-VERSION.txt;
+transformers' own classes, in its own environment (.venv-transformers5;
 tools/tiny_model/native_4_6.py).
 
 The directory holds config.json (with auto_map), our own remote-code .py files, a small

@@ -1,6 +1,7 @@
 # Sourced by run_tests.sh and demo.sh: creates $VENV (default .venv) from $REQUIREMENTS (default
-# requirements.txt) once, re-installs when that file changes, and activates it. MiniCPM-V 4.6
-# needs transformers 5.x: VENV=.venv-4.6 REQUIREMENTS=requirements-4.6.txt.
+# requirements.txt) once, re-installs when that file changes, and activates it. The native
+# checkpoints (4.6) need transformers 5: VENV=.venv-transformers5
+# REQUIREMENTS=requirements-transformers5.txt (minicpmv_ft/versions/environments.py says which).
 VENV="${VENV:-.venv}"
 REQUIREMENTS="${REQUIREMENTS:-requirements.txt}"
 STAMP="$VENV/.requirements.sha256"

@@ -1,39 +1,67 @@
-"""Checkpoints whose model classes live inside a newer transformers than the default environment
-(requirements.txt, transformers 4.57, which the remote code of 2.0-4.5 needs): each needs the
-environment its own requirements file sets up."""
+"""The environments the checkpoints need, one table: the remote code of 2.0-4.5 runs only under
+transformers 4.57 (requirements.txt, .venv); the native checkpoints' classes ship inside
+transformers 5 (requirements-transformers5.txt, .venv-transformers5).
+
+run_tests.sh, demo.sh and the launchers read this table with whichever python3 the machine has,
+before any environment exists, so this file needs only the standard library (transformers is
+imported inside the functions that ask it):
+
+    python3 minicpmv_ft/versions/environments.py list             # "VENV REQUIREMENTS" per line, default first
+    python3 minicpmv_ft/versions/environments.py version 4.6      # the environment of a version
+    python3 minicpmv_ft/versions/environments.py model PATH       # of a checkpoint folder (its config.json); else default
+"""
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
-
-import transformers
-from packaging.version import Version
 
 
 @dataclass(frozen=True)
 class Environment:
-    checkpoints: str
-    transformers_at_least: str
     requirements: str
     venv: str
+    transformers_at_least: str
+    # config.json model_type -> the checkpoints it is (for messages); their registry versions
+    # (tests/test_versions.py checks both against the registry)
+    model_types: dict[str, str]
+    versions: tuple[str, ...]
 
     @property
     def setup_command(self) -> str:
         return f"VENV={self.venv} REQUIREMENTS={self.requirements} bash tools/setup_venv.sh"
 
 
-# config.json model_type -> the environment its classes need
-BY_MODEL_TYPE = {
-    "minicpmv4_6": Environment("MiniCPM-V 4.6 (openbmb/MiniCPM-V-4.6, -Thinking)", "5.7", "requirements-4.6.txt",
-                               ".venv-4.6"),
-}
+DEFAULT = Environment("requirements.txt", ".venv", "4.57", {"minicpmv": "MiniCPM-V 2.0-4.5 (remote code)"},
+                      ("2.0", "2.5", "2.6", "4.0", "4.5"))
+TRANSFORMERS_5 = Environment("requirements-transformers5.txt", ".venv-transformers5", "5.7",
+                             {"minicpmv4_6": "MiniCPM-V 4.6 (openbmb/MiniCPM-V-4.6, -Thinking)"}, ("4.6",))
+ENVIRONMENTS = (DEFAULT, TRANSFORMERS_5)
+# config.json model_type -> the environment its classes need, for the native checkpoints
+BY_MODEL_TYPE = {model_type: env for env in ENVIRONMENTS[1:] for model_type in env.model_types}
+
+
+def for_version(name: str) -> Environment:
+    return next((env for env in ENVIRONMENTS if name in env.versions), DEFAULT)
+
+
+def model_type_at(path: str) -> str | None:
+    """config.json's model_type of a local checkpoint folder (None: a hub id, or no such file)."""
+    try:
+        with open(os.path.join(path, "config.json")) as handle:
+            return json.load(handle).get("model_type")
+    except (OSError, ValueError, AttributeError):  # not there, or not a JSON object: loading says what is wrong
+        return None
 
 
 def in_native_environment() -> bool:
     """Whether this environment is one the native checkpoints' requirements file set up."""
+    import transformers
+    from packaging.version import Version
+
     installed = Version(transformers.__version__)
-    return any(installed >= Version(env.transformers_at_least) for env in BY_MODEL_TYPE.values())
+    return any(installed >= Version(env.transformers_at_least) for env in ENVIRONMENTS[1:])
 
 
 class WrongEnvironment(ValueError):
@@ -43,15 +71,34 @@ class WrongEnvironment(ValueError):
 def check_environment(path: str):
     """WrongEnvironment when the local checkpoint at `path` needs a newer transformers than this
     one, naming the command that sets its environment up (hub ids are checked once loaded)."""
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
-        return
-    with open(config_file) as handle:
-        model_type = json.load(handle).get("model_type")
+    import transformers
+    from packaging.version import Version
+
+    model_type = model_type_at(path)
     needed = BY_MODEL_TYPE.get(model_type)
     if needed and Version(transformers.__version__) < Version(needed.transformers_at_least):
         raise WrongEnvironment(
-            f"{path} is {needed.checkpoints} (model_type {model_type}), whose classes ship inside transformers >= "
-            f"{needed.transformers_at_least}; this environment has transformers {transformers.__version__}, which "
-            f"the 2.0-4.5 checkpoints need. Set its own environment up with `{needed.setup_command}` and run with "
-            f"it: `VENV={needed.venv} sh finetune_ds.sh`, or {needed.venv}/bin/python finetune.py ...")
+            f"{path} is {needed.model_types[model_type]} (model_type {model_type}), whose classes ship inside "
+            f"transformers >= {needed.transformers_at_least}; this environment has transformers "
+            f"{transformers.__version__}, which the 2.0-4.5 checkpoints need. Set its own environment up with "
+            f"`{needed.setup_command}` and run with it: `VENV={needed.venv} sh finetune_ds.sh`, or "
+            f"{needed.venv}/bin/python finetune.py ...")
+
+
+def main(argv: list[str]) -> int:
+    """The command line of the module docstring: prints "VENV REQUIREMENTS" lines."""
+    if argv[:1] == ["list"] and len(argv) == 1:
+        chosen = ENVIRONMENTS
+    elif argv[:1] == ["version"] and len(argv) == 2:
+        chosen = (for_version(argv[1]),)
+    elif argv[:1] == ["model"] and len(argv) == 2:
+        chosen = (BY_MODEL_TYPE.get(model_type_at(argv[1]), DEFAULT),)
+    else:
+        print(__doc__.split("\n\n")[-1], file=sys.stderr)
+        return 2
+    print("\n".join(f"{env.venv} {env.requirements}" for env in chosen))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,5 +1,5 @@
 """MiniCPM-V 4.6: Qwen3.5 (hybrid linear attention) + SigLIP2 with window-attention mergers,
-native transformers classes (>= 5.7, its own environment: requirements-4.6.txt), ChatML with
+native transformers classes (>= 5.7, the transformers 5 environment: environments.py), ChatML with
 Qwen3 thinking blocks. Its processor writes the image placeholders and pixels."""
 from ..chat_formats import Qwen3ThinkingChat
 from .family import NATIVE
