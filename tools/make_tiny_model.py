@@ -300,17 +300,29 @@ def write_preprocessor_config(out: Path, config: dict, version: str):
 RECIPES = {"2.0": recipe_2_0, "2.5": recipe_2_5, "2.6": recipe_2_6, "4.0": recipe_4_0, "4.5": recipe_4_5}
 
 
-def build_4_6(out: Path, vocab_size: int | None, seed: int, layer_types=None) -> Path:
+def qwen3_5_tokenizer():
+    """The byte-level tokenizer of 4.6 and 4.7 with their processors' named special tokens."""
     from tiny_model import native_4_6
 
     specials = (["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + list(native_4_6.NAMED_TOKENS.values())
                 + MARKUP_TOKENS[2:10] + ["<unk>"])  # the markup's image and slice tokens are named ones
-    tokenizer = _byte_level_tokenizer(QWEN2_PATTERN, list(dict.fromkeys(specials)), plain_tokens=["<think>", "</think>"])
-    return native_4_6.build(out, tokenizer, vocab_size, seed, layer_types)
+    return _byte_level_tokenizer(QWEN2_PATTERN, list(dict.fromkeys(specials)), plain_tokens=["<think>", "</think>"])
+
+
+def build_4_6(out: Path, vocab_size: int | None, seed: int, layer_types=None) -> Path:
+    from tiny_model import native_4_6
+
+    return native_4_6.build(out, qwen3_5_tokenizer(), vocab_size, seed, layer_types)
+
+
+def build_4_7(out: Path, vocab_size: int | None, seed: int, layer_types=None, moe: bool = False) -> Path:
+    from tiny_model import native_4_7
+
+    return native_4_7.build(out, qwen3_5_tokenizer(), vocab_size, seed, moe, layer_types)
 
 
 # Versions built from transformers' own classes (no remote code)
-NATIVE_RECIPES = {"4.6": build_4_6}
+NATIVE_RECIPES = {"4.6": build_4_6, "4.7": build_4_7}
 
 
 def build(version: str, out: str | Path, vocab_size: int | None = None, seed: int = 0, **native_options) -> Path:
