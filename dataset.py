@@ -18,7 +18,6 @@ import logging
 import shutil
 from collections import Counter
 from dataclasses import replace
-
 from functools import partial
 
 from torch.utils.data import Dataset

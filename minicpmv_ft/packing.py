@@ -31,7 +31,6 @@ import logging
 import torch
 from torch.utils.data import Dataset
 
-
 logger = logging.getLogger(__name__)
 
 
