@@ -7,7 +7,8 @@ from conftest import NATIVE_VERSIONS, REMOTE_VERSIONS, VERSIONS
 from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.versions import VersionError, by_name, detect_version, image_settings, llm_config_family
 
-FAMILIES = {"2.0": "minicpm", "2.5": "llama", "2.6": "qwen2", "4.0": "llama", "4.5": "qwen3", "4.6": "qwen3_5_text"}
+FAMILIES = {"2.0": "minicpm", "2.5": "llama", "2.6": "qwen2", "4.0": "llama", "4.5": "qwen3", "4.6": "qwen3_5_text",
+            "4.7": "qwen3_5_text"}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
