@@ -10,9 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, VERSIONS
+from conftest import REGISTRY, ROOT, VERSIONS
 from minicpmv_ft.checkpoints import resolve_resume
-from minicpmv_ft.versions import VERSIONS as REGISTRY
 from test_deepspeed_resume import RunsCode
 
 pytestmark = pytest.mark.slow  # several processes each; `bash run_tests.sh -m "not slow"` skips them

@@ -5,11 +5,10 @@ import copy
 import pytest
 import torch
 
-from conftest import VERSIONS
+from conftest import REGISTRY, VERSIONS
 from dataset import SupervisedDataset
 from minicpmv_ft.packing import (PackedDataset, block_causal_mask, check_packable, padding_share,
                                  plan_packs, sample_starts)
-from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.versions import submodule
 
 # Versions whose samples a packed row can keep apart; a model that lays out its own position ids

@@ -9,10 +9,9 @@ from safetensors.torch import load_file
 import chat
 import finetune
 import merge_lora
-from conftest import VERSIONS, ROOT, make_image
+from conftest import REGISTRY, VERSIONS, ROOT, make_image
 from dataset import SupervisedDataset
 from minicpmv_ft.loading import AdapterBaseError, load_for_inference
-from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.versions.family import NATIVE
 
 
