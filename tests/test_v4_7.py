@@ -86,3 +86,39 @@ def test_packing_is_refused_where_the_model_lays_out_its_own_positions(tmp_path)
                                          r"row \(canvas M-RoPE\)"):
         finetune.train(["--model_name_or_path", str(model_dir), "--data_path", str(data), "--output_dir",
                         str(tmp_path / "out"), "--use_cpu", "true", "--report_to", "none", "--packing", "true"])
+
+
+def test_the_moe_router_loss_is_its_llms_own_and_logged_apart(tiny, tmp_path):
+    """4.7-35B-A3B's Qwen3.5-MoE: the step's loss is the LM loss plus router_aux_loss_coef x the
+    load-balancing loss its own modeling module defines over the router logits of the LLM's
+    forward (padding masked); the dense 4.7 has none."""
+    from transformers.models.qwen3_5_moe import modeling_qwen3_5_moe
+
+    from test_packing import make_trainer
+
+    tok, model = tiny("4.7-moe")
+    assert make_trainer(tiny("4.7")[1], "4.7", tmp_path).router_loss is None
+    wide = make_image(tmp_path / "wide.png", (1000, 460), seed=1)
+    records = [{"image": str(wide), "conversations": conversation("<image>\nWhat is this?")},
+               {"conversations": conversation("Hi", "Hello.")}]
+    dataset = SupervisedDataset(records, tok, model.config)
+    batch = dataset.collator([dataset[0], dataset[1]])
+    trainer = make_trainer(model, "4.7-moe", tmp_path)
+    model.train()
+    with torch.no_grad():
+        total = trainer.compute_loss(model, dict(batch), num_items_in_batch=1)
+        router, trainer.router_loss = trainer.router_loss, None
+        lm_only = trainer.compute_loss(model, dict(batch), num_items_in_batch=1)
+        kwargs = {key: value for key, value in batch.items() if key != "labels"}
+        out = model.model(**kwargs, output_router_logits=True)
+    text = model.config.text_config
+    assert len(out.router_logits) == text.num_hidden_layers  # every layer routes
+    expected = modeling_qwen3_5_moe.load_balancing_loss_func(out.router_logits, text.num_experts,
+                                                             text.num_experts_per_tok, batch["attention_mask"])
+    assert float(expected) > 0 and router.coefficient == text.router_aux_loss_coef
+    torch.testing.assert_close(total, lm_only + text.router_aux_loss_coef * expected, rtol=1e-6, atol=1e-7)
+    assert trainer.router_losses == [pytest.approx(float(expected))]  # the training micro-batch's, unweighted
+    logs = {"loss": 1.0}
+    trainer.router_losses.append(3 * float(expected))
+    trainer.log(logs)  # the mean since the last log, beside the loss
+    assert logs["router_aux_loss"] == pytest.approx(2 * float(expected)) and trainer.router_losses == []
