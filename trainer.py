@@ -143,7 +143,7 @@ class MiniCPMVTrainer(Trainer):
         if router:
             balance = router.unweighted(router_logits, inputs.get("attention_mask"))
             if model.training:
-                self.router_losses.append(float(balance))
+                self.router_losses.append(float(balance.detach()))
             steps = self.args.gradient_accumulation_steps if model.training else 1
             loss = loss + router.coefficient * balance.to(loss.dtype) / steps
         return (loss, {"loss": loss}) if return_outputs else loss
