@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up the virtual environments (first run: a few minutes) and runs the whole test suite in
+# Sets up the virtual environments (first run: about a minute) and runs the whole test suite in
 # each: the remote-code versions in .venv (requirements.txt, transformers 4.57), the native ones in
 # .venv-transformers5 (the table in minicpmv_ft/versions/environments.py; tests/conftest.py picks
 # each environment's tests). Extra arguments go to every pytest run, e.g. `bash run_tests.sh -k slicing`;
