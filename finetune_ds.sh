@@ -32,8 +32,9 @@ DS_CONFIG=$(from_caller "$DS_CONFIG")
 # minicpmv_ft/versions/environments.py), or VENV if you set it.
 # A relative VENV is under this repo (or the folder the script was started from), an absolute
 # one where it says; a VENV you set that holds no python stops here rather than fall back.
+ENVIRONMENT=$(python3 minicpmv_ft/versions/environments.py model "$MODEL")   # "VENV REQUIREMENTS"
 CHOSEN_VENV=${VENV:-}
-VENV=${VENV:-$(python3 minicpmv_ft/versions/environments.py model "$MODEL" | cut -d' ' -f1)}
+VENV=${VENV:-${ENVIRONMENT%% *}}
 case "$VENV" in
     /*) ;;
     *) if [ ! -x "$PWD/$VENV/bin/python" ] && [ -x "$CALLER_DIR/$VENV/bin/python" ]; then VENV="$CALLER_DIR/$VENV"; else VENV="$PWD/$VENV"; fi ;;
@@ -45,9 +46,8 @@ elif [ -n "$CHOSEN_VENV" ]; then
          "'VENV=$CHOSEN_VENV bash tools/setup_venv.sh' or unset VENV" >&2
     exit 1
 elif ! python -c 'import transformers, peft' 2>/dev/null; then
-    REQUIREMENTS=$(python3 minicpmv_ft/versions/environments.py model "$MODEL" | cut -d' ' -f2)
     echo "finetune: this python lacks the requirements and there is no $(basename "$VENV") here; make it with" \
-         "'VENV=$(basename "$VENV") REQUIREMENTS=$REQUIREMENTS bash tools/setup_venv.sh'" >&2
+         "'VENV=$(basename "$VENV") REQUIREMENTS=${ENVIRONMENT#* } bash tools/setup_venv.sh'" >&2
     exit 1
 fi
 
