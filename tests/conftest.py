@@ -131,6 +131,32 @@ def tiny(tiny_model_dir):
     return get
 
 
+@pytest.fixture(scope="session")
+def packable(tiny, tmp_path_factory):
+    """version -> (tokenizer, model): the tiny model, or where its LLM has layers packing refuses
+    (4.6's linear attention), the same version built with full-attention layers only."""
+    import transformers
+
+    import make_tiny_model
+    from minicpmv_ft.packing import check_packable
+
+    made = {}
+
+    def get(version):
+        tok, model = tiny(version)
+        try:
+            check_packable(model.config, version)
+            return tok, model
+        except ValueError:
+            if version not in made:
+                path = make_tiny_model.build(version, tmp_path_factory.mktemp("full-attention") / version,
+                                             layer_types=["full_attention", "full_attention"])
+                made[version] = getattr(transformers, REGISTRY[version].auto_class).from_pretrained(path)
+            return tok, made[version]
+
+    return get
+
+
 def chat_call(model, version, image, msgs, tokenizer, **kwargs):
     """model.chat() with the checkpoint's own signature (the registry says which)."""
     entry = REGISTRY[version]

@@ -7,7 +7,7 @@ import torch
 
 from conftest import REGISTRY, VERSIONS
 from dataset import SupervisedDataset
-from minicpmv_ft.packing import (PackedDataset, block_causal_mask, check_packable, padding_share,
+from minicpmv_ft.packing import (PackedDataset, block_causal_mask, padding_share,
                                  plan_packs, sample_starts)
 from minicpmv_ft.versions import submodule
 
@@ -46,28 +46,6 @@ def samples(image_file):
                            {"role": "assistant", "content": "The second one."}]},
         {"conversations": [{"role": "user", "content": "Count to three"}, {"role": "assistant", "content": "1 2 3"}]},
     ]
-
-
-@pytest.fixture(scope="module")
-def packable(tiny, tmp_path_factory):
-    """version -> (tokenizer, model): the tiny model, or where its LLM has layers packing refuses
-    (4.6's linear attention), the same version built with full-attention layers only."""
-    import transformers
-
-    import make_tiny_model
-
-    def get(version):
-        tok, model = tiny(version)
-        try:
-            check_packable(model.config, version)
-            return tok, model
-        except ValueError:
-            path = make_tiny_model.build(version, tmp_path_factory.mktemp("full-attention") / version,
-                                         layer_types=["full_attention", "full_attention"])
-            auto_class = getattr(transformers, REGISTRY[version].auto_class)
-            return tok, auto_class.from_pretrained(path)
-
-    return get
 
 
 def views(item) -> int:

@@ -1,12 +1,14 @@
 """MiniCPM-V 4.7 (native transformers classes, the transformers 5 environment): the ids, labels,
 pixels and modality ids we train on are what its own processor and chat template make, and the
 model lays out the canvas M-RoPE positions of a padded batch as it does for the processor's
-output; packing, which would need those positions per sample, is refused."""
+output; packing, which would need those positions per sample, is refused; the MoE's router loss
+and LoRA on its fused experts."""
 import json
 
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoConfig
 
 from conftest import make_image
 from dataset import SupervisedDataset
@@ -86,6 +88,48 @@ def test_packing_is_refused_where_the_model_lays_out_its_own_positions(tmp_path)
                                          r"row \(canvas M-RoPE\)"):
         finetune.train(["--model_name_or_path", str(model_dir), "--data_path", str(data), "--output_dir",
                         str(tmp_path / "out"), "--use_cpu", "true", "--report_to", "none", "--packing", "true"])
+
+
+def test_lora_on_the_moes_fused_experts_trains_each_expert_and_merges(tiny_model_dir, tmp_path):
+    """--lora_target_modules naming the MoE's `mlp.experts` adapts its fused [experts, out, in]
+    tensors (PEFT's target_parameters), beside the default's projections; merge_lora folds them
+    into the checkpoint's own tensors and the merged model computes what the adapter did."""
+    import transformers
+    from safetensors.torch import load_file
+
+    import finetune
+    import merge_lora
+    from minicpmv_ft.loading import load_for_inference
+    from minicpmv_ft.versions import VERSIONS
+
+    default = VERSIONS["4.7"].lora_target_regex
+    wide = make_image(tmp_path / "wide.png", (1000, 460), seed=1)
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"image": str(wide), "conversations": conversation("<image>\nWhat is this?")},
+                                {"conversations": conversation("Hi", "Hello.")}]))
+    base = tiny_model_dir("4.7-moe")
+    finetune.train(["--model_name_or_path", str(base), "--data_path", str(data), "--output_dir", str(tmp_path / "out"),
+                    "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--max_steps", "3",
+                    "--learning_rate", "1e-2", "--use_lora", "true", "--lora_r", "4", "--lora_dropout", "0",
+                    "--disable_tqdm", "true", "--lora_target_modules", default[:-1] + r"|mlp\.experts)"])
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    layers = AutoConfig.from_pretrained(base).text_config.num_hidden_layers
+    assert sorted(adapter["target_parameters"]) == sorted(
+        f"model.language_model.layers.{k}.mlp.experts.{p}" for k in range(layers) for p in ("gate_up_proj", "down_proj"))
+    assert "model.language_model.layers.0.linear_attn.out_proj" in adapter["target_modules"]
+
+    processor, peft_model, _, _ = load_for_inference(str(tmp_path / "out"))
+    merged = transformers.AutoModelForImageTextToText.from_pretrained(
+        merge_lora.merge(str(tmp_path / "out"), str(tmp_path / "merged"))).eval()
+    text = processor.apply_chat_template(conversation([{"type": "image"}, {"type": "text", "text": "What is this?"}]),
+                                         tokenize=False)
+    inputs = processor(text=[text], images=[Image.open(wide).convert("RGB")], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, peft_model(**inputs).logits, rtol=1e-5, atol=5e-5)
+    before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "merged" / "model.safetensors")
+    assert before.keys() == after.keys()
+    experts = {k for k in before if ".mlp.experts." in k}
+    assert experts and all(not torch.equal(before[k], after[k]) for k in experts)  # every layer's experts
 
 
 def test_the_moe_router_loss_is_its_llms_own_and_logged_apart(tiny, tmp_path):
