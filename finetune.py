@@ -28,7 +28,7 @@ from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
 from minicpmv_ft.launch import REPORTED_ERROR_EXIT
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir
-from minicpmv_ft.lora_targets import check_lora_targets
+from minicpmv_ft.lora_targets import check_lora_targets, peft_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
 from minicpmv_ft.packing import PackedDataset, check_packable
 from minicpmv_ft.quiet import quiet_third_party
@@ -138,8 +138,8 @@ def configure_trainable(model, version, train_args):
     modules_to_save = [version.resampler_module] + ([version.vision_module] if train_args.tune_vision else []) \
         + list(train_args.lora_modules_to_save)
     config = LoraConfig(r=train_args.lora_r, lora_alpha=train_args.lora_alpha, lora_dropout=train_args.lora_dropout,
-                        target_modules=train_args.lora_target_modules or version.lora_target_regex,
-                        modules_to_save=modules_to_save)
+                        modules_to_save=modules_to_save,
+                        **peft_targets(model, train_args.lora_target_modules or version.lora_target_regex))
     return get_peft_model(model, config)
 
 
@@ -277,6 +277,10 @@ def run_training(model_args, data_args, train_args, callbacks=None):
                          "drop the flag")
     if train_args.packing:
         check_packable(config, version.checkpoints)
+        if version.positions_from_model:
+            raise ValueError(f"--packing: MiniCPM-V {version.name} lays out its position ids itself over a whole "
+                             "row (canvas M-RoPE), so the samples of a pack would not restart theirs; train "
+                             "without --packing (--group_by_length true keeps padding low)")
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, check_workers())
     check_video_supported(version, train_set, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     model = load_model(model_args, train_args, version, model_dtype(train_args))

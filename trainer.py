@@ -10,7 +10,7 @@ split into micro-batches, gradient accumulation or processes.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -21,6 +21,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.checkpoints import copy_missing_checkpoint_files, record_max_slice_nums
 from minicpmv_ft.packing import block_causal_mask
+from minicpmv_ft.router_loss import router_loss_of
 from minicpmv_ft.versions import ModelVersion, submodule
 
 @contextmanager
@@ -112,6 +113,10 @@ class MiniCPMVTrainer(Trainer):
         # from dividing the loss by the gradient accumulation steps a second time.
         self.model_accepts_loss_kwargs = True
         self.source_model_dir = source_model_dir
+        # a mixture-of-experts LLM's load-balancing term (minicpmv_ft/router_loss.py); unweighted
+        # values of the micro-batches since the last log
+        self.router_loss = router_loss_of(submodule(self.model, version.llm_module))
+        self.router_losses = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
@@ -121,10 +126,13 @@ class MiniCPMVTrainer(Trainer):
         # on: one chunk there (the labelled positions only, as before chunking).
         chunk = max(targets.numel(), 1) if is_deepspeed_zero3_enabled() else self.args.loss_chunk_tokens
         blank = self.version.vision_skipped_without_images and "pixel_values" not in inputs
+        router = self.router_loss
+        llm = submodule(self.accelerator.unwrap_model(model), self.version.llm_module)
         with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel), \
-                self._blank_view_in_forward(model, blank):
+                self._blank_view_in_forward(model, blank), \
+                (router.captured(llm) if router else nullcontext([])) as router_logits:
             loss = model(**self.version.family.forward_kwargs(inputs), attention_mask=self._attention_mask(model, inputs),
-                         use_cache=False).logits
+                         use_cache=False, **({"output_router_logits": True} if router else {})).logits
         if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
             loss = loss / max(targets.numel(), 1)
         else:
@@ -132,6 +140,12 @@ class MiniCPMVTrainer(Trainer):
             if self.args.average_tokens_across_devices:
                 # the count is global; DDP/DeepSpeed average gradients over processes
                 loss = loss * self.accelerator.num_processes
+        if router:
+            balance = router.unweighted(router_logits, inputs.get("attention_mask"))
+            if model.training:
+                self.router_losses.append(float(balance.detach()))
+            steps = self.args.gradient_accumulation_steps if model.training else 1
+            loss = loss + router.coefficient * balance.to(loss.dtype) / steps
         return (loss, {"loss": loss}) if return_outputs else loss
 
     @contextmanager
@@ -205,6 +219,9 @@ class MiniCPMVTrainer(Trainer):
         current "lr" is already the next step's (the scheduler stepped after the Trainer took
         `learning_rate`); every group follows the same schedule, so the module's rate is the
         logged one times the ratio of the groups' base rates."""
+        if self.router_losses and "loss" in logs:
+            logs["router_aux_loss"] = sum(self.router_losses) / len(self.router_losses)
+            self.router_losses = []
         if self.module_lrs and "learning_rate" in logs and self.optimizer is not None:
             groups = self.optimizer.param_groups
             base = next(group for group in groups if "module" not in group)

@@ -19,8 +19,15 @@ from torch.nn.utils.rnn import pad_sequence
 from .chat_tokens import IGNORE_INDEX, PAD_TOKEN_ID
 
 # Per-token keys and what pads them: input_ids PAD_TOKEN_ID, labels -100 (untrained), the
-# attention_mask 0 and position ids 0.
-TEXT_PADDING = {"input_ids": PAD_TOKEN_ID, "position_ids": 0, "labels": IGNORE_INDEX, "attention_mask": 0}
+# attention_mask 0, position ids 0 and modality ids 0 (text; items of a model that lays out its
+# own positions carry these instead of position ids).
+TEXT_PADDING = {"input_ids": PAD_TOKEN_ID, "position_ids": 0, "labels": IGNORE_INDEX, "attention_mask": 0,
+                "mm_token_type_ids": 0}
+
+
+def token_keys(items: list[dict]) -> list[str]:
+    """The per-token keys the items carry."""
+    return [key for key in TEXT_PADDING if key in items[0]]
 
 
 class MediaLayout:
@@ -88,8 +95,8 @@ PROCESSOR_MEDIA = ProcessorMedia()
 
 def collate(items: list[dict], layout: MediaLayout) -> dict:
     """Right-pads the items' text into [B, L] (TEXT_PADDING) and adds their media."""
-    batch = {key: pad_sequence([item[key] for item in items], batch_first=True, padding_value=value)
-             for key, value in TEXT_PADDING.items()}
+    batch = {key: pad_sequence([item[key] for item in items], batch_first=True, padding_value=TEXT_PADDING[key])
+             for key in token_keys(items)}
     return {**batch, **layout.per_sample(items)}
 
 
@@ -99,7 +106,7 @@ def pack(items: list[dict], layout: MediaLayout) -> dict:
         # the chat formats always start with prompt; a trained first token would be predicted
         # from the previous sample
         raise ValueError("cannot pack a sample whose first token is trained")
-    packed = {key: torch.cat([item[key] for item in items]) for key in TEXT_PADDING}
+    packed = {key: torch.cat([item[key] for item in items]) for key in token_keys(items)}
     offsets = torch.tensor([0] + [len(item["input_ids"]) for item in items]).cumsum(0).tolist()
     return {**packed, **layout.join(items, offsets)}
 

@@ -1,6 +1,11 @@
 """Which modules --lora_target_modules adapts, known before the weights load: the model is built
 on the meta device from its config (no memory, no weights) and its module names matched as PEFT
-matches a string target (re.fullmatch on the full name)."""
+matches a string target (re.fullmatch on the full name).
+
+A mixture-of-experts LLM keeps its routed experts fused, one [experts, out, in] tensor per
+projection in one module (Qwen3.5-MoE's `mlp.experts`), which PEFT cannot adapt as a layer; a
+pattern naming such a module adapts those tensors instead (PEFT's target_parameters: LoRA per
+expert)."""
 from __future__ import annotations
 
 import re
@@ -12,23 +17,46 @@ from torch import nn
 ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
 
 
-def matching_modules(config, version, pattern: str) -> list[str]:
-    """Names of the adaptable modules of the checkpoint's model that `pattern` fully matches."""
+def meta_model(config, version):
     from accelerate import init_empty_weights
 
     auto_class = getattr(transformers, version.auto_class)
     with init_empty_weights():
-        model = auto_class.from_config(config, trust_remote_code=True)
+        return auto_class.from_config(config, trust_remote_code=True)
+
+
+def matching_modules(model, pattern: str) -> list[str]:
+    """Names of the adaptable modules of `model` that `pattern` fully matches."""
     return [name for name, module in model.named_modules()
             if isinstance(module, ADAPTABLE) and re.fullmatch(pattern, name)]
+
+
+def matching_expert_weights(model, pattern: str) -> list[str]:
+    """Full names of the fused expert tensors (3-D: one slice per expert) held by the modules
+    `pattern` fully matches."""
+    return [f"{name}.{key}" for name, module in model.named_modules() if name and re.fullmatch(pattern, name)
+            for key, param in module.named_parameters(recurse=False)
+            if len(getattr(param, "ds_shape", param.shape)) == 3]  # ZeRO-3 keeps the shape in ds_shape
+
+
+def peft_targets(model, pattern: str) -> dict:
+    """LoraConfig's target arguments for `pattern`: the pattern itself, or where it names fused
+    experts, the layers it matches and the experts' tensors."""
+    experts = matching_expert_weights(model, pattern)
+    if not experts:
+        return {"target_modules": pattern}
+    return {"target_modules": matching_modules(model, pattern), "target_parameters": experts}
 
 
 def check_lora_targets(config, version, pattern: str | None):
     """Raises ValueError naming the pattern when it adapts nothing (PEFT would stop after the
     weights loaded, with a traceback)."""
-    if pattern is None or matching_modules(config, version, pattern):
+    if pattern is None:
         return
-    example = matching_modules(config, version, version.lora_target_regex)[:1]
+    model = meta_model(config, version)
+    if matching_modules(model, pattern) or matching_expert_weights(model, pattern):
+        return
+    example = matching_modules(model, version.lora_target_regex)[:1]
     raise ValueError(f"--lora_target_modules {pattern!r} matches no linear layer of this model (matched against "
                      f"full module names, e.g. {example[0] if example else 'llm.model.layers.0.self_attn.q_proj'}); "
                      f"the default is {version.lora_target_regex!r}")

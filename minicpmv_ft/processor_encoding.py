@@ -110,18 +110,25 @@ class ProcessorSampleEncoder(SampleEncoder):
         return encoded, processed["pixel_values"][0], processed["target_sizes"].to(torch.int32), None
 
     def item(self, sample: Sample) -> dict:
-        """input_ids, position_ids, labels, attention_mask [L]; pixel_values [3, patch, N] (all
-        views of the sample's images, NaViT-packed); target_sizes int32 [views, 2]."""
+        """input_ids, labels, attention_mask [L] and either position_ids [L] or, for a model that
+        lays out its own positions (positions_from_model), the processor's mm_token_type_ids [L]
+        (0 text, 1 image, 2 video); pixel_values [3, patch, N] (all views of the sample's images,
+        NaViT-packed); target_sizes int32 [views, 2]."""
         encoded, pixel_values, target_sizes, _ = self.with_pixels(sample)
         length = len(encoded.input_ids)
-        return {
+        item = {
             "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),
-            "position_ids": torch.arange(length, dtype=torch.long),
             "labels": torch.tensor(encoded.labels, dtype=torch.long),
             "attention_mask": torch.ones(length, dtype=torch.long),
             "pixel_values": pixel_values,
             "target_sizes": target_sizes,
         }
+        if self.version.positions_from_model:
+            item["mm_token_type_ids"] = torch.tensor(self.processor.create_mm_token_type_ids([encoded.input_ids])[0],
+                                                     dtype=torch.int32)
+        else:
+            item["position_ids"] = torch.arange(length, dtype=torch.long)
+        return item
 
 
 # A conversation that touches every part of the format: an image before the question, an

@@ -34,8 +34,19 @@ from minicpmv_ft import versions  # noqa: E402
 # a tiny-model recipe (tools/make_tiny_model.py). The remote-code ones need transformers 4.57
 # (requirements.txt), the native ones their own environment (environments.py says which);
 # each environment runs the tests of its versions.
-REMOTE_VERSIONS = list(versions.REMOTE_CODE_VERSIONS)
-NATIVE_VERSIONS = list(versions.NATIVE_VERSIONS)
+# A version with a second published checkpoint (4.7: dense and MoE) runs them as two test
+# parameters ("4.7", "4.7-moe"; make_tiny_model.VARIANTS); REGISTRY maps both to its entry.
+import make_tiny_model  # noqa: E402
+
+REGISTRY = {**versions.VERSIONS, **{name: versions.VERSIONS[base] for name, (base, _) in make_tiny_model.VARIANTS.items()}}
+
+
+def with_variants(names):
+    return [*names, *(name for name, (base, _) in make_tiny_model.VARIANTS.items() if base in names)]
+
+
+REMOTE_VERSIONS = with_variants(versions.REMOTE_CODE_VERSIONS)
+NATIVE_VERSIONS = with_variants(versions.NATIVE_VERSIONS)
 NATIVE_ENVIRONMENT = versions.in_native_environment()
 VERSIONS = NATIVE_VERSIONS if NATIVE_ENVIRONMENT else REMOTE_VERSIONS
 
@@ -107,8 +118,6 @@ def tiny(tiny_model_dir):
     as users load real ones."""
     from transformers import AutoTokenizer
 
-    from minicpmv_ft.versions import VERSIONS as REGISTRY
-
     loaded = {}
 
     def get(version):
@@ -122,10 +131,34 @@ def tiny(tiny_model_dir):
     return get
 
 
+@pytest.fixture(scope="session")
+def packable(tiny, tmp_path_factory):
+    """version -> (tokenizer, model): the tiny model, or where its LLM has layers packing refuses
+    (4.6's linear attention), the same version built with full-attention layers only."""
+    import transformers
+
+    import make_tiny_model
+    from minicpmv_ft.packing import check_packable
+
+    made = {}
+
+    def get(version):
+        tok, model = tiny(version)
+        try:
+            check_packable(model.config, version)
+            return tok, model
+        except ValueError:
+            if version not in made:
+                path = make_tiny_model.build(version, tmp_path_factory.mktemp("full-attention") / version,
+                                             layer_types=["full_attention", "full_attention"])
+                made[version] = getattr(transformers, REGISTRY[version].auto_class).from_pretrained(path)
+            return tok, made[version]
+
+    return get
+
+
 def chat_call(model, version, image, msgs, tokenizer, **kwargs):
     """model.chat() with the checkpoint's own signature (the registry says which)."""
-    from minicpmv_ft.versions import VERSIONS as REGISTRY
-
     entry = REGISTRY[version]
     if entry.chat_takes_context:
         return model.chat(image, msgs, None, tokenizer, **kwargs)[0]

@@ -9,10 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REMOTE_VERSIONS
+from conftest import REGISTRY, REMOTE_VERSIONS
 from dataset import SupervisedDataset
 from minicpmv_ft.samples import DataError
-from minicpmv_ft.versions import VERSIONS as REGISTRY
 
 IGNORE = -100
 END_OF_ANSWER = {"2.0": "</s>", "2.5": "<|eot_id|>", "2.6": "<|im_end|>", "4.0": "<|im_end|>", "4.5": "<|im_end|>"}

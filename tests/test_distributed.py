@@ -1,5 +1,8 @@
 """Multi-process training on CPU: the loss normalisation across micro-batches, gradient
-accumulation and processes; DeepSpeed ZeRO-2/3 under torchrun; kill and resume."""
+accumulation and processes; DeepSpeed ZeRO-2 against ZeRO-3 on two processes; kill, signal and
+resume. What the processes compute is tested on ranks forked from one process that imported the
+training stack once (tests/forked_ranks.py); a signal to two processes goes through torchrun
+itself (the launchers' own tests are in test_launchers.py)."""
 import json
 import os
 import shutil
@@ -10,9 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, VERSIONS
+from conftest import REGISTRY, ROOT, VERSIONS
 from minicpmv_ft.checkpoints import resolve_resume
-from minicpmv_ft.versions import VERSIONS as REGISTRY
 from test_deepspeed_resume import RunsCode
 
 pytestmark = pytest.mark.slow  # several processes each; `bash run_tests.sh -m "not slow"` skips them
@@ -28,15 +30,29 @@ def four_samples(tmp_path_factory):
     return out / "four.json"
 
 
-def run(args, nproc=1, check=True):
+def run(args, nproc=1, check=True, forked=None):
+    """finetune_probe.py on `nproc` processes: under torchrun, or forked by `forked` (a ForkedRanks)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    launcher = [sys.executable] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    result = subprocess.run(launcher + [PROBE] + [str(a) for a in args], env=env, capture_output=True, text=True,
-                            timeout=600)
+    if forked:
+        result = forked.run(args, nproc, env)
+    else:
+        launcher = [sys.executable] if nproc == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        result = subprocess.run(launcher + [PROBE] + [str(a) for a in args], env=env, capture_output=True, text=True,
+                                timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+@pytest.fixture(scope="module")
+def forked():
+    """Ranks forked from one process that imported the training stack (tests/forked_ranks.py)."""
+    from forked_ranks import ForkedRanks
+
+    server = ForkedRanks(dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    yield server
+    server.close()
 
 
 def common(model, data, out):
@@ -45,7 +61,7 @@ def common(model, data, out):
             "--logging_steps", "1", "--max_slice_nums", "1", "--seed", "0"]
 
 
-def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samples, tmp_path):
+def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samples, tmp_path, forked):
     """One optimizer step over the same 4 samples: 4 x 1, 1 x 4 accumulation, 2 processes x 2."""
     model = tiny_model_dir("2.6")
     step = ["--max_steps", "1", "--learning_rate", "1e-3", "--max_grad_norm", "0", "--save_strategy", "no"]
@@ -55,7 +71,7 @@ def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samp
     results = {}
     for name, (nproc, flags) in layouts.items():
         out = tmp_path / name.replace(" ", "_")
-        run(common(model, four_samples, out) + step + flags, nproc=nproc)
+        run(common(model, four_samples, out) + step + flags, nproc=nproc, forked=forked)
         probe = json.loads((out / "probe.json").read_text())
         results[name] = (probe, torch.load(str(out / "probe.json") + ".grads.pt"))
     reference_probe, reference_grads = results["4x1"]
@@ -72,85 +88,74 @@ def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samp
                                        msg=f"{name}: {key}")
 
 
-# ZeRO-2 and ZeRO-3 for every version; 2.0 under ZeRO-3 on several processes is refused
-# (finetune.check_version_supported, tested in test_finetune.py): it would deadlock. The ranks
-# hold different view counts here (one image, two, none), which 4.6's merger, a ZeRO-3 leaf
-# module (minicpmv_ft/zero3_leaves.py), must survive: also PEFT-wrapped, with a frozen vision
-# tower (no input of the merger requires grad).
+# ZeRO-2 and ZeRO-3 for every version, each step's loss equal between them; 2.0 under ZeRO-3 on
+# several processes is refused (finetune.check_version_supported, tested in test_finetune.py):
+# it would deadlock. With one sample per process, the four samples (one image, a text-only one,
+# two images) put different view counts on the two processes in most steps: 4.6's merger runs
+# once per view, and a text-only batch runs the tower on a blank view. ZeRO-3 needs every process
+# to gather the same weights in the same order, forward and backward (leaf merger:
+# minicpmv_ft/zero3_leaves.py; blank view: MiniCPMVTrainer._blank_view_in_forward); it must
+# neither hang nor lose gradients: each step's loss equals ZeRO-2's, which gathers none. LoRA too
+# (also PEFT-wrapped, with a frozen vision tower: no input of the merger requires grad).
 LORA = ["--use_lora", "true", "--lora_r", "4"]
-DEEPSPEED_CASES = [(v, "ds_config_zero2.json", 2, []) for v in VERSIONS] + [
-    (v, "ds_config_zero3.json", 3, []) for v in VERSIONS if not REGISTRY[v].vision_call_per_image] + [
-    (v, "ds_config_zero3.json", 3, LORA + (["--tune_vision", "false"] if REGISTRY[v].zero3_leaf_modules else []))
+ZERO_CASES = [(v, []) for v in VERSIONS] + [
+    (v, LORA + (["--tune_vision", "false"] if REGISTRY[v].zero3_leaf_modules else []))
     for v in VERSIONS if v == "2.5" or REGISTRY[v].zero3_leaf_modules]
 
 
-@pytest.mark.parametrize("version,config,stage,extra", DEEPSPEED_CASES,
-                         ids=[f"{v}-zero{stage}" + ("-lora" if extra else "") for v, _, stage, extra in DEEPSPEED_CASES])
-def test_deepspeed_on_two_processes(tiny_model_dir, four_samples, tmp_path, version, config, stage, extra):
+@pytest.mark.parametrize("version,extra", ZERO_CASES, ids=[v + ("-lora" if extra else "") for v, extra in ZERO_CASES])
+def test_zero2_and_zero3_on_two_processes_train_alike(tiny_model_dir, four_samples, tmp_path, forked, version, extra):
     import transformers
 
     entry = REGISTRY[version]
     source = tiny_model_dir(version)
-    lora = "--use_lora" in extra
-    flags = ["--deepspeed", ROOT / config, "--max_steps", "3", "--per_device_train_batch_size", "1",
-             "--learning_rate", "1e-3", "--save_strategy", "no"] + extra
-    done = run(common(source, four_samples, tmp_path) + flags, nproc=2)
-    probe = json.loads((tmp_path / "probe.json").read_text())
-    assert (probe["engine"], probe["zero_stage"], probe["world_size"]) == ("DeepSpeedEngine", stage, 2)
-    # issue 18.8: the data is checked once on the node, not once per process
-    assert done.stderr.count("checked by this node's first process") == 1, done.stderr[-3000:]
-    assert all(torch.isfinite(torch.tensor(probe["losses"])))
-    if lora:
-        saved = load_file(tmp_path / "adapter_model.safetensors")
+    stages = {"ds_config_zero2.json": 2} if entry.vision_call_per_image else {
+        "ds_config_zero2.json": 2, "ds_config_zero3.json": 3}
+    losses = {}
+    for config, stage in stages.items():
+        out = tmp_path / config
+        done = run(common(source, four_samples, out) + [
+            "--deepspeed", ROOT / config, "--max_steps", "3", "--per_device_train_batch_size", "1",
+            "--learning_rate", "1e-3", "--save_strategy", "no"] + extra, nproc=2, forked=forked)
+        probe = json.loads((out / "probe.json").read_text())
+        assert (probe["engine"], probe["zero_stage"], probe["world_size"]) == ("DeepSpeedEngine", stage, 2)
+        # issue 18.8: the data is checked once on the node, not once per process
+        assert done.stderr.count("checked by this node's first process") == 1, done.stderr[-3000:]
+        assert len(probe["losses"]) == 3 and all(torch.isfinite(torch.tensor(probe["losses"])))
+        losses[config] = probe["losses"]
+    if len(losses) == 2:
+        assert losses["ds_config_zero3.json"] == pytest.approx(losses["ds_config_zero2.json"], rel=1e-5)
+    out = tmp_path / list(stages)[-1]  # what the last stage saved
+    if "--use_lora" in extra:
+        saved = load_file(out / "adapter_model.safetensors")
         resampler = {k.removeprefix("base_model.model."): v for k, v in saved.items() if entry.resampler_module + "." in k}
         assert any("lora_A" in k for k in saved) and resampler
         original = load_file(source / "model.safetensors")
         assert any(not torch.equal(v, original[k]) for k, v in resampler.items())  # its gradients were reduced
         return
     auto_class = getattr(transformers, entry.auto_class)
-    trained = auto_class.from_pretrained(tmp_path, trust_remote_code=True)
+    trained = auto_class.from_pretrained(out, trust_remote_code=True)
     original = auto_class.from_pretrained(source, trust_remote_code=True)
     changed = [n for n, p in trained.state_dict().items() if not torch.equal(p, original.state_dict()[n])]
     assert any(n.startswith(entry.llm_module + ".") for n in changed)
     assert any(n.startswith(entry.resampler_module + ".") for n in changed)
 
 
-@pytest.mark.parametrize("version", [v for v in VERSIONS if REGISTRY[v].zero3_leaf_modules])
-@pytest.mark.parametrize("extra", [[], LORA + ["--tune_vision", "false"]], ids=["full", "lora-frozen-vision"])
-def test_zero3_losses_equal_zero2_losses_with_uneven_view_counts(tiny_model_dir, four_samples, tmp_path, version,
-                                                                 extra):
-    """With one sample per process, the four samples (one image, a text-only one, two images) put
-    different view counts on the two processes in most steps: 4.6's merger runs once per view,
-    and a text-only batch runs the tower on a blank view. ZeRO-3 needs every process to gather
-    the same weights in the same order, forward and backward (leaf merger:
-    minicpmv_ft/zero3_leaves.py; blank view: MiniCPMVTrainer._blank_view_in_forward). Training
-    must neither hang nor lose gradients: each step's loss equals ZeRO-2's, which gathers none."""
-    source = tiny_model_dir(version)
-    losses = {}
-    for config in ("ds_config_zero2.json", "ds_config_zero3.json"):
-        out = tmp_path / config
-        run(common(source, four_samples, out) + ["--deepspeed", ROOT / config, "--max_steps", "4",
-                                                 "--per_device_train_batch_size", "1", "--learning_rate", "1e-3",
-                                                 "--save_strategy", "no"] + extra, nproc=2)
-        losses[config] = json.loads((out / "probe.json").read_text())["losses"]
-    assert len(losses["ds_config_zero3.json"]) == 4
-    assert losses["ds_config_zero3.json"] == pytest.approx(losses["ds_config_zero2.json"], rel=1e-5)
-
-
-def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
+def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path, forked):
     data = tmp_path / "data"
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(data)], check=True)
     model = tiny_model_dir("2.0")
     flags = ["--max_steps", "6", "--save_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "3e-3"]
     straight = tmp_path / "straight"
-    run(common(model, data / "train.json", straight) + flags)
+    run(common(model, data / "train.json", straight) + flags, forked=forked)
     interrupted = tmp_path / "interrupted"
-    killed = run(common(model, data / "train.json", interrupted) + flags + ["--kill_after_save", "4"], check=False)
+    killed = run(common(model, data / "train.json", interrupted) + flags + ["--kill_after_save", "4"], check=False,
+                 forked=forked)
     assert killed.returncode == -9
     assert sorted(p.name for p in interrupted.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert (interrupted / "checkpoint-4" / "checkpoint_complete.json").exists()
     assert not (interrupted / "model.safetensors").exists()
-    run(common(model, data / "train.json", interrupted) + flags + ["--resume_from_checkpoint", "last"])
+    run(common(model, data / "train.json", interrupted) + flags + ["--resume_from_checkpoint", "last"], forked=forked)
     expected, resumed = load_file(straight / "model.safetensors"), load_file(interrupted / "model.safetensors")
     assert expected.keys() == resumed.keys()
     for name in expected:
@@ -162,11 +167,13 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("nproc,extra", [(1, []), (2, ["--deepspeed", ROOT / "ds_config_zero2.json"])],
                          ids=["1proc", "2proc-zero2"])
 def test_sigterm_saves_a_complete_checkpoint_and_partial_ones_are_never_resumed(tiny_model_dir, four_samples,
-                                                                                 tmp_path, nproc, extra):
+                                                                                 tmp_path, forked, nproc, extra):
     model = tiny_model_dir("2.6")
+    forked = forked if nproc == 1 else None  # two processes under torchrun itself, which reports the signal as 1
     flags = ["--max_steps", "8", "--save_steps", "2", "--per_device_train_batch_size", "1",
              "--learning_rate", "1e-3"] + extra
-    stopped = run(common(model, four_samples, tmp_path) + flags + ["--signal_at_step", "3"], nproc=nproc, check=False)
+    stopped = run(common(model, four_samples, tmp_path) + flags + ["--signal_at_step", "3"], nproc=nproc, check=False,
+                  forked=forked)
     assert stopped.returncode == (143 if nproc == 1 else 1), stopped.stderr[-3000:]  # torchrun reports 1
     assert json.loads((tmp_path / "probe.json").read_text())["interrupted_by"] == 15
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
@@ -183,11 +190,12 @@ def test_sigterm_saves_a_complete_checkpoint_and_partial_ones_are_never_resumed(
         state = crafted / "global_step3" / "mp_rank_00_model_states.pt"
         torch.save(dict(torch.load(state, weights_only=True), hook=RunsCode(tmp_path / "ran")), state)
         refused = run(common(model, four_samples, tmp_path) + flags + ["--resume_from_checkpoint", "last"],
-                      nproc=nproc, check=False)
+                      nproc=nproc, check=False, forked=forked)
         assert refused.returncode != 0 and "refusing to resume" in refused.stderr, refused.stderr[-3000:]
         assert not (tmp_path / "ran").exists()
         shutil.rmtree(crafted)
-    resumed = run(common(model, four_samples, tmp_path) + flags + ["--resume_from_checkpoint", "last"], nproc=nproc)
+    resumed = run(common(model, four_samples, tmp_path) + flags + ["--resume_from_checkpoint", "last"], nproc=nproc,
+                  forked=forked)
     assert "skipping" in resumed.stderr and "checkpoint-6: incomplete" in resumed.stderr
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert state["global_step"] == 8

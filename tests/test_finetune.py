@@ -7,7 +7,7 @@ import torch
 import transformers
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import VERSIONS, cpu_flags
+from conftest import REGISTRY, VERSIONS, cpu_flags
 
 import chat
 import finetune
@@ -15,7 +15,6 @@ from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.loading import load_for_inference
 from minicpmv_ft.packing import PackedDataset
 from minicpmv_ft.samples import DataError
-from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.versions.family import REMOTE_CODE
 
 

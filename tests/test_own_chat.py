@@ -8,14 +8,13 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import REMOTE_VERSIONS, chat_call, make_image
+from conftest import REGISTRY, REMOTE_VERSIONS, chat_call, make_image
 from conftest import cpu_flags
 
 import chat
 import finetune
 import merge_lora
 from minicpmv_ft.loading import adapter_max_slice_nums, load_for_inference, load_model
-from minicpmv_ft.versions import VERSIONS as REGISTRY
 
 PROCESSOR_VERSIONS = [v for v in REMOTE_VERSIONS if REGISTRY[v].chat_takes_max_slice_nums]  # 2.6, 4.0, 4.5
 QUESTION = [{"role": "user", "content": "What is in the picture?"}]

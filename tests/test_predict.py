@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import make_image, make_video
+from conftest import REGISTRY, make_image, make_video
 
 import chat
 import predict
@@ -90,8 +90,7 @@ def test_system_prompt_reaches_chat(version):
             calls.append(kwargs)
             return "A"
 
-    from minicpmv_ft.versions import VERSIONS as REGISTRY
-
+    
     history = [("system", "Be brief.")]
     if version == "2.5":
         with pytest.raises(ValueError, match="MiniCPM-V 2.5's chat\\(\\) takes no system turn"):

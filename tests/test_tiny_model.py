@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from conftest import REMOTE_VERSIONS, chat_call
+from conftest import REGISTRY, REMOTE_VERSIONS, chat_call
 from dataset import SupervisedDataset
 
 
@@ -116,8 +116,7 @@ def test_chat_generates_text(tiny, tiny_model_dir, image_file, version):
     from PIL import Image
 
     from minicpmv_ft.loading import load_model
-    from minicpmv_ft.versions import VERSIONS as REGISTRY
-
+    
     tok, _ = tiny(version)
     model = load_model(tiny_model_dir(version), REGISTRY[version]).eval()
     image = Image.open(image_file(size=(300, 200)))

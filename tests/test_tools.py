@@ -9,10 +9,9 @@ from safetensors.torch import load_file
 import chat
 import finetune
 import merge_lora
-from conftest import VERSIONS, ROOT, make_image
+from conftest import REGISTRY, VERSIONS, ROOT, make_image
 from dataset import SupervisedDataset
 from minicpmv_ft.loading import AdapterBaseError, load_for_inference
-from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.versions.family import NATIVE
 
 
@@ -70,7 +69,8 @@ def test_merged_model_equals_adapter_model(adapters, tmp_path, version):
     with torch.no_grad():
         expected = peft_model(**entry.family.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
         got = merged(**entry.family.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # W x + B (A x) against (W + B A) x in float32: rounding of a different order only
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=5e-5)
 
     before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "merged" / "model.safetensors")
     assert before.keys() == after.keys() and not any("lora" in k for k in after)

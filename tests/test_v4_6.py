@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig
 
-from conftest import make_image
+from conftest import REGISTRY, make_image
 from dataset import SupervisedDataset
 
 pytestmark = pytest.mark.native  # runs in the transformers 5 environment (requirements-transformers5.txt)
@@ -146,8 +146,7 @@ def test_a_chat_template_that_renders_otherwise_is_refused(processor, tmp_path):
     import copy
 
     from minicpmv_ft.processor_encoding import ProcessorSampleEncoder
-    from minicpmv_ft.versions import VERSIONS as REGISTRY
-
+    
     other = copy.deepcopy(processor)
     other.chat_template = processor.chat_template.replace("{{- '\n' -}}{%- endif -%}", "{{- ' ' -}}{%- endif -%}")
     assert other.chat_template != processor.chat_template

@@ -3,27 +3,33 @@ import re
 
 import pytest
 
+import make_tiny_model
 from conftest import NATIVE_VERSIONS, REMOTE_VERSIONS, VERSIONS
 from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.versions import VersionError, by_name, detect_version, image_settings, llm_config_family
 
-FAMILIES = {"2.0": "minicpm", "2.5": "llama", "2.6": "qwen2", "4.0": "llama", "4.5": "qwen3", "4.6": "qwen3_5_text"}
+FAMILIES = {"2.0": "minicpm", "2.5": "llama", "2.6": "qwen2", "4.0": "llama", "4.5": "qwen3", "4.6": "qwen3_5_text",
+            "4.7": "qwen3_5_text", "4.7-moe": "qwen3_5_moe_text"}
+
+
+def base_version(name: str) -> str:
+    """The registry version of a test parameter ("4.7-moe": "4.7")."""
+    return make_tiny_model.VARIANTS.get(name, (name,))[0]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_detected_from_config(tiny, version):
     tok, model = tiny(version)
-    assert detect_version(model.config, tok) is REGISTRY[version]
-    assert llm_config_family(model.config) == FAMILIES[version] == REGISTRY[version].llm_config_family
+    assert detect_version(model.config, tok) is REGISTRY[base_version(version)]
+    assert llm_config_family(model.config) == FAMILIES[version]
+    assert REGISTRY[base_version(version)].llm_config_family == FAMILIES[base_version(version)]
 
 
 def test_every_registry_entry_has_a_tiny_model_and_runs_in_the_parametrised_tests():
     """Adding a version (docs/adding-a-version.md): its entry, its tiny-model recipe, and the tests
     parametrised with conftest's lists, which come from the registry."""
-    import make_tiny_model
-
     assert sorted([*make_tiny_model.RECIPES, *make_tiny_model.NATIVE_RECIPES], key=float) == list(REGISTRY)
-    assert sorted(REMOTE_VERSIONS + NATIVE_VERSIONS, key=float) == list(REGISTRY)
+    assert sorted(REMOTE_VERSIONS + NATIVE_VERSIONS) == sorted([*REGISTRY, *make_tiny_model.VARIANTS])
 
 
 def test_the_environment_table_holds_every_version_and_requirements_file_once():
@@ -83,8 +89,9 @@ def test_a_mistyped_entry_fails_when_it_is_made(version, field, value, message):
 def test_the_native_versions_are_the_native_family_and_the_rest_remote_code():
     from minicpmv_ft.versions.family import NATIVE, REMOTE_CODE
 
-    assert {name for name, entry in REGISTRY.items() if entry.family is NATIVE} == set(NATIVE_VERSIONS)
-    assert {name for name, entry in REGISTRY.items() if entry.family is REMOTE_CODE} == set(REMOTE_VERSIONS)
+    assert {name for name, entry in REGISTRY.items() if entry.family is NATIVE} == set(map(base_version, NATIVE_VERSIONS))
+    assert {name for name, entry in REGISTRY.items() if entry.family is REMOTE_CODE} == set(
+        map(base_version, REMOTE_VERSIONS))
     assert NATIVE_VERSIONS and REMOTE_VERSIONS
 
 

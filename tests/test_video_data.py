@@ -9,11 +9,10 @@ from functools import partial
 import pytest
 import torch
 
-from conftest import make_video
+from conftest import REGISTRY, make_video
 from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.batching import REMOTE_MEDIA, packed_collate
 from minicpmv_ft.samples import DataError
-from minicpmv_ft.versions import VERSIONS as REGISTRY
 from minicpmv_ft.video import VideoScheme
 
 VIDEO_VERSIONS = [name for name, version in REGISTRY.items() if version.video]
@@ -137,7 +136,11 @@ def test_a_video_on_a_version_without_video_is_a_data_error(tiny, tmp_path, vers
     make_video(tmp_path / "clip.mp4", frames=5)
     sample = {"video": "clip.mp4", "conversations": [{"role": "user", "content": "<video> What?"},
                                                      {"role": "assistant", "content": "x"}]}
-    with pytest.raises(DataError, match=f"MiniCPM-V {version} takes no video"):
+    from minicpmv_ft.versions import VERSIONS
+
+    takers = ", ".join(name for name, entry in VERSIONS.items() if entry.video)  # the registry's, not a list
+    with pytest.raises(DataError, match=re.escape(f"MiniCPM-V {REGISTRY[version].name} takes no video; use one that "
+                                                  f"does ({takers}), or give frames as images")):
         SupervisedDataset([sample], tok, model.config, base_dir=str(tmp_path))
 
 

@@ -300,17 +300,32 @@ def write_preprocessor_config(out: Path, config: dict, version: str):
 RECIPES = {"2.0": recipe_2_0, "2.5": recipe_2_5, "2.6": recipe_2_6, "4.0": recipe_4_0, "4.5": recipe_4_5}
 
 
-def build_4_6(out: Path, vocab_size: int | None, seed: int, layer_types=None) -> Path:
+def qwen3_5_tokenizer():
+    """The byte-level tokenizer of 4.6 and 4.7 with their processors' named special tokens."""
     from tiny_model import native_4_6
 
     specials = (["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + list(native_4_6.NAMED_TOKENS.values())
                 + MARKUP_TOKENS[2:10] + ["<unk>"])  # the markup's image and slice tokens are named ones
-    tokenizer = _byte_level_tokenizer(QWEN2_PATTERN, list(dict.fromkeys(specials)), plain_tokens=["<think>", "</think>"])
-    return native_4_6.build(out, tokenizer, vocab_size, seed, layer_types)
+    return _byte_level_tokenizer(QWEN2_PATTERN, list(dict.fromkeys(specials)), plain_tokens=["<think>", "</think>"])
+
+
+def build_4_6(out: Path, vocab_size: int | None, seed: int, layer_types=None) -> Path:
+    from tiny_model import native_4_6
+
+    return native_4_6.build(out, qwen3_5_tokenizer(), vocab_size, seed, layer_types)
+
+
+def build_4_7(out: Path, vocab_size: int | None, seed: int, layer_types=None, moe: bool = False) -> Path:
+    from tiny_model import native_4_7
+
+    return native_4_7.build(out, qwen3_5_tokenizer(), vocab_size, seed, moe, layer_types)
 
 
 # Versions built from transformers' own classes (no remote code)
-NATIVE_RECIPES = {"4.6": build_4_6}
+NATIVE_RECIPES = {"4.6": build_4_6, "4.7": build_4_7}
+# A second published checkpoint of a version, by name: (version, its builder's options). The
+# tests run every version's tests on these too.
+VARIANTS = {"4.7-moe": ("4.7", {"moe": True})}
 
 
 def build(version: str, out: str | Path, vocab_size: int | None = None, seed: int = 0, **native_options) -> Path:
@@ -319,6 +334,9 @@ def build(version: str, out: str | Path, vocab_size: int | None = None, seed: in
     from transformers import AutoConfig, AutoModel
 
     version = LLM_TYPE_ALIASES.get(version, version)
+    if version in VARIANTS:
+        version, options = VARIANTS[version]
+        native_options = {**options, **native_options}
     if version not in RECIPES and version not in NATIVE_RECIPES:
         raise SystemExit(f"unknown version {version!r}; choose one of {', '.join([*RECIPES, *NATIVE_RECIPES])}")
     out = Path(out)
@@ -374,12 +392,16 @@ def main(argv=None):
     parser.add_argument("--vocab-size", type=int, default=None,
                         help="embedding rows (default: the tokenizer's size); e.g. 122753, 128256, 151666")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--moe", action="store_true",
+                        help="4.7: the mixture-of-experts checkpoint (MiniCPM-V-4.7-35B-A3B) instead of the dense one")
     args = parser.parse_args(argv)
     # Saving imports DeepSpeed through accelerate, which then warns it found no GPU; this
     # builder never uses DeepSpeed.
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     version = args.version or LLM_TYPE_ALIASES[args.llm_type]
-    out = build(version, args.out, args.vocab_size, args.seed)
+    if args.moe and not any(base == version for base, _ in VARIANTS.values()):
+        parser.error(f"--moe: MiniCPM-V {version} has no mixture-of-experts checkpoint")
+    out = build(version + "-moe" if args.moe else version, args.out, args.vocab_size, args.seed)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"wrote tiny MiniCPM-V {version} model to {out} ({size:.1f} MiB)")
 

@@ -36,7 +36,8 @@ class Environment:
 DEFAULT = Environment("requirements.txt", ".venv", "4.57", {"minicpmv": "MiniCPM-V 2.0-4.5 (remote code)"},
                       ("2.0", "2.5", "2.6", "4.0", "4.5"))
 TRANSFORMERS_5 = Environment("requirements-transformers5.txt", ".venv-transformers5", "5.7",
-                             {"minicpmv4_6": "MiniCPM-V 4.6 (openbmb/MiniCPM-V-4.6, -Thinking)"}, ("4.6",))
+                             {"minicpmv4_6": "MiniCPM-V 4.6 (openbmb/MiniCPM-V-4.6, -Thinking)",
+                              "minicpmv4_7": "MiniCPM-V 4.7 (openbmb/MiniCPM-V-4.7-1B, -35B-A3B)"}, ("4.6", "4.7"))
 ENVIRONMENTS = (DEFAULT, TRANSFORMERS_5)
 # config.json model_type -> the environment its classes need, for the native checkpoints
 BY_MODEL_TYPE = {model_type: env for env in ENVIRONMENTS[1:] for model_type in env.model_types}

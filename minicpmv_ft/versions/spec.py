@@ -89,6 +89,10 @@ class ModelVersion:
     head_owner: str = "llm"
     # Regex of LLM module names that LoRA adapts by default (q, k, v, o projections).
     lora_target_regex: str = r"llm\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    # The model lays out its position ids itself from the batch's modality ids (4.7's canvas
+    # M-RoPE: time, height and width per token): the batch carries `mm_token_type_ids` and no
+    # position ids of ours.
+    positions_from_model: bool = False
     # How the checkpoint's inference samples a video (minicpmv_ft/video.py); None: no video.
     video: VideoScheme | None = None
     # get_vllm_embedding splits the resampler's output between the samples of a batch by their
