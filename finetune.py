@@ -53,11 +53,21 @@ def parse_arguments(argv=None):
 
 def _init_cpu_deepspeed(argv):
     """DeepSpeed on CPU (tests, CI) needs the gloo process group before TrainingArguments is
-    built; otherwise ZeRO-3's zero.Init inside from_pretrained sees a world of one."""
-    uses_deepspeed = any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in argv)
-    if uses_deepspeed and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        import deepspeed
+    built; otherwise ZeRO-3's zero.Init inside from_pretrained sees a world of one.
 
+    On CPU DeepSpeed also compiles its shared-memory all-reduce op (C++ against torch's headers:
+    about 70 s of CPU and a compiler) whenever it sets up its communication; only its inference
+    all-reduce uses the op, training's collectives are gloo's, so it is not built."""
+    uses_deepspeed = any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in argv)
+    if not uses_deepspeed or torch.cuda.is_available():
+        return
+    import importlib
+
+    import deepspeed
+
+    # by its module's name: the attribute deepspeed.comm.torch is the torch package itself
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # as where it cannot be built
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         deepspeed.init_distributed(dist_backend="gloo")
 
 

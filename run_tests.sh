@@ -13,23 +13,17 @@ mapfile -t environments < <(python3 minicpmv_ft/versions/environments.py list)
 set_up() {  # VENV REQUIREMENTS: set the environment up (or check it)
     (VENV=$1 REQUIREMENTS=$2; source tools/setup_venv.sh)
 }
-build_ops() {  # VENV REQUIREMENTS: build DeepSpeed's CPU communication op (half a minute, once per
-               # environment); a test that needs it meanwhile waits on the build's lock
-    (VENV=$1 REQUIREMENTS=$2; source tools/setup_venv.sh
-     python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" > /dev/null 2>&1 || true)
-}
 
-# The first environment is set up in the foreground and its tests start while its op builds; the
-# others are prepared at the same time in the background, ready when their turn comes.
+# The first environment is set up in the foreground; the others are prepared at the same time in
+# the background, ready when their turn comes.
 preparing=()
 for index in "${!environments[@]}"; do
     [ "$index" -eq 0 ] && continue
     read -r venv requirements <<< "${environments[$index]}"
-    (set_up "$venv" "$requirements" && build_ops "$venv" "$requirements") & preparing[$index]=$!
+    set_up "$venv" "$requirements" & preparing[$index]=$!
 done
 read -r venv requirements <<< "${environments[0]}"
 set_up "$venv" "$requirements"
-build_ops "$venv" "$requirements" &
 
 # One pytest-xdist worker per core, each computing on one thread: the tiny models' steps gain
 # little from a second thread, and a worker waiting on the processes a test started leaves its

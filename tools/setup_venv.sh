@@ -20,7 +20,7 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning}"
-# DeepSpeed compiles its CPU ops (shm_comm, cpu_adam) on first use; keep them between runs, one
-# folder per environment (a build made with another environment's headers and ninja is rebuilt).
+# DeepSpeed compiles a CPU op on first use (cpu_adam, with optimizer offload); keep it between runs,
+# one folder per environment (a build made with another environment's headers and ninja is rebuilt).
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions/$(basename "$VENV")}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
