@@ -32,11 +32,14 @@ def matching_modules(model, pattern: str) -> list[str]:
 
 
 def matching_expert_weights(model, pattern: str) -> list[str]:
-    """Full names of the fused expert tensors (3-D: one slice per expert) held by the modules
-    `pattern` fully matches."""
+    """Full names of the fused expert tensors (3-D, one slice per expert) held by the experts
+    modules (transformers' own hold `num_experts`) that `pattern` fully matches."""
+    def fused(module, param):
+        shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps the shape in ds_shape
+        return len(shape) == 3 and shape[0] == getattr(module, "num_experts", None)
+
     return [f"{name}.{key}" for name, module in model.named_modules() if name and re.fullmatch(pattern, name)
-            for key, param in module.named_parameters(recurse=False)
-            if len(getattr(param, "ds_shape", param.shape)) == 3]  # ZeRO-3 keeps the shape in ds_shape
+            for key, param in module.named_parameters(recurse=False) if fused(module, param)]
 
 
 def peft_targets(model, pattern: str) -> dict:
