@@ -35,35 +35,51 @@ TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 
                "patch_size": 14, "image_size": 448}
 
 
-def build(out: Path, tokenizer_object, vocab_size: int | None = None, seed: int = 0,
-          layer_types: list[str] | None = None) -> Path:
-    """Writes the tiny 4.6 model to `out` (an empty folder); `tokenizer_object`: a `tokenizers`
-    Tokenizer holding NAMED_TOKENS and ChatML's special tokens. `layer_types` overrides the
-    LLM's layer kinds (all "full_attention": a 4.6 whose layers packing can keep apart)."""
-    import torch
-    from transformers import (MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration, MiniCPMV4_6Processor,
-                              PreTrainedTokenizerFast)
+def save_tokenizer_and_processor(out: Path, processor_class, tokenizer_object, vocab_size: int | None):
+    """Saves the tokenizer (NAMED_TOKENS, ChatML's end and padding) and a processor of
+    `processor_class` with 4.6's image and video processors to `out`; returns (tokenizer,
+    end id, padding id)."""
+    from transformers import PreTrainedTokenizerFast
     from transformers.models.minicpmv4_6.image_processing_minicpmv4_6 import MiniCPMV4_6ImageProcessor
     from transformers.models.minicpmv4_6.video_processing_minicpmv4_6 import MiniCPMV4_6VideoProcessor
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, eos_token="<|im_end|>",
                                         pad_token="<|endoftext|>", extra_special_tokens=NAMED_TOKENS)
-    processor = MiniCPMV4_6Processor(image_processor=MiniCPMV4_6ImageProcessor(patch_size=14),
-                                     video_processor=MiniCPMV4_6VideoProcessor(patch_size=14),
-                                     tokenizer=tokenizer, chat_template=TEMPLATE)
+    processor = processor_class(image_processor=MiniCPMV4_6ImageProcessor(patch_size=14),
+                                video_processor=MiniCPMV4_6VideoProcessor(patch_size=14),
+                                tokenizer=tokenizer, chat_template=TEMPLATE)
     processor.save_pretrained(out)
     if vocab_size is not None and vocab_size < len(tokenizer):
         raise SystemExit(f"--vocab-size {vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
     end, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    return tokenizer, end, pad
+
+
+def save_model(out: Path, model_class, config, seed: int, end: int, pad: int):
+    """Random weights (initializer range 0.1, so a tiny model learns fast) of `model_class`,
+    saved to `out` with the generation config's end and padding ids."""
+    import torch
+
+    config.initializer_range = config.text_config.initializer_range = 0.1
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = end, pad
+    model.save_pretrained(out)
+    return out
+
+
+def build(out: Path, tokenizer_object, vocab_size: int | None = None, seed: int = 0,
+          layer_types: list[str] | None = None) -> Path:
+    """Writes the tiny 4.6 model to `out` (an empty folder); `tokenizer_object`: a `tokenizers`
+    Tokenizer holding NAMED_TOKENS and ChatML's special tokens. `layer_types` overrides the
+    LLM's layer kinds (all "full_attention": a 4.6 whose layers packing can keep apart)."""
+    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration, MiniCPMV4_6Processor
+
+    tokenizer, end, pad = save_tokenizer_and_processor(out, MiniCPMV4_6Processor, tokenizer_object, vocab_size)
     text = {**TINY_TEXT, "vocab_size": vocab_size or len(tokenizer), "eos_token_id": end, "pad_token_id": pad}
     if layer_types is not None:
         text.update(layer_types=list(layer_types), num_hidden_layers=len(layer_types))
     config = MiniCPMV4_6Config(text_config=text, vision_config=TINY_VISION, insert_layer_id=0, image_size=448,
                                image_token_id=tokenizer.image_token_id, video_token_id=tokenizer.video_token_id,
-                               downsample_mode="16x", initializer_range=0.1)
-    config.text_config.initializer_range = 0.1
-    torch.manual_seed(seed)
-    model = MiniCPMV4_6ForConditionalGeneration(config)
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = end, pad
-    model.save_pretrained(out)
-    return out
+                               downsample_mode="16x")
+    return save_model(out, MiniCPMV4_6ForConditionalGeneration, config, seed, end, pad)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .native_4_6 import NAMED_TOKENS, TEMPLATE, TINY_VISION
+from .native_4_6 import TINY_VISION, save_model, save_tokenizer_and_processor
 
 # One linear-attention (gated delta net) and one full-attention layer, as 4.6's tiny. The
 # rotary part of a head (a quarter, as in Qwen3.5) has 4 frequencies here, interleaved over the
@@ -36,21 +36,9 @@ def build(out: Path, tokenizer_object, vocab_size: int | None = None, seed: int 
     """Writes the tiny 4.7 (dense, or MoE with `moe`) to `out` (an empty folder);
     `tokenizer_object`: a `tokenizers` Tokenizer holding NAMED_TOKENS and ChatML's special tokens.
     `layer_types` overrides the LLM's layer kinds."""
-    import torch
-    from transformers import (MiniCPMV4_7Config, MiniCPMV4_7ForConditionalGeneration, MiniCPMV4_7Processor,
-                              PreTrainedTokenizerFast)
-    from transformers.models.minicpmv4_6.image_processing_minicpmv4_6 import MiniCPMV4_6ImageProcessor
-    from transformers.models.minicpmv4_6.video_processing_minicpmv4_6 import MiniCPMV4_6VideoProcessor
+    from transformers import MiniCPMV4_7Config, MiniCPMV4_7ForConditionalGeneration, MiniCPMV4_7Processor
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>", extra_special_tokens=NAMED_TOKENS)
-    processor = MiniCPMV4_7Processor(image_processor=MiniCPMV4_6ImageProcessor(patch_size=14),
-                                     video_processor=MiniCPMV4_6VideoProcessor(patch_size=14),
-                                     tokenizer=tokenizer, chat_template=TEMPLATE)
-    processor.save_pretrained(out)
-    if vocab_size is not None and vocab_size < len(tokenizer):
-        raise SystemExit(f"--vocab-size {vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
-    end, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    tokenizer, end, pad = save_tokenizer_and_processor(out, MiniCPMV4_7Processor, tokenizer_object, vocab_size)
     text = {**TINY_TEXT, **(TINY_MOE if moe else {"model_type": "qwen3_5_text"}),
             "vocab_size": vocab_size or len(tokenizer), "eos_token_id": end, "pad_token_id": pad}
     if layer_types is not None:
@@ -61,10 +49,5 @@ def build(out: Path, tokenizer_object, vocab_size: int | None = None, seed: int 
     markers = {field: tokenizer.convert_tokens_to_ids(token) for field, token in MARKERS.items()}
     config = MiniCPMV4_7Config(text_config=text, vision_config=TINY_VISION, insert_layer_id=0, image_size=448,
                                image_token_id=tokenizer.image_token_id, video_token_id=tokenizer.video_token_id,
-                               downsample_mode="16x", initializer_range=0.1, newline_id=newline[0], **markers)
-    config.text_config.initializer_range = 0.1
-    torch.manual_seed(seed)
-    model = MiniCPMV4_7ForConditionalGeneration(config)
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = end, pad
-    model.save_pretrained(out)
-    return out
+                               downsample_mode="16x", newline_id=newline[0], **markers)
+    return save_model(out, MiniCPMV4_7ForConditionalGeneration, config, seed, end, pad)
