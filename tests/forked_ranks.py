@@ -2,14 +2,15 @@
 training stack once (torch, transformers, DeepSpeed, finetune: about 6 s of CPU per fresh
 interpreter, most of a tiny model's 2-process run).
 
-The tests of what several processes compute (ZeRO-2 against ZeRO-3, the loss across batch
-splits) use it; the tests of launching itself (torchrun, the launchers, two nodes, signals) run
-the real launchers. Each rank gets the environment torchrun gives it (RANK, LOCAL_RANK,
+The tests of what the processes compute (ZeRO-2 against ZeRO-3, the loss across batch splits,
+a kill or a signal to one process and the resume) use it; the tests of launching itself
+(torchrun, the launchers, two nodes, a signal to two processes under torchrun) run the real
+launchers. Each rank gets the environment torchrun gives it (RANK, LOCAL_RANK,
 WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT, TORCHELASTIC_RUN_ID) and starts from the
 imported state, never from another run's: the server only imports and forks.
 
-    server = ForkedRanks()                       # one per test worker
-    result = server.run(argv, nproc=2, env=...)  # like subprocess.run(..., capture_output=True, text=True)
+    server = ForkedRanks(env)                    # one per test worker
+    result = server.run(argv, nproc=2, env=env)  # like subprocess.run(..., capture_output=True, text=True)
 """
 from __future__ import annotations
 
@@ -54,10 +55,10 @@ class ForkedRanks:
             if not reply:
                 raise RuntimeError(f"the forking server ended (exit {self.server.wait()})")
             codes = json.loads(reply)["returncodes"]
-            # torchrun's convention: 0 when every rank succeeded, else the first failure's code
+            # 0 when every rank succeeded, else the first failing rank's own code (torchrun says 1)
             failed = [code for code in codes if code != 0]
             return subprocess.CompletedProcess(["forked", *request["argv"]], failed[0] if failed else 0,
-                                               out.read_text(), err.read_text())
+                                               *(path.read_text() if path.exists() else "" for path in (out, err)))
 
     def close(self):
         self.server.stdin.close()
