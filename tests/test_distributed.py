@@ -170,11 +170,12 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path, forked
 def test_sigterm_saves_a_complete_checkpoint_and_partial_ones_are_never_resumed(tiny_model_dir, four_samples,
                                                                                  tmp_path, forked, nproc, extra):
     model = tiny_model_dir("2.6")
-    forked = forked if nproc == 1 else None  # two processes under torchrun itself, which reports the signal as 1
     flags = ["--max_steps", "8", "--save_steps", "2", "--per_device_train_batch_size", "1",
              "--learning_rate", "1e-3"] + extra
+    # the signal to two processes goes through torchrun itself, which reports it as 1; the resumes
+    # that follow are what the processes compute
     stopped = run(common(model, four_samples, tmp_path) + flags + ["--signal_at_step", "3"], nproc=nproc, check=False,
-                  forked=forked)
+                  forked=forked if nproc == 1 else None)
     assert stopped.returncode == (143 if nproc == 1 else 1), stopped.stderr[-3000:]  # torchrun reports 1
     assert json.loads((tmp_path / "probe.json").read_text())["interrupted_by"] == 15
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
