@@ -94,6 +94,13 @@ def option(argv, name, default=None):
     return argv[argv.index(name) + 1] if name in argv[:-1] else default
 
 
+def free_port(host: str = "") -> int:
+    """A TCP port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 def with_master_port(argv: list) -> list:
     """argv with `--master_port auto` replaced by a port free on this machine (one node); a port
     chosen by the user that node 0 cannot listen on raises SystemExit with one line."""
@@ -103,9 +110,7 @@ def with_master_port(argv: list) -> list:
     if port == "auto":
         if int(option(argv, "--nnodes", "1")) != 1:
             raise SystemExit("launch: several nodes need one MASTER_PORT that all of them use; set MASTER_PORT")
-        with socket.socket() as probe:
-            probe.bind(("", 0))
-            port = str(probe.getsockname()[1])
+        port = str(free_port())
         where = argv.index("--master_port") + 1
         return argv[:where] + [port] + argv[where + 1:]
     if option(argv, "--node_rank", "0") == "0":

@@ -18,7 +18,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,15 +25,12 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minicpmv_ft.launch import free_port  # noqa: E402
+
 PROBE = Path(__file__).resolve().parent / "finetune_probe.py"
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 GRACE_S = 30  # after one rank fails, how long the others get to notice before they are killed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ForkedRanks:
@@ -138,7 +134,7 @@ def serve():
 
     for line in sys.stdin:
         request = json.loads(line)
-        port, run_id = free_port(), uuid.uuid4().hex
+        port, run_id = free_port("127.0.0.1"), uuid.uuid4().hex
         pids = [start_rank(request, rank, port, run_id) for rank in range(request["nproc"])]
         replies.write(json.dumps({"returncodes": wait_ranks(pids, request["timeout"])}) + "\n")
         replies.flush()

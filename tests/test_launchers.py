@@ -211,13 +211,11 @@ def test_two_nodes_on_one_machine_train_save_one_checkpoint_and_resume(tiny_mode
     """Issue 18.8: the multi-node path (NNODES=2, NODE_RANK 0 and 1, loopback MASTER_ADDR), one
     process per node: trains, node 0 alone writes the checkpoint and the model, a resume (two
     launches again) continues from it; each node checks the data once."""
-    import socket
+    from minicpmv_ft.launch import free_port
 
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")],
                    check=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = str(free_port("127.0.0.1"))
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     flags = ["--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--disable_tqdm", "true",
              "--per_device_train_batch_size", "1", "--max_slice_nums", "1", "--save_steps", "2", "--logging_steps", "1"]
