@@ -2,7 +2,7 @@
 
     python chat.py --model output/minicpmv_full --image cat.jpg --question "What is this?"
     python chat.py --model output/minicpmv_lora [--base openbmb/MiniCPM-V-2_6] --image cat.jpg --interactive
-    python chat.py --model output/minicpmv_full --video clip.mp4 --question "What happens?"   # 2.6, 4.0, 4.5
+    python chat.py --model output/minicpmv_full --video clip.mp4 --question "What happens?"   # 2.6+
 
 Uses the checkpoint's own inference path (its chat() and chat template), so the answer is
 what users of the checkpoint get. --interactive keeps a multi-turn conversation: one
@@ -20,7 +20,8 @@ from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import (AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference,
                                  version_for_inference)
 from minicpmv_ft.quiet import quiet_third_party
-from minicpmv_ft.video import VideoError, decode_frames, plan_frames, read_video_info
+from minicpmv_ft.versions import names_where
+from minicpmv_ft.video import VideoError
 
 
 def split_system(version, history) -> tuple[str | None, list]:
@@ -52,19 +53,16 @@ def chat_messages(version, images, question: str, history=()) -> list[dict]:
 
 
 def video_frames(version, path: str):
-    """(frames, chat() options) of a video as the checkpoint's own video example feeds it: the
-    version's frame sampling, no image ids, its slices per frame, and 4.5's temporal groups."""
+    """(the video as the messages' media, chat() options) the way the checkpoint's own inference
+    takes it: a remote-code checkpoint's frames as images with its video example's options
+    (minicpmv_ft/remote_chat.py), a native one's video for its processor to sample
+    (minicpmv_ft/native_chat.py)."""
     if version.video is None:
         raise ValueError(f"{version.checkpoints} takes no video")
     try:
-        plan = plan_frames(read_video_info(path), version.video)
-        frames = decode_frames(path, plan.indices)
+        return version.family.video_input(version, path)
     except VideoError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    options = {"use_image_id": False, "max_slice_nums": version.video.max_slice_nums}
-    if version.video.grouped:
-        options["temporal_ids"] = plan.groups
-    return frames, options
 
 
 def answer(model, tokenizer, version, images, question: str, history=(), max_new_tokens: int = 256,
@@ -127,7 +125,7 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="fine-tuned checkpoint, merged model or LoRA adapter folder")
     parser.add_argument("--base", default=None, help="base model of a LoRA adapter (default: the one it records)")
     parser.add_argument("--image", action="append", default=[], help="image file; repeat for several")
-    parser.add_argument("--video", default=None, help="a video file instead of images (2.6, 4.0, 4.5)")
+    parser.add_argument("--video", default=None, help=f"a video file instead of images ({names_where(lambda v: v.video)})")
     parser.add_argument("--question", default=None, help="the question (without --interactive)")
     parser.add_argument("--interactive", action="store_true", help="read questions from standard input")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")

@@ -82,14 +82,15 @@ def check_version_supported(version, config, train_args, world_size: int):
 
 
 def check_video_supported(version, train_set, train_args, world_size: int):
-    """4.5's 3-D resampler runs its attention once per group of video frames: refused where
-    processes would hold different numbers of groups under ZeRO-3 (a hang, as for 2.0)."""
+    """Refused where a step's vision calls depend on its videos (registry: VideoScheme.vision_calls_vary)
+    and processes would hold different videos under ZeRO-3 (a hang, as for 2.0)."""
     has_video = any(report.videos for report in train_set.reports)
-    if has_video and version.video.grouped and zero_stage(train_args) == 3 and world_size > 1:
+    if has_video and version.video.vision_calls_vary and zero_stage(train_args) == 3 and world_size > 1:
         raise ValueError(
-            f"{version.checkpoints} runs its resampler once per group of video frames; under ZeRO-3 every run is a "
-            "collective weight gather, so processes holding different numbers of groups deadlock. Use "
-            "ds_config_zero2.json for video data (optimizer offload saves memory there too)")
+            f"{version.checkpoints} runs its vision modules once more for a batch's videos (per group of frames, or "
+            "once for the images and once for the videos); under ZeRO-3 every run is a collective weight gather, so "
+            "processes holding different videos deadlock. Use ds_config_zero2.json for video data (optimizer offload "
+            "saves memory there too)")
 
 
 def model_dtype(train_args) -> torch.dtype:

@@ -29,7 +29,7 @@ from minicpmv_ft.loading import (AdapterBaseError, adapter_max_slice_nums, defau
                                  version_for_inference)
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.samples import MARKERS, DataError, load_records, parse_sample
-from minicpmv_ft.video import VideoError, plan_frames, read_video_info
+from minicpmv_ft.video import VideoError, read_video_info
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -90,7 +90,7 @@ def read_samples(path, version, image_folder, data_format):
 
 def check_askable(sample, version):
     """DataError when chat() cannot be asked this sample: its media unreadable (images checked as
-    the data check does; videos' containers and frame plans read), a video where the version takes
+    the data check does; videos' containers read), a video where the version takes
     none or beside other media, a system turn its chat() does not take."""
     try:
         split_system(version, [(turn.role, "") for turn in sample.turns])
@@ -102,7 +102,7 @@ def check_askable(sample, version):
         if len(sample.video_paths) > 1 or sample.image_paths:
             raise sample.error("predict.py asks about one video, without images, per sample")
         try:
-            plan_frames(read_video_info(sample.video_paths[0]), version.video)
+            read_video_info(sample.video_paths[0])
         except VideoError as error:
             raise sample.error(f"{sample.video_paths[0]}: {error}") from None
     for path in sample.image_paths:

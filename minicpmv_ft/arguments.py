@@ -91,10 +91,10 @@ class DataArguments:
                 f"{video_defaults('max_frames')}"})
     video_max_group: typing.Optional[int] = field(default=None, metadata={
         "help": f"frames per group at most, 1-6 (each group is one 64-token block), for the versions that group "
-                f"frames; default {video_defaults('max_group', 'grouped')}"})
+                f"frames; default {video_defaults('max_group', ('grouped',))}"})
     video_max_slice_nums: typing.Optional[int] = field(default=None, metadata={
         "help": f"slices per video frame, for the versions that slice frames; default "
-                f"{video_defaults('max_slice_nums', 'stride')}"})
+                f"{video_defaults('max_slice_nums', ('stride', 'processor'))}"})
     keep_earlier_reasoning: bool = field(default=False, metadata={
         "help": f"thinking models ({names_where(lambda v: v.chat.thinking)}): keep the reasoning of every assistant "
                 "turn as a trained think block. Default: as the chat template, only the last answer carries its "
@@ -292,6 +292,9 @@ def video_scheme(version, data_args):
     if version.video.grouped and options.get("max_slice_nums", 1) != 1:
         raise ValueError(f"--video_max_slice_nums: MiniCPM-V {version.name} groups whole frames, one view each; "
                          "leave it out")
+    if version.video.by_processor and "fps" in options:
+        raise ValueError(f"--video_fps: MiniCPM-V {version.name}'s video processor takes one frame a second (its "
+                         "sample_frames); leave it out")
     if not version.video.grouped and "max_group" in options:
         raise ValueError(f"--video_max_group: MiniCPM-V {version.name} does not group frames (only "
                          f"{names_where(lambda v: v.video and v.video.grouped)} do)")

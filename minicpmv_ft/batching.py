@@ -7,9 +7,10 @@ same way for all; only where the pixels go differs, which a `MediaLayout` says.
 
 - REMOTE_MEDIA (2.0-4.5, forward(data=batch)): the remote code iterates over per-sample lists
   of views, `tgt_sizes` and `image_bound` rows (and 4.5's `temporal_ids`).
-- PROCESSOR_MEDIA (native checkpoints, forward(**batch)): all views of a batch NaViT-packed in
-  one [1, 3, patch, N] tensor with their `target_sizes`; the model finds the placeholders by the
-  image token's id.
+- PROCESSOR_MEDIA (native checkpoints, forward(**batch)): all image views of a batch NaViT-packed
+  in one [1, 3, patch, N] tensor with their `target_sizes`, and all video frame views likewise
+  (`pixel_values_videos`, `target_sizes_videos`); the model finds the placeholders by the image
+  and video tokens' ids.
 """
 from __future__ import annotations
 
@@ -75,15 +76,22 @@ def temporal_groups(item: dict) -> list[list[int]]:
 
 
 class ProcessorMedia(MediaLayout):
+    # (pixels, their views' sizes) of images and of video frames; an item carries the video pair
+    # only when it has a video
+    KINDS = (("pixel_values", "target_sizes"), ("pixel_values_videos", "target_sizes_videos"))
+
     def per_sample(self, items):
-        if not any(len(item["target_sizes"]) for item in items):
-            return {}  # no views at all: the model runs no vision tower
-        return {"pixel_values": torch.cat([item["pixel_values"] for item in items], dim=-1).unsqueeze(0),
-                "target_sizes": torch.cat([item["target_sizes"] for item in items])}
+        media = {}
+        for pixels, sizes in self.KINDS:
+            holders = [item for item in items if sizes in item and len(item[sizes])]
+            if holders:  # none: the model runs no vision tower for this kind
+                media[pixels] = torch.cat([item[pixels] for item in holders], dim=-1).unsqueeze(0)
+                media[sizes] = torch.cat([item[sizes] for item in holders])
+        return media
 
     def join(self, items, offsets):
-        return {"pixel_values": torch.cat([item["pixel_values"] for item in items], dim=-1),
-                "target_sizes": torch.cat([item["target_sizes"] for item in items]).reshape(-1, 2)}
+        return {key: value.squeeze(0) if key.startswith("pixel_values") else value
+                for key, value in self.per_sample(items).items()}
 
     def in_row(self, joined):
         return self.per_sample([joined])

@@ -20,7 +20,7 @@ from .images import frame_count, to_rgb
 from .samples import DataError, Sample, parse_sample
 from .slicing import layout_shape, model_input, plan_slices, slice_image, view_bytes, view_pixels
 from .versions import VERSIONS, ImageSettings, ModelVersion
-from .video import VideoError, decode_frames, plan_frames, read_video_info
+from .video import FramePlan, VideoError, decode_frames, plan_frames, read_video_info
 from .view_cache import ViewCache
 
 # Tokens per sample, images included, unless --model_max_length says otherwise.
@@ -188,8 +188,16 @@ class SampleEncoder:
                 info = read_video_info(path)
             except VideoError as exc:
                 raise sample.error(f"{path}: {exc}") from None
-            plans.append((info, plan_frames(info, self.video)))
+            plans.append((info, self.frame_plan(info)))
         return plans
+
+    def frame_plan(self, info) -> FramePlan:
+        """The frames of a video with this container metadata that its inference takes."""
+        return plan_frames(info, self.video)
+
+    def frame_view_bytes(self, info) -> int:
+        """uint8 RGB bytes of the views of one frame of a video with this metadata."""
+        return view_bytes(plan_slices(info.size, self.frame_settings))
 
     def _video_views(self, sample: Sample, path: str):
         """(VideoInfo, FramePlan, [(height, width, uint8 pixels in the model's layout)] of every view
@@ -296,8 +304,7 @@ class SampleEncoder:
                               image_tokens=sum(last - first + 1 for first, last in encoded.blocks),
                               views_per_image=[1 + plan.num_slices for plan in encoded.image_plans],
                               view_bytes=sum(view_bytes(plan) for plan in encoded.image_plans) + sum(
-                                  len(frames.indices) * view_bytes(plan_slices(info.size, self.frame_settings))
-                                  for info, frames in videos),
+                                  len(frames.indices) * self.frame_view_bytes(info) for info, frames in videos),
                               animated=[f"{path} ({n} frames)" for path, n in zip(sample.image_paths, encoded.frames)
                                         if n > 1],
                               videos=self._video_summaries(sample, encoded, videos))

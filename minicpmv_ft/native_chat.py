@@ -1,28 +1,70 @@
-"""Inference of a native checkpoint (4.6), which has no chat(): its processor renders the
-conversation with its own chat template and makes the inputs, generate() answers greedily."""
+"""Inference of a native checkpoint (4.6, 4.7), which has no chat(): its processor renders the
+conversation with its own chat template and makes the inputs, generate() answers greedily. A
+video goes in as a `VideoClip`; its video processor picks the frames
+(minicpmv_ft/processor_video.py), which PyAV decodes."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from PIL import Image
 
+from . import processor_video
+from .video import VideoInfo, VideoScheme, decode_frames, read_video_info
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    """A video in a conversation: its file and container metadata."""
+    path: str
+    info: VideoInfo
+
+
+def video_clip(path: str) -> VideoClip:
+    """The clip of a video file (VideoError when its container cannot be read)."""
+    return VideoClip(path, read_video_info(path))
+
 
 def content_items(content) -> str | list[dict]:
-    """chat()-style content (a string, or images and strings in order) as chat-template items."""
+    """chat()-style content (a string, or images, videos and strings in order) as chat-template items."""
     if isinstance(content, str):
         return content
-    return [{"type": "image"} if isinstance(item, Image.Image) else {"type": "text", "text": item} for item in content]
+    return [{"type": "image"} if isinstance(item, Image.Image) else {"type": "video"} if isinstance(item, VideoClip)
+            else {"type": "text", "text": item} for item in content]
+
+
+def media(conversations: list[list[dict]], kind) -> list:
+    """The items of type `kind` in the conversations' content, in order."""
+    return [item for msgs in conversations for m in msgs if not isinstance(m["content"], str)
+            for item in m["content"] if isinstance(item, kind)]
+
+
+def video_kwargs(processor, clips: list[VideoClip], scheme: VideoScheme) -> dict:
+    """The processor's arguments for these videos: the frames its video processor picks, decoded,
+    with their metadata (no sampling of its own on those), and the scheme's slices per frame."""
+    video_processor = processor.video_processor
+    videos = [np.stack([np.asarray(frame) for frame in decode_frames(clip.path, processor_video.frame_plan(
+        video_processor, clip.info, scheme).indices)]) for clip in clips]
+    options = {"video_metadata": [processor_video.metadata(clip.info) for clip in clips], "do_sample_frames": False}
+    if scheme.max_slice_nums is not None:
+        options["max_slice_nums"] = int(scheme.max_slice_nums)
+    return {"videos": videos, "videos_kwargs": options}
 
 
 def generate_answers(model, processor, conversations: list[list[dict]], max_new_tokens: int = 256,
-                     thinking: bool = False, max_slice_nums: int | None = None) -> list[str]:
-    """One answer per conversation ([{"role", "content"}], images inside the content, as
-    chat.chat_messages makes them), all in one left-padded generate() call."""
+                     thinking: bool = False, max_slice_nums: int | None = None,
+                     video: VideoScheme | None = None) -> list[str]:
+    """One answer per conversation ([{"role", "content"}], images and videos inside the content,
+    as chat.chat_messages makes them), all in one left-padded generate() call; `video`: how the
+    version samples videos (its registry entry)."""
     texts = [processor.apply_chat_template([{"role": m["role"], "content": content_items(m["content"])} for m in msgs],
                                            tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
              for msgs in conversations]
-    images = [item for msgs in conversations for m in msgs if not isinstance(m["content"], str)
-              for item in m["content"] if isinstance(item, Image.Image)]
-    options = {} if max_slice_nums is None else {"max_slice_nums": int(max_slice_nums)}
+    images, clips = media(conversations, Image.Image), media(conversations, VideoClip)
+    options = {} if max_slice_nums is None else {"images_kwargs": {"max_slice_nums": int(max_slice_nums)}}
+    if clips:
+        options.update(video_kwargs(processor, clips, video))
     inputs = processor(text=texts, images=images or None, return_tensors="pt", padding=True, **options).to(model.device)
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

@@ -9,6 +9,8 @@ places where the remote-code versions need our reproduction of their slicing.
   image's size, so the data check needs only the file's header.
 - Pixels: the image processor itself, per sample; the view sizes it returns must be the planned
   ones (checked per item).
+- Videos: its video processor picks the frames, plans their views, writes the placeholders and
+  makes the pixels (minicpmv_ft/processor_video.py).
 - Batches: minicpmv_ft/batching.py (PROCESSOR_MEDIA).
 """
 from __future__ import annotations
@@ -18,10 +20,13 @@ import torch
 
 from .chat_formats import Turn
 from .chat_tokens import Placeholder
+from . import processor_video
 from .encoding import DEFAULT_MODEL_MAX_LENGTH, SampleEncoder, read_image
+from .processor_video import plan_views, target_sizes
 from .samples import Sample
-from .slicing import SlicePlan
+from .slicing import SlicePlan, view_bytes
 from .versions import ImageSettings
+from .video import FramePlan, VideoError, decode_frames
 
 def processor_settings(processor, max_slice_nums: int | None = None) -> ImageSettings:
     """The slicing settings the processor holds (`max_slice_nums` overrides its own)."""
@@ -49,27 +54,11 @@ class ProcessorSampleEncoder(SampleEncoder):
 
     def plan(self, size) -> SlicePlan:
         """The views of an image of (W, H) `size`, from its image processor's own planning."""
-        images, settings = self.processor.image_processor, self.settings
-        height_width = (size[1], size[0])
-        grid = images.get_sliced_grid(height_width, settings.max_slice_nums, settings.scale_resolution) \
-            if settings.slice_mode else None
-        source_h, source_w = images.find_best_resize(height_width, settings.scale_resolution, settings.patch_size,
-                                                     downsample_mode=images.downsample_mode,
-                                                     allow_upscale=grid is None)
-        if grid is None:
-            return SlicePlan((source_w, source_h), None, None)
-        rows, cols = grid
-        refine_h, refine_w = images.get_refine_size(height_width, grid, settings.scale_resolution, settings.patch_size,
-                                                    downsample_mode=images.downsample_mode, allow_upscale=True)
-        return SlicePlan((source_w, source_h), (cols, rows), (refine_w // cols, refine_h // rows))
+        return plan_views(self.processor.image_processor, size, self.settings.max_slice_nums, self.settings.slice_mode)
 
     def target_sizes(self, plan: SlicePlan) -> list[list[int]]:
         """(height, width) in patches of each view, source first (the processor's target_sizes)."""
-        patch = self.settings.patch_size
-        sizes = [[plan.source_size[1] // patch, plan.source_size[0] // patch]]
-        if plan.grid is not None:
-            sizes += [[plan.cell_size[1] // patch, plan.cell_size[0] // patch]] * plan.num_slices
-        return sizes
+        return target_sizes(plan, self.settings.patch_size)
 
     def placeholder(self, plan: SlicePlan, image_index: int) -> Placeholder:
         """The processor's placeholder for an image with this plan, image id first when it uses them.
@@ -82,9 +71,18 @@ class ProcessorSampleEncoder(SampleEncoder):
             text = f"{self.processor.image_id_start_token}{image_index}{self.processor.image_id_end_token}{text}"
         return Placeholder(text, ())
 
+    def frame_plan(self, info) -> FramePlan:
+        return processor_video.frame_plan(self.processor.video_processor, info, self.video)
+
+    def frame_view_bytes(self, info) -> int:
+        return view_bytes(processor_video.frame_views(self.processor.video_processor, info, self.video))
+
     def _render(self, sample: Sample, image_sizes, videos=()):
         plans = [self.plan(size) for size in image_sizes]
         placeholders = {marker: self.placeholder(plan, k) for k, (marker, plan) in enumerate(zip(sample.markers, plans))}
+        for k, (marker, (info, frames)) in enumerate(zip(sample.video_markers, videos)):
+            inputs = processor_video.planned_inputs(self.processor.video_processor, info, frames, self.video)
+            placeholders[marker] = Placeholder(processor_video.placeholder(self.processor, inputs, k), ())
         try:
             return self.chat.render_checked(sample.with_placeholders(placeholders)), plans
         except ValueError as exc:
@@ -92,29 +90,59 @@ class ProcessorSampleEncoder(SampleEncoder):
 
     def with_pixels(self, sample: Sample):
         """(encoded sample, pixel_values [3, patch, N] of every view of the kept images in text
-        order, their target_sizes int32 [views, 2], None) from the files."""
+        order, their target_sizes int32 [views, 2], and for kept videos pixel_values_videos
+        [3, patch, M] with target_sizes_videos [frame views, 2] ({} without)) from the files."""
         images = {marker: read_image(sample, path, decode=True) for marker, path in zip(sample.markers, sample.image_paths)}
-        encoded = self.encode(sample, [images[m][0].size for m in sample.markers])
+        videos = dict(zip(sample.video_markers, self._video_plans(sample)))
+        encoded = self.encode(sample, [images[m][0].size for m in sample.markers],
+                              [videos[m] for m in sample.video_markers])
         encoded.frames = [images[m][1] for m in sample.markers]
         kept = sample.media_order()[:encoded.kept_media]
+        kept_images = [m for m in kept if m in images]
         patch = self.settings.patch_size
-        if not kept:
-            return encoded, torch.zeros(3, patch, 0), torch.zeros(0, 2, dtype=torch.int32), None
-        processed = self.processor.image_processor([images[m][0] for m in kept], return_tensors="pt",
-                                                   **self.image_options)
-        planned = [size for m in kept for size in self.target_sizes(encoded.image_plans[sample.markers.index(m)])]
-        if processed["target_sizes"].tolist() != planned:
-            raise RuntimeError(f"{sample.source}, sample {sample.index}: the image processor made views of "
-                               f"{processed['target_sizes'].tolist()} patches where its planning gave {planned}; the "
-                               "placeholders would not match the features (a transformers change?)")
-        return encoded, processed["pixel_values"][0], processed["target_sizes"].to(torch.int32), None
+        pixel_values, sizes = torch.zeros(3, patch, 0), torch.zeros(0, 2, dtype=torch.int32)
+        if kept_images:
+            processed = self.processor.image_processor([images[m][0] for m in kept_images], return_tensors="pt",
+                                                       **self.image_options)
+            planned = [size for m in kept_images for size in self.target_sizes(encoded.image_plans[sample.markers.index(m)])]
+            self._check_sizes(sample, "image", processed["target_sizes"], planned)
+            pixel_values, sizes = processed["pixel_values"][0], processed["target_sizes"].to(torch.int32)
+        kept_videos = [self._video_pixels(sample, path, *videos[m]) for m, path in zip(sample.video_markers,
+                                                                                        sample.video_paths) if m in kept]
+        video_inputs = {} if not kept_videos else {
+            "pixel_values_videos": torch.cat([pixels for pixels, _ in kept_videos], dim=-1),
+            "target_sizes_videos": torch.cat([sizes for _, sizes in kept_videos])}
+        return encoded, pixel_values, sizes, video_inputs
+
+    def _video_pixels(self, sample: Sample, path: str, info, frames: FramePlan):
+        """(pixel_values_videos [3, patch, M], target_sizes_videos int32 [views, 2]) of one video:
+        the planned frames decoded, through its video processor."""
+        try:
+            decoded = decode_frames(path, frames.indices)
+        except VideoError as exc:
+            raise sample.error(f"{path}: {exc}") from None
+        video_processor = self.processor.video_processor
+        processed = processor_video.processed(video_processor, decoded, info, self.video)
+        planned = processor_video.planned_inputs(video_processor, info, frames, self.video)["target_sizes_videos"]
+        self._check_sizes(sample, "video", processed["target_sizes_videos"], planned.tolist())
+        return processed["pixel_values_videos"][0], processed["target_sizes_videos"].to(torch.int32)
+
+    @staticmethod
+    def _check_sizes(sample: Sample, kind: str, made, planned: list):
+        """RuntimeError unless the processor made views of the planned sizes (the placeholders'
+        token counts come from the plan)."""
+        if made.tolist() != planned:
+            raise RuntimeError(f"{sample.source}, sample {sample.index}: the {kind} processor made views of "
+                               f"{made.tolist()} patches where its planning gave {planned}; the placeholders would "
+                               "not match the features (a transformers change?)")
 
     def item(self, sample: Sample) -> dict:
         """input_ids, labels, attention_mask [L] and either position_ids [L] or, for a model that
         lays out its own positions (positions_from_model), the processor's mm_token_type_ids [L]
         (0 text, 1 image, 2 video); pixel_values [3, patch, N] (all views of the sample's images,
-        NaViT-packed); target_sizes int32 [views, 2]."""
-        encoded, pixel_values, target_sizes, _ = self.with_pixels(sample)
+        NaViT-packed); target_sizes int32 [views, 2]; with a video pixel_values_videos and
+        target_sizes_videos, its frames' views likewise."""
+        encoded, pixel_values, target_sizes, video_inputs = self.with_pixels(sample)
         length = len(encoded.input_ids)
         item = {
             "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),
@@ -122,6 +150,7 @@ class ProcessorSampleEncoder(SampleEncoder):
             "attention_mask": torch.ones(length, dtype=torch.long),
             "pixel_values": pixel_values,
             "target_sizes": target_sizes,
+            **video_inputs,
         }
         if self.version.positions_from_model:
             item["mm_token_type_ids"] = torch.tensor(self.processor.create_mm_token_type_ids([encoded.input_ids])[0],

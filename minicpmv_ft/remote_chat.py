@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .versions import set_max_slice_nums
+from .video import decode_frames, plan_frames, read_video_info
 
 
 def chat_options(model, version, max_new_tokens: int, thinking: bool, max_slice_nums: int | None) -> dict:
@@ -37,3 +38,15 @@ def chat_answers(model, tokenizer, version, conversations: list[list[dict]], ima
         if version.chat_takes_context:  # 2.0: chat(image, msgs, context, tokenizer) -> (answer, ...)
             return [model.chat(image, conversations[0], None, tokenizer, **options)[0]]
         return [model.chat(image, conversations[0], tokenizer, **options)]
+
+
+def video_frames(version, path: str):
+    """(frames, chat() options) of a video as the checkpoint's own video example feeds it: the
+    version's frame sampling, no image ids, its slices per frame, and 4.5's temporal groups
+    (VideoError when the file cannot be read)."""
+    plan = plan_frames(read_video_info(path), version.video)
+    frames = decode_frames(path, plan.indices)
+    options = {"use_image_id": False, "max_slice_nums": version.video.max_slice_nums}
+    if version.video.grouped:
+        options["temporal_ids"] = plan.groups
+    return frames, options

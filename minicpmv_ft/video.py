@@ -14,6 +14,10 @@ average frame rate of the stream; a frame's time is its index / that rate):
   up to max_group frames into one group), each frame's time snapped to the nearest 0.1 s of the
   video's grid -> its temporal id (truncated to an integer as the example's astype does),
   consecutive frames grouped; the 3-D resampler makes one 64-token block per group.
+- "processor" (4.6, 4.7): the checkpoint's own video processor picks the frames (its
+  `sample_frames`: one a second, at most its max_num_frames) and makes their views,
+  placeholders and pixels (minicpmv_ft/processor_video.py); max_frames / max_slice_nums None
+  mean the processor's own settings.
 
 Decoding uses PyAV (FFmpeg's libraries, bundled in its wheels, so it installs from the package
 index alone; torchcodec needs a system FFmpeg). Frames are counted by decoding order, as
@@ -27,19 +31,39 @@ from dataclasses import dataclass
 import numpy as np
 
 
+SAMPLINGS = ("stride", "grouped", "processor")
+
+
 @dataclass(frozen=True)
 class VideoScheme:
-    sampling: str  # "stride" (frames as images) or "grouped" (4.5's temporal groups)
-    fps: float  # frames sampled per second of video
-    max_frames: int  # frames (stride) or groups x frames before packing (grouped), at most
-    max_slice_nums: int  # slices per frame
+    sampling: str  # SAMPLINGS: "stride" (frames as images), "grouped" (4.5's temporal groups), "processor"
+    fps: float | None  # frames sampled per second of video (None: the video processor's)
+    max_frames: int | None  # frames (stride, processor) or groups x frames before packing (grouped), at most
+    max_slice_nums: int | None  # slices per frame
     max_group: int = 1  # grouped: frames per group at most (the example's MAX_NUM_PACKING)
     time_scale: float = 0.1  # grouped: the temporal id grid, seconds
+
+    def __post_init__(self):
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"video sampling {self.sampling!r} is none of {SAMPLINGS}")
 
     @property
     def grouped(self) -> bool:
         """4.5's way: temporal groups (one placeholder each) and temporal ids for the model."""
         return self.sampling == "grouped"
+
+    @property
+    def by_processor(self) -> bool:
+        """The checkpoint's video processor samples and processes the frames (native checkpoints)."""
+        return self.sampling == "processor"
+
+    @property
+    def vision_calls_vary(self) -> bool:
+        """A step's vision calls depend on its videos: 4.5's resampler runs once per group of
+        frames; a native model runs its vision tower once for the images and once more for the
+        videos. Under ZeRO-3 each call gathers weights collectively, so processes whose batches
+        differ would deadlock."""
+        return self.grouped or self.by_processor
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,50 @@
-"""The native checkpoints (4.6, 4.7 dense and MoE): one training step's loss on a conversation is
-the loss of the model's own forward on what its own processor and chat template return for that
-conversation, with labels on the assistant's answers only; packed the same as unpacked where
-packing is allowed."""
+"""The native checkpoints (4.6, 4.7 dense and MoE): one training step's loss on a conversation (with
+an image, a video or text only) is the loss of the model's own forward on what its own processor
+and chat template return for that conversation, with labels on the assistant's answers only;
+packed the same as unpacked where packing is allowed."""
 import pytest
 import torch
 from PIL import Image
 
-from conftest import NATIVE_VERSIONS, REGISTRY, make_image
+from conftest import NATIVE_VERSIONS, REGISTRY, make_image, make_video
 from dataset import SupervisedDataset
 from test_packing import make_trainer
 
 pytestmark = pytest.mark.native  # runs in the transformers 5 environment (requirements-transformers5.txt)
 
-ANSWERS = ["Coloured noise.", "Hello."]
+ANSWERS = ["Coloured noise.", "Hello.", "It gets brighter."]
 
 
 def records(tmp_path):
+    """The records of an image sample, a text-only one and a video sample, and what its processor
+    takes for each: (content, images, video file)."""
     wide = make_image(tmp_path / "wide.png", (1000, 460), seed=1)
-    return wide, [{"image": str(wide), "conversations": [{"role": "user", "content": "<image>\nWhat is this?"},
-                                                         {"role": "assistant", "content": ANSWERS[0]}]},
-                  {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ANSWERS[1]}]}]
+    clip = make_video(tmp_path / "clip.mp4", frames=25, fps=10, size=(320, 240))
+    data = [{"image": str(wide), "conversations": [{"role": "user", "content": "<image>\nWhat is this?"}]},
+            {"conversations": [{"role": "user", "content": "Hi"}]},
+            {"video": clip, "conversations": [{"role": "user", "content": "<video>\nWhat changes?"}]}]
+    for record, answer in zip(data, ANSWERS):
+        record["conversations"].append({"role": "assistant", "content": answer})
+    inputs = [([{"type": "image"}, {"type": "text", "text": "What is this?"}], [Image.open(wide).convert("RGB")], None),
+              ("Hi", None, None), ([{"type": "video"}, {"type": "text", "text": "What changes?"}], None, clip)]
+    return data, inputs
 
 
-def own_loss(model, processor, content, answer, images):
-    """The model's own forward and loss on its processor's inputs; the labels are the answer's
-    tokens and the end-of-turn token after them (found at the end of the ids), all else -100."""
+def own_loss(model, processor, content, answer, images, video):
+    """The model's own forward and loss on its processor's inputs (a video decoded whole by
+    transformers' own PyAV reader, its frames sampled by the processor); the labels are the
+    answer's tokens and the end-of-turn token after them (found at the end of the ids), all else
+    -100."""
+    from transformers.video_utils import read_video_pyav
+
     tok = processor.tokenizer
     conversation = [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+    videos = {}
+    if video:
+        frames, metadata = read_video_pyav(video, sample_indices_fn=lambda metadata, **_: list(range(metadata.total_num_frames)))
+        videos = {"videos": [frames], "videos_kwargs": {"video_metadata": [metadata]}}
     inputs = processor(text=[processor.apply_chat_template(conversation, tokenize=False)], images=images,
-                       return_tensors="pt")
+                       return_tensors="pt", **videos)
     ids = inputs["input_ids"][0].tolist()
     trained = tok.encode(answer + "<|im_end|>", add_special_tokens=False)
     end = max(k for k in range(len(ids) - len(trained) + 1) if ids[k:k + len(trained)] == trained) + len(trained)
@@ -38,26 +54,26 @@ def own_loss(model, processor, content, answer, images):
 
 
 def step_losses(tok, model, version, tmp_path, packed):
-    """(the steps' losses, the model's own) for each sample alone and both in one batch: padded,
+    """(the steps' losses, the model's own) for each sample alone and all in one batch: padded,
     or packed into one row."""
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tok.name_or_path)
-    wide, data = records(tmp_path)
+    data, inputs = records(tmp_path)
     dataset = SupervisedDataset(data, tok, model.config)
     trainer = make_trainer(model, version, tmp_path)
     trainer.router_loss = None  # the MoE's router loss, added on top: test_v4_7.py
     model.eval()  # no dropout: the same forward twice
     with torch.no_grad():
-        own = [own_loss(model, processor, [{"type": "image"}, {"type": "text", "text": "What is this?"}], ANSWERS[0],
-                        [Image.open(wide).convert("RGB")]),
-               own_loss(model, processor, "Hi", ANSWERS[1], None)]
+        own = [own_loss(model, processor, content, answer, images, video)
+               for (content, images, video), answer in zip(inputs, ANSWERS)]
         collate = dataset.packed_collator if packed else dataset.collator
-        # one sample a step: the mean over its labelled tokens; both: the mean over both samples'
-        steps = [trainer.compute_loss(model, collate([dataset[k]]), num_items_in_batch=own[k][1]) for k in (0, 1)]
-        steps.append(trainer.compute_loss(model, collate([dataset[0], dataset[1]]),
-                                          num_items_in_batch=own[0][1] + own[1][1]))
-    expected = [loss for loss, _ in own] + [(own[0][0] * own[0][1] + own[1][0] * own[1][1]) / (own[0][1] + own[1][1])]
+        # one sample a step: the mean over its labelled tokens; all: the mean over all samples'
+        steps = [trainer.compute_loss(model, collate([dataset[k]]), num_items_in_batch=own[k][1])
+                 for k in range(len(data))]
+        steps.append(trainer.compute_loss(model, collate([dataset[k] for k in range(len(data))]),
+                                          num_items_in_batch=sum(count for _, count in own)))
+    expected = [loss for loss, _ in own] + [sum(loss * count for loss, count in own) / sum(count for _, count in own)]
     return torch.stack(steps), torch.stack(expected)
 
 

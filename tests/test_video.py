@@ -5,8 +5,8 @@ import pytest
 
 from conftest import make_video
 from minicpmv_ft.versions import VERSIONS
-from minicpmv_ft.video import (FramePlan, VideoError, VideoInfo, decode_frames, plan_frames, read_video_info,
-                               temporal_ids)
+from minicpmv_ft.video import (FramePlan, VideoError, VideoInfo, VideoScheme, decode_frames, plan_frames,
+                               read_video_info, temporal_ids)
 
 STRIDE = VERSIONS["2.6"].video
 GROUPED = VERSIONS["4.5"].video
@@ -71,3 +71,18 @@ def test_a_video_cut_short_fails_when_its_frames_are_decoded(tmp_path):
     with pytest.raises(VideoError):
         info = read_video_info(str(tmp_path / "cut.mp4"))
         decode_frames(str(tmp_path / "cut.mp4"), plan_frames(info, STRIDE).indices + [info.frames - 1])
+
+
+def test_a_native_versions_video_options_are_its_video_processors():
+    """--video_max_frames / --video_max_slice_nums override its video processor's settings (None:
+    its own); it takes one frame a second, so --video_fps is refused; an unknown sampling fails."""
+    from minicpmv_ft.arguments import DataArguments, video_scheme
+
+    native = next(v for v in VERSIONS.values() if v.video and v.video.by_processor)
+    scheme = video_scheme(native, DataArguments(data_path="x", video_max_frames=3))
+    assert (scheme.max_frames, scheme.max_slice_nums, scheme.vision_calls_vary) == (3, None, True)
+    with pytest.raises(ValueError, match=f"--video_fps: MiniCPM-V {native.name}'s video processor takes one frame a "
+                                         "second"):
+        video_scheme(native, DataArguments(data_path="x", video_fps=2))
+    with pytest.raises(ValueError, match="video sampling 'strided' is none of"):
+        VideoScheme("strided", fps=1, max_frames=8, max_slice_nums=1)

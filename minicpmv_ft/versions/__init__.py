@@ -50,14 +50,15 @@ def names_where(predicate) -> str:
     return ", ".join(v.name for v in VERSIONS.values() if predicate(v))
 
 
-def video_defaults(setting: str, sampling: str | None = None) -> str:
-    """'2.6, 4.0: 1; 4.5: 3': each video version's default of a VideoScheme setting (of one
-    sampling kind when given), for help texts."""
+def video_defaults(setting: str, samplings: tuple[str, ...] | None = None) -> str:
+    """'2.6, 4.0: 1; 4.5: 3; 4.6, 4.7: its video processor's': each video version's default of a
+    VideoScheme setting (of these sampling kinds when given), for help texts."""
     by_value = {}
     for v in VERSIONS.values():
-        if v.video is not None and sampling in (None, v.video.sampling):
+        if v.video is not None and (samplings is None or v.video.sampling in samplings):
             by_value.setdefault(getattr(v.video, setting), []).append(v.name)
-    return "; ".join(f"{', '.join(names)}: {value:g}" for value, names in by_value.items())
+    shown = {value: "its video processor's" if value is None else f"{value:g}" for value in by_value}
+    return "; ".join(f"{', '.join(names)}: {shown[value]}" for value, names in by_value.items())
 
 
 def by_name(name: str) -> ModelVersion:

@@ -58,6 +58,11 @@ class Family:
         `image`: the one image of a checkpoint whose chat() takes it apart from the messages."""
         raise NotImplementedError
 
+    def video_input(self, version, path: str) -> tuple[list, dict | None]:
+        """(what goes into a message's content for the video at `path`, more answers() options)
+        as the checkpoint's inference takes a video; VideoError when it cannot be read."""
+        raise NotImplementedError
+
     def __repr__(self):
         return self.name
 
@@ -99,6 +104,11 @@ class RemoteCode(Family):
 
         return chat_answers(model, tokenizer, version, conversations, image, system, max_new_tokens, thinking,
                             max_slice_nums, extra)
+
+    def video_input(self, version, path):
+        from ..remote_chat import video_frames
+
+        return video_frames(version, path)
 
 
 class Native(Family):
@@ -149,7 +159,13 @@ class Native(Family):
                 max_slice_nums, extra):
         from ..native_chat import generate_answers
 
-        return generate_answers(model, tokenizer, conversations, max_new_tokens, thinking, max_slice_nums)
+        return generate_answers(model, tokenizer, conversations, max_new_tokens, thinking, max_slice_nums,
+                                version.video)
+
+    def video_input(self, version, path):
+        from ..native_chat import video_clip
+
+        return [video_clip(path)], None
 
 
 REMOTE_CODE = RemoteCode()

@@ -3,6 +3,7 @@ native transformers classes (>= 5.7, the transformers 5 environment: environment
 Qwen3 thinking blocks. Its processor writes the image placeholders and pixels."""
 from ..chat_formats import Qwen3ThinkingChat
 from .family import NATIVE
+from ..video import VideoScheme
 from .spec import ModelVersion
 
 VERSION = ModelVersion(
@@ -33,5 +34,8 @@ VERSION = ModelVersion(
     lora_target_regex=(r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|"
                        r"linear_attn\.(in_proj_qkv|in_proj_z|out_proj))"),
     published_llm={},
+    # its video processor samples (one frame a second, at most its max_num_frames) and slices
+    # the frames (its max_slice_nums): minicpmv_ft/processor_video.py
+    video=VideoScheme("processor", fps=None, max_frames=None, max_slice_nums=None),
     family=NATIVE,
 )
