@@ -288,10 +288,6 @@ def run_training(model_args, data_args, train_args, callbacks=None):
                          "drop the flag")
     if train_args.packing:
         check_packable(config, version.checkpoints)
-        if version.positions_from_model:
-            raise ValueError(f"--packing: MiniCPM-V {version.name} lays out its position ids itself over a whole "
-                             "row (canvas M-RoPE), so the samples of a pack would not restart theirs; train "
-                             "without --packing (--group_by_length true keeps padding low)")
     train_set, eval_set = load_datasets(version, data_args, tokenizer, config, check_workers())
     check_video_supported(version, train_set, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     model = load_model(model_args, train_args, version, model_dtype(train_args))

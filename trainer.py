@@ -121,18 +121,20 @@ class MiniCPMVTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         positions, targets = shifted_targets(labels)
-        lm_head = submodule(self.accelerator.unwrap_model(model), self.version.head_owner).get_output_embeddings()
+        unwrapped = self.accelerator.unwrap_model(model)
+        lm_head = submodule(unwrapped, self.version.head_owner).get_output_embeddings()
         # ZeRO-3 gathers the head's weight per call, which checkpoint recomputation cannot rely
         # on: one chunk there (the labelled positions only, as before chunking).
         chunk = max(targets.numel(), 1) if is_deepspeed_zero3_enabled() else self.args.loss_chunk_tokens
-        blank = self.version.vision_skipped_without_images and not {"pixel_values", "pixel_values_videos"} & set(inputs)
+        blank = self.version.vision_skipped_without_images and not {"pixel_values", "pixel_values_videos"} & inputs.keys()
         router = self.router_loss
-        llm = submodule(self.accelerator.unwrap_model(model), self.version.llm_module)
+        llm = submodule(unwrapped, self.version.llm_module)
         with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel), \
                 self._blank_view_in_forward(model, blank), \
                 (router.captured(llm) if router else nullcontext([])) as router_logits:
-            loss = model(**self.version.family.forward_kwargs(inputs), attention_mask=self._attention_mask(model, inputs),
-                         use_cache=False, **({"output_router_logits": True} if router else {})).logits
+            loss = model(**self.version.family.forward_kwargs(inputs, unwrapped),
+                         attention_mask=self._attention_mask(model, inputs), use_cache=False,
+                         **({"output_router_logits": True} if router else {})).logits
         if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
             loss = loss / max(targets.numel(), 1)
         else:

@@ -115,13 +115,19 @@ def pack(items: list[dict], layout: MediaLayout) -> dict:
         # from the previous sample
         raise ValueError("cannot pack a sample whose first token is trained")
     packed = {key: torch.cat([item[key] for item in items]) for key in token_keys(items)}
+    # items of a model that lays out its own positions carry none; the row's restarts mark the samples
+    packed["position_ids"] = torch.cat([item.get("position_ids", torch.arange(len(item["input_ids"])))
+                                        for item in items])
     offsets = torch.tensor([0] + [len(item["input_ids"]) for item in items]).cumsum(0).tolist()
     return {**packed, **layout.join(items, offsets)}
 
 
 def packed_collate(items: list[dict], layout: MediaLayout) -> dict:
     """The micro-batch as one row [1, T] with no padding and no attention_mask (packs or single
-    samples alike: the per-token losses are those of the unpacked samples)."""
+    samples alike: the per-token losses are those of the unpacked samples); position ids
+    restarting at each sample (a model that lays out its own gets them from
+    minicpmv_ft/canvas_positions.py)."""
     row = pack(items, layout)
-    text = {key: row[key].unsqueeze(0) for key in ("input_ids", "position_ids", "labels")}
+    text = {key: row[key].unsqueeze(0) for key in ("input_ids", "position_ids", "labels", "mm_token_type_ids")
+            if key in row}
     return {**text, **layout.in_row({key: value for key, value in row.items() if key not in TEXT_PADDING})}

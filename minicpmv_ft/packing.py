@@ -19,6 +19,9 @@ apart is the version's `packed_attention` (registry):
   kernels over the same boundaries (it needs the single row the collator makes).
 - "mask_4d": 2.0's remote MiniCPM LLM has no such support; it takes a prepared 4-D mask
   (`block_causal_mask`), in the form its attention implementation expects (no flash).
+A model that lays out its own position ids (4.7's canvas M-RoPE: registry positions_from_model)
+gets each sample's from its own `get_rope_index` beside the restarting text positions
+(minicpmv_ft/canvas_positions.py).
 
 The first token of every sample is prompt (label -100), so the last token of one sample is
 never trained to predict the first token of the next.

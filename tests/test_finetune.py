@@ -24,7 +24,7 @@ SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 def logits_on(model, batch, version="2.6"):
     batch = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
-        return model(**REGISTRY[version].family.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
+        return model(**REGISTRY[version].family.forward_kwargs(batch, model), attention_mask=batch["attention_mask"]).logits
 
 
 @pytest.mark.long(demo_version_quick=True)

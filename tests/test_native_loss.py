@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import NATIVE_VERSIONS, REGISTRY, make_image, make_video
+from conftest import NATIVE_VERSIONS, make_image, make_video
 from dataset import SupervisedDataset
 from test_packing import make_trainer
 
@@ -81,7 +81,5 @@ def step_losses(tok, model, version, tmp_path, packed):
 def test_a_steps_loss_is_the_models_own_loss_on_its_processors_inputs(tiny, packable, tmp_path, version):
     steps, own = step_losses(*tiny(version), version, tmp_path, packed=False)
     torch.testing.assert_close(steps, own, rtol=1e-5, atol=1e-6)
-    if REGISTRY[version].positions_from_model:  # packing refused (test_v4_7.py)
-        return
     steps, own = step_losses(*packable(version), version, tmp_path, packed=True)
     torch.testing.assert_close(steps, own, rtol=1e-5, atol=1e-6)

@@ -67,8 +67,8 @@ def test_merged_model_equals_adapter_model(adapters, tmp_path, version):
     assert saved.chat_template == tokenizer.chat_template
     batch = batch_for(tokenizer, merged.config, data, version)
     with torch.no_grad():
-        expected = peft_model(**entry.family.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
-        got = merged(**entry.family.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
+        expected = peft_model(**entry.family.forward_kwargs(batch, peft_model), attention_mask=batch["attention_mask"]).logits
+        got = merged(**entry.family.forward_kwargs(batch, merged), attention_mask=batch["attention_mask"]).logits
     # W x + B (A x) against (W + B A) x in float32: rounding of a different order only
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=5e-5)
 

@@ -1,8 +1,8 @@
 """MiniCPM-V 4.7 (native transformers classes, the transformers 5 environment): the ids, labels,
 pixels and modality ids we train on are what its own processor and chat template make, and the
 model lays out the canvas M-RoPE positions of a padded batch as it does for the processor's
-output; packing, which would need those positions per sample, is refused; the MoE's router loss
-and LoRA on its fused experts."""
+output, and in a packed row each sample's as alone; the MoE's router loss and LoRA on its fused
+experts."""
 import json
 
 import pytest
@@ -67,7 +67,7 @@ def test_a_padded_batch_has_the_logits_of_the_processors_inputs(tiny, processor,
     batch = dataset.collator([dataset[0], dataset[1]])
     batch.pop("labels")
     with torch.no_grad():
-        logits = model(**dataset.version.family.forward_kwargs(batch), attention_mask=batch["attention_mask"]).logits
+        logits = model(**dataset.version.family.forward_kwargs(batch, model), attention_mask=batch["attention_mask"]).logits
         for row, (content, images) in enumerate([([{"type": "image"}, {"type": "text", "text": "What is this?"}],
                                                   [Image.open(wide).convert("RGB")]), ("Hi", None)]):
             answer = "Coloured noise." if images else "Hello."
@@ -76,18 +76,34 @@ def test_a_padded_batch_has_the_logits_of_the_processors_inputs(tiny, processor,
             torch.testing.assert_close(logits[row, :len(alone)], alone, rtol=1e-4, atol=1e-5)
 
 
-def test_packing_is_refused_where_the_model_lays_out_its_own_positions(tmp_path):
-    """Even with full-attention layers only (no linear attention to refuse it first)."""
-    import finetune
+def test_a_packed_row_gives_each_sample_its_own_canvas_positions(tiny_model_dir, processor, tmp_path):
+    """A 4.7 with full-attention layers only (the real ones' linear attention refuses packing):
+    each sample of a packed row has the logits of the model's forward on its processor's inputs
+    alone; laid out over the whole row by the model instead, the later samples' would differ."""
     import make_tiny_model
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-    model_dir = make_tiny_model.build("4.7", tmp_path / "full", layer_types=["full_attention"] * 2)
-    data = tmp_path / "d.json"
-    data.write_text(json.dumps([{"conversations": conversation("Hi", "Hello.")}]))
-    with pytest.raises(ValueError, match=r"--packing: MiniCPM-V 4.7 lays out its position ids itself over a whole "
-                                         r"row \(canvas M-RoPE\)"):
-        finetune.train(["--model_name_or_path", str(model_dir), "--data_path", str(data), "--output_dir",
-                        str(tmp_path / "out"), "--use_cpu", "true", "--report_to", "none", "--packing", "true"])
+    path = make_tiny_model.build("4.7", tmp_path / "full", layer_types=["full_attention"] * 2)
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForImageTextToText.from_pretrained(path).eval()
+    wide = make_image(tmp_path / "wide.png", (1000, 460), seed=1)
+    records = [{"conversations": conversation("Hi", "Hello.")},
+               {"image": str(wide), "conversations": conversation("<image>\nWhat is this?")}]
+    dataset = SupervisedDataset(records, tok, model.config)
+    row = dataset.packed_collator([dataset[0], dataset[1]])
+    row.pop("labels")
+    with torch.no_grad():
+        # no cache: with one, transformers would not look for the samples' restarts
+        packed = model(**dataset.version.family.forward_kwargs(row, model), use_cache=False).logits[0]
+        whole_row = model(**{key: value for key, value in row.items() if key != "position_ids"},
+                          use_cache=False).logits[0]
+        start = 0
+        for content, images, answer in [("Hi", None, "Hello."), ([{"type": "image"}, {"type": "text", "text":
+                                         "What is this?"}], [Image.open(wide).convert("RGB")], "Coloured noise.")]:
+            text = processor.apply_chat_template(conversation(content, answer), tokenize=False)
+            alone = model(**processor(text=[text], images=images, return_tensors="pt")).logits[0]
+            torch.testing.assert_close(packed[start:start + len(alone)], alone, rtol=1e-4, atol=1e-5)
+            start += len(alone)
+    assert not torch.allclose(whole_row[-5:], packed[-5:], atol=1e-3)
 
 
 def test_lora_on_the_moes_fused_experts_trains_each_expert_and_merges(tiny_model_dir, tmp_path):

@@ -43,8 +43,8 @@ class Family:
         checkpoint's tokenizer must carry."""
         raise NotImplementedError
 
-    def forward_kwargs(self, batch: dict) -> dict:
-        """The keyword arguments of model(...) for a collated batch (labels taken out), but its
+    def forward_kwargs(self, batch: dict, model) -> dict:
+        """The keyword arguments of `model`(...) for a collated batch (labels taken out), but its
         attention_mask, which the caller passes (None for a packed batch)."""
         raise NotImplementedError
 
@@ -95,7 +95,7 @@ class RemoteCode(Family):
         # the remote code's query tokens are <unk>; 2.6+ wrap each slice's
         return [tokenizer.unk_token] + ["<slice>", "</slice>"] * (version.placeholder_scheme == "per_slice")
 
-    def forward_kwargs(self, batch):
+    def forward_kwargs(self, batch, model):
         return {"data": batch}
 
     def answers(self, model, tokenizer, version, conversations, image, system, max_new_tokens, thinking,
@@ -147,8 +147,15 @@ class Native(Family):
     def placeholder_tokens(self, tokenizer, version):
         return [getattr(tokenizer, "image_token", None), "<slice>", "</slice>"]  # its processor's image token
 
-    def forward_kwargs(self, batch):
-        return {key: value for key, value in batch.items() if key != "attention_mask"}
+    def forward_kwargs(self, batch, model):
+        kwargs = {key: value for key, value in batch.items() if key != "attention_mask"}
+        if "mm_token_type_ids" in batch and "attention_mask" not in batch:
+            # a packed row of a model that lays out its own positions: each sample's, as alone
+            from ..canvas_positions import packed_positions
+            from .spec import submodule
+
+            kwargs["position_ids"] = packed_positions(submodule(model, "model"), batch)
+        return kwargs
 
     def inference_inputs(self, tokenizer, path):
         from transformers import AutoProcessor
