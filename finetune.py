@@ -82,15 +82,25 @@ def check_version_supported(version, config, train_args, world_size: int):
 
 
 def check_video_supported(version, train_set, train_args, world_size: int):
-    """Refused where a step's vision calls depend on its videos (registry: VideoScheme.vision_calls_vary)
-    and processes would hold different videos under ZeRO-3 (a hang, as for 2.0)."""
-    has_video = any(report.videos for report in train_set.reports)
-    if has_video and version.video.vision_calls_vary and zero_stage(train_args) == 3 and world_size > 1:
+    """Video data under ZeRO-3, refused where it would go wrong: 4.5's 3-D resampler runs its
+    attention once per group of video frames, so processes holding different numbers of groups
+    would hang (as 2.0 does); a native model runs its vision tower and merger once for a batch's
+    images and once more for its videos, and the merger is a ZeRO-3 leaf module
+    (minicpmv_ft/zero3_leaves.py) whose gradients DeepSpeed reduces after each call, so a second
+    call in one step makes them wrong (measured: a ZeRO-3 step's loss drifts from ZeRO-2's)."""
+    if zero_stage(train_args) != 3 or not any(report.videos for report in train_set.reports):
+        return
+    if version.video.grouped and world_size > 1:
         raise ValueError(
-            f"{version.checkpoints} runs its vision modules once more for a batch's videos (per group of frames, or "
-            "once for the images and once for the videos); under ZeRO-3 every run is a collective weight gather, so "
-            "processes holding different videos deadlock. Use ds_config_zero2.json for video data (optimizer offload "
-            "saves memory there too)")
+            f"{version.checkpoints} runs its resampler once per group of video frames; under ZeRO-3 every run is a "
+            "collective weight gather, so processes holding different numbers of groups deadlock. Use "
+            "ds_config_zero2.json for video data (optimizer offload saves memory there too)")
+    if version.video.by_processor and version.zero3_leaf_modules:
+        raise ValueError(
+            f"{version.checkpoints} runs its vision tower and merger once for a batch's images and once more for its "
+            "videos; under ZeRO-3 the merger is a leaf module whose gradients DeepSpeed reduces after each call, so "
+            "the second call makes them wrong. Use ds_config_zero2.json for video data (optimizer offload saves "
+            "memory there too)")
 
 
 def model_dtype(train_args) -> torch.dtype:

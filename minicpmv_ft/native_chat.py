@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -42,14 +41,14 @@ def media(conversations: list[list[dict]], kind) -> list:
 
 def video_kwargs(processor, clips: list[VideoClip], scheme: VideoScheme) -> dict:
     """The processor's arguments for these videos: the frames its video processor picks, decoded,
-    with their metadata (no sampling of its own on those), and the scheme's slices per frame."""
-    video_processor = processor.video_processor
-    videos = [np.stack([np.asarray(frame) for frame in decode_frames(clip.path, processor_video.frame_plan(
-        video_processor, clip.info, scheme).indices)]) for clip in clips]
-    options = {"video_metadata": [processor_video.metadata(clip.info) for clip in clips], "do_sample_frames": False}
-    if scheme.max_slice_nums is not None:
-        options["max_slice_nums"] = int(scheme.max_slice_nums)
-    return {"videos": videos, "videos_kwargs": options}
+    with the options training processes them with (minicpmv_ft/processor_video.py)."""
+    videos, metadata = [], []
+    for clip in clips:
+        plan = processor_video.frame_plan(processor.video_processor, clip.info, scheme)
+        videos.append(processor_video.as_video(decode_frames(clip.path, plan.indices)))
+        options = processor_video.processing_options(clip.info, scheme)
+        metadata += options.pop("video_metadata")
+    return {"videos": videos, "videos_kwargs": {**options, "video_metadata": metadata}}
 
 
 def generate_answers(model, processor, conversations: list[list[dict]], max_new_tokens: int = 256,

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import processor_video
 from .chat_formats import Turn
 from .chat_tokens import Placeholder
-from . import processor_video
 from .encoding import DEFAULT_MODEL_MAX_LENGTH, SampleEncoder, read_image
 from .processor_video import plan_views, target_sizes
 from .samples import Sample
@@ -111,7 +111,7 @@ class ProcessorSampleEncoder(SampleEncoder):
                                                                                         sample.video_paths) if m in kept]
         video_inputs = {} if not kept_videos else {
             "pixel_values_videos": torch.cat([pixels for pixels, _ in kept_videos], dim=-1),
-            "target_sizes_videos": torch.cat([sizes for _, sizes in kept_videos])}
+            "target_sizes_videos": torch.cat([views for _, views in kept_videos])}
         return encoded, pixel_values, sizes, video_inputs
 
     def _video_pixels(self, sample: Sample, path: str, info, frames: FramePlan):

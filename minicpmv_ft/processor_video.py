@@ -95,10 +95,21 @@ def placeholder(processor, inputs: dict, video_index: int) -> str:
     return processor._prepend_local_ids([token * (video_index + 1)], [""] * video_index + [text], token)[video_index]
 
 
+def processing_options(info: VideoInfo, scheme: VideoScheme) -> dict:
+    """Its video processor's arguments for the planned frames of one video: their metadata, no
+    sampling of its own on them, the scheme's slices per frame."""
+    options = {"video_metadata": [metadata(info)], "do_sample_frames": False}
+    if scheme.max_slice_nums is not None:
+        options["max_slice_nums"] = int(scheme.max_slice_nums)
+    return options
+
+
+def as_video(frames: list) -> np.ndarray:
+    """Decoded frames (PIL images) as the [T, H, W, 3] uint8 array a video processor takes."""
+    return np.stack([np.asarray(frame) for frame in frames])
+
+
 def processed(video_processor, frames: list, info: VideoInfo, scheme: VideoScheme) -> dict:
     """Its pixel_values_videos [1, 3, patch, N] and target_sizes_videos [views, 2] (and the grids
     and frame count) for exactly these decoded frames (PIL images, the planned ones in order)."""
-    options = {} if scheme.max_slice_nums is None else {"max_slice_nums": int(scheme.max_slice_nums)}
-    video = np.stack([np.asarray(frame) for frame in frames])
-    return video_processor(videos=[video], video_metadata=[metadata(info)], do_sample_frames=False,
-                           return_tensors="pt", **options)
+    return video_processor(videos=[as_video(frames)], return_tensors="pt", **processing_options(info, scheme))

@@ -57,14 +57,6 @@ class VideoScheme:
         """The checkpoint's video processor samples and processes the frames (native checkpoints)."""
         return self.sampling == "processor"
 
-    @property
-    def vision_calls_vary(self) -> bool:
-        """A step's vision calls depend on its videos: 4.5's resampler runs once per group of
-        frames; a native model runs its vision tower once for the images and once more for the
-        videos. Under ZeRO-3 each call gathers weights collectively, so processes whose batches
-        differ would deadlock."""
-        return self.grouped or self.by_processor
-
 
 @dataclass(frozen=True)
 class VideoInfo:

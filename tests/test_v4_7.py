@@ -56,6 +56,21 @@ def test_items_are_what_its_processor_makes(tiny, processor, tmp_path, shape):
     assert trained == answer  # the empty think block before the answer is context
 
 
+def test_a_multi_turn_thinking_sample_is_what_its_processor_makes(tiny, processor, tmp_path):
+    """Given reasoning in the last answer is trained (its think block rendered by the template);
+    the earlier answer loses its reasoning and trains its text."""
+    tok, model = tiny("4.7")
+    turns = [{"role": "user", "content": "Same?"}, {"role": "assistant", "content": "No."},
+             {"role": "user", "content": "Why?"},
+             {"role": "assistant", "content": "<think>\ncompare them\n</think>\n\nColours."}]
+    item = SupervisedDataset([{"conversations": turns}], tok, model.config)[0]
+    expected = processor(text=[processor.apply_chat_template(turns, tokenize=False)], return_tensors="pt")
+    assert item["input_ids"].tolist() == expected["input_ids"][0].tolist()
+    labels = item["labels"].tolist()
+    trained = [t for t, label in zip(item["input_ids"].tolist(), labels) if label != -100]
+    assert tok.decode(trained) == "No.<|im_end|>compare them\n</think>\n\nColours.<|im_end|>"
+
+
 def test_a_padded_batch_has_the_logits_of_the_processors_inputs(tiny, processor, tmp_path):
     """The canvas positions the model computes from the batch's modality ids and padding mask are
     those of its processor's inputs, sample by sample (the longer sample's padding changes nothing)."""

@@ -80,7 +80,7 @@ def test_a_native_versions_video_options_are_its_video_processors():
 
     native = next(v for v in VERSIONS.values() if v.video and v.video.by_processor)
     scheme = video_scheme(native, DataArguments(data_path="x", video_max_frames=3))
-    assert (scheme.max_frames, scheme.max_slice_nums, scheme.vision_calls_vary) == (3, None, True)
+    assert (scheme.max_frames, scheme.max_slice_nums) == (3, None)
     with pytest.raises(ValueError, match=f"--video_fps: MiniCPM-V {native.name}'s video processor takes one frame a "
                                          "second"):
         video_scheme(native, DataArguments(data_path="x", video_fps=2))
