@@ -145,7 +145,7 @@ class MiniCPMVTrainer(Trainer):
         if router:
             balance = router.unweighted(router_logits, inputs.get("attention_mask"))
             if model.training:
-                self.router_losses.append(float(balance.detach()))
+                self.router_losses.append(balance.detach())  # a tensor: read at logging, no sync per micro-batch
             steps = self.args.gradient_accumulation_steps if model.training else 1
             loss = loss + router.coefficient * balance.to(loss.dtype) / steps
         return (loss, {"loss": loss}) if return_outputs else loss
@@ -222,7 +222,7 @@ class MiniCPMVTrainer(Trainer):
         `learning_rate`); every group follows the same schedule, so the module's rate is the
         logged one times the ratio of the groups' base rates."""
         if self.router_losses and "loss" in logs:
-            logs["router_aux_loss"] = sum(self.router_losses) / len(self.router_losses)
+            logs["router_aux_loss"] = float(torch.stack(self.router_losses).float().mean())
             self.router_losses = []
         if self.module_lrs and "learning_rate" in logs and self.optimizer is not None:
             groups = self.optimizer.param_groups

@@ -192,8 +192,9 @@ def test_the_moe_router_loss_is_its_llms_own_and_logged_apart(tiny, tmp_path):
                                                              text.num_experts_per_tok, batch["attention_mask"])
     assert float(expected) > 0 and router.coefficient == text.router_aux_loss_coef
     torch.testing.assert_close(total, lm_only + text.router_aux_loss_coef * expected, rtol=1e-6, atol=1e-7)
-    assert trainer.router_losses == [pytest.approx(float(expected))]  # the training micro-batch's, unweighted
+    # the training micro-batch's, unweighted, kept as a tensor (no device sync before logging)
+    assert [float(value) for value in trainer.router_losses] == [pytest.approx(float(expected))]
     logs = {"loss": 1.0}
-    trainer.router_losses.append(3 * float(expected))
+    trainer.router_losses.append(3 * expected)
     trainer.log(logs)  # the mean since the last log, beside the loss
     assert logs["router_aux_loss"] == pytest.approx(2 * float(expected)) and trainer.router_losses == []
