@@ -1,0 +1,104 @@
+"""Preference pairs (issue 21, the groundwork of --method dpo): one pair in every format becomes
+the same two training samples; bad pairs are errors naming the reason; the DPO loss is ln 2
+with the reference equal to the policy and has the closed-form gradient."""
+import math
+
+import pytest
+import torch
+
+from minicpmv_ft.data_formats import Unconvertible, to_native
+from minicpmv_ft.preference_data import pair_format, to_pair
+from minicpmv_ft.preference_loss import dpo_losses, sequence_logps
+
+QUESTION, CHOSEN, REJECTED = "What is it?", "A cat.", "A dog."
+SAME_PAIR = {
+    "native": {"id": 7, "image": "a.png", "conversations": [{"role": "user", "content": QUESTION}],
+               "chosen": CHOSEN, "rejected": {"content": REJECTED}},
+    "rlaif-v": {"id": 7, "question": QUESTION, "chosen": CHOSEN, "rejected": REJECTED,
+                "image": {"path": "a.png", "bytes": None}, "ds_name": "RLAIF-V", "origin_split": "train"},
+    "sharegpt": {"id": 7, "conversations": [{"from": "human", "value": QUESTION}], "chosen": {"from": "gpt", "value": CHOSEN},
+                 "rejected": {"from": "gpt", "value": REJECTED}, "images": ["a.png"]},
+    "messages": {"id": 7, "messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": CHOSEN}],
+                 "rejected_response": REJECTED, "images": ["a.png"]},
+}
+
+
+@pytest.mark.parametrize("data_format", list(SAME_PAIR))
+def test_one_pair_in_every_format_is_the_same_two_samples(data_format):
+    record = SAME_PAIR[data_format]
+    assert pair_format(record) == data_format
+    pair = to_pair(record)
+    expected = [{"id": 7, "image": "a.png", "conversations": [{"role": "user", "content": QUESTION},
+                                                               {"role": "assistant", "content": answer}]}
+                for answer in (CHOSEN, REJECTED)]
+    assert [to_native(pair.chosen), to_native(pair.rejected)] == expected
+    assert pair.reference is None
+
+
+def test_a_thinking_answer_keeps_its_reasoning_and_rlaif_v_its_reference_log_probs():
+    pair = to_pair({"conversations": [{"role": "user", "content": "2+2?"}], "rejected": "5",
+                    "chosen": {"role": "assistant", "content": "4", "reasoning_content": "two and two"}})
+    assert pair.chosen["conversations"][-1] == {"role": "assistant", "content": "4", "reasoning_content": "two and two"}
+    rlaif = to_pair({**SAME_PAIR["rlaif-v"], "logps": [-12.5, -20.0, -1.25, -2.0]})
+    assert rlaif.reference == (-12.5, -20.0)  # the sums, not the per-token means
+
+
+@pytest.mark.parametrize("record,reason", [
+    ({**SAME_PAIR["native"], "rejected": CHOSEN}, "the chosen and the rejected answer are the same"),
+    ({**SAME_PAIR["native"], "conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
+     "native pair: the prompt must end with a user turn"),
+    ({**SAME_PAIR["native"], "chosen": "  "}, 'native pair: "chosen" is empty'),
+    ({**SAME_PAIR["native"], "chosen": {"role": "user", "content": "x"}}, '"chosen" is from \'user\''),
+    ({k: v for k, v in SAME_PAIR["native"].items() if k != "rejected"}, "not a preference pair"),
+    ({**SAME_PAIR["rlaif-v"], "image": {"path": None, "bytes": b"\x89PNG"}}, "image bytes inside the data are not read"),
+    ({**SAME_PAIR["rlaif-v"], "score": 3}, "rlaif-v pair: unknown key 'score'"),
+    ({**SAME_PAIR["rlaif-v"], "logps": [1.0, 2.0]}, '"logps" must be 4 numbers'),
+    ({**SAME_PAIR["messages"], "messages": SAME_PAIR["messages"]["messages"][:1]},
+     '"messages" must end with the chosen answer'),
+    ({**SAME_PAIR["sharegpt"], "rejected": {"from": "human", "value": "x"}}, '"rejected" is from \'human\''),
+])
+def test_a_bad_pair_says_why(record, reason):
+    pair = to_pair(record)
+    assert isinstance(pair, Unconvertible) and reason in pair.reason, pair
+    assert pair.id == record.get("id")
+
+
+def test_a_pair_in_another_format_than_named_is_refused():
+    pair = to_pair(SAME_PAIR["sharegpt"], "messages")
+    assert isinstance(pair, Unconvertible) and "looks like sharegpt pair data, but --data_format is messages" in pair.reason
+
+
+def test_the_loss_is_ln_2_where_the_reference_is_the_policy_and_has_the_closed_form_gradient():
+    policy_chosen = torch.tensor([-10.0, -3.0], requires_grad=True)
+    policy_rejected = torch.tensor([-12.0, -2.0], requires_grad=True)
+    same = dpo_losses(policy_chosen, policy_rejected, policy_chosen, policy_rejected)
+    torch.testing.assert_close(same.losses, torch.full((2,), math.log(2)))
+    reference_chosen, reference_rejected = torch.tensor([-11.0, -3.0]), torch.tensor([-11.0, -3.0])
+    beta = 0.5
+    result = dpo_losses(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=beta)
+    margin = torch.tensor([(-10 + 12) - 0.0, (-3 + 2) - 0.0])
+    torch.testing.assert_close(result.losses, -torch.nn.functional.logsigmoid(beta * margin))
+    result.losses.sum().backward()
+    # d/d policy_chosen of -log sigmoid(beta m) = -beta sigmoid(-beta m); the rejected side the opposite
+    torch.testing.assert_close(policy_chosen.grad, -beta * torch.sigmoid(-beta * margin))
+    torch.testing.assert_close(policy_rejected.grad, beta * torch.sigmoid(-beta * margin))
+    torch.testing.assert_close(result.chosen_rewards, beta * torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(result.rejected_rewards, beta * torch.tensor([-1.0, 1.0]))
+    assert result.accuracies.tolist() == [1.0, 0.0]
+
+
+def test_label_smoothing_and_the_settings_it_refuses():
+    margin = torch.tensor([2.0])
+    smoothed = dpo_losses(margin, torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=1.0, label_smoothing=0.2)
+    expected = -0.8 * torch.nn.functional.logsigmoid(margin) - 0.2 * torch.nn.functional.logsigmoid(-margin)
+    torch.testing.assert_close(smoothed.losses, expected)
+    with pytest.raises(ValueError, match="--dpo_beta must be positive"):
+        dpo_losses(margin, margin, margin, margin, beta=0)
+    with pytest.raises(ValueError, match=r"--dpo_label_smoothing must be in \[0, 0.5\)"):
+        dpo_losses(margin, margin, margin, margin, label_smoothing=0.5)
+
+
+def test_sequence_log_probs_sum_each_sequences_tokens():
+    token_logps = torch.tensor([-1.0, -2.0, -0.5, -4.0, -0.25])
+    rows = torch.tensor([0, 0, 2, 2, 2])
+    assert sequence_logps(token_logps, rows, 3).tolist() == [-3.0, 0.0, -4.75]
