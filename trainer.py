@@ -42,9 +42,10 @@ def lm_head_on_positions(lm_head: torch.nn.Module, positions: torch.Tensor):
 
 @contextmanager
 def lm_head_loss_at(lm_head: torch.nn.Module, positions: torch.Tensor, targets: torch.Tensor, chunk_tokens: int,
-                    kernel: str = "chunked"):
+                    kernel: str = "chunked", reduction: str = "sum"):
     """Within the block the model's LM head returns, in place of logits, the summed
-    cross-entropy of its input at `positions` against `targets` (a 0-dim tensor): computed
+    cross-entropy of its input at `positions` against `targets` (a 0-dim tensor; reduction
+    "none": each target's, [N], which a preference loss sums per answer): computed
     `chunk_tokens` rows at a time (chunked_cross_entropy), or with kernel "liger" by Liger's
     fused linear cross-entropy (CUDA), which never holds the logits at all. It stays inside the
     model's forward, where DDP and DeepSpeed expect the head's weight to be used."""
@@ -53,8 +54,11 @@ def lm_head_loss_at(lm_head: torch.nn.Module, positions: torch.Tensor, targets: 
     def loss_forward(hidden, *args, **kwargs):
         rows = hidden.reshape(-1, hidden.shape[-1])
         if kernel == "liger":
+            if reduction != "sum":  # its fused kernel reduces to a sum or mean only
+                raise ValueError("--loss_kernel liger sums the loss over the tokens; per-token losses need "
+                                 "--loss_kernel chunked")
             return fused_linear_cross_entropy(lm_head, rows, targets)
-        return chunked_cross_entropy(lambda part: project(lm_head, part), rows, targets, chunk_tokens)
+        return chunked_cross_entropy(lambda part: project(lm_head, part), rows, targets, chunk_tokens, reduction)
 
     with lm_head_on_positions(lm_head, positions):
         lm_head.forward = loss_forward  # an instance attribute over the class method
@@ -64,17 +68,22 @@ def lm_head_loss_at(lm_head: torch.nn.Module, positions: torch.Tensor, targets: 
             del lm_head.forward
 
 
-def chunked_cross_entropy(project, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
-    """Sum of cross-entropy of project(hidden) [N, V] against targets [N], never holding more
-    than `chunk_tokens` rows of logits: each chunk's logits are freed after its loss and
-    recomputed in the backward pass (activation checkpointing). Same value and gradients as
-    one cross-entropy over all rows, which is what a chunk of N or more rows computes."""
+def chunked_cross_entropy(project, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int,
+                          reduction: str = "sum") -> torch.Tensor:
+    """Sum of cross-entropy of project(hidden) [N, V] against targets [N] (reduction "none":
+    each row's, [N]), never holding more than `chunk_tokens` rows of logits: each chunk's
+    logits are freed after its loss and recomputed in the backward pass (activation
+    checkpointing). Same value and gradients as one cross-entropy over all rows, which is what a
+    chunk of N or more rows computes."""
     if targets.numel() <= chunk_tokens:
-        return _chunk_loss(project, hidden, targets)
+        return _chunk_loss(project, hidden, targets, reduction)
+    parts = [checkpoint(_chunk_loss, project, hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens],
+                        reduction, use_reentrant=False) for start in range(0, targets.numel(), chunk_tokens)]
+    if reduction == "none":
+        return torch.cat(parts)
     total = hidden.sum().float() * 0
-    for start in range(0, targets.numel(), chunk_tokens):
-        end = start + chunk_tokens
-        total = total + checkpoint(_chunk_loss, project, hidden[start:end], targets[start:end], use_reentrant=False)
+    for part in parts:
+        total = total + part
     return total
 
 
@@ -89,8 +98,8 @@ def fused_linear_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, t
     return LigerFusedLinearCrossEntropyLoss(reduction="sum")(lm_head.weight, hidden, targets, lm_head.bias)
 
 
-def _chunk_loss(project, hidden, targets):
-    return torch.nn.functional.cross_entropy(project(hidden).float(), targets, reduction="sum")
+def _chunk_loss(project, hidden, targets, reduction="sum"):
+    return torch.nn.functional.cross_entropy(project(hidden).float(), targets, reduction=reduction)
 
 
 def shifted_targets(labels: torch.Tensor):

@@ -42,6 +42,49 @@ def test_lm_head_runs_on_label_positions_only_and_loss_matches_full_logits(tiny,
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_per_token_losses_are_each_targets_cross_entropy_with_its_gradients(tiny, image_file):
+    """reduction "none" (what a preference loss sums per answer): each trained token's
+    cross-entropy [N], chunked or not, equal to the full logits' with the same gradients, and
+    summing to the loss."""
+    from trainer import lm_head_loss_at
+
+    tok, model = tiny("2.6")
+    model.eval()
+    batch = data_collator([SupervisedDataset(samples(image_file), tok, model.config)[i] for i in range(2)])
+    labels = batch.pop("labels")
+    positions, targets = shifted_targets(labels)
+    lm_head = model.llm.get_output_embeddings()
+    weights = torch.linspace(-1, 1, targets.numel())  # any weighting of the tokens, as per-answer sums make
+
+    def forward():
+        return model(data=batch, attention_mask=batch["attention_mask"]).logits
+
+    def weighted_grads(value):
+        model.zero_grad()
+        (value * weights).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    full = forward()
+    expected = torch.nn.functional.cross_entropy(full[:, :-1][labels[:, 1:] != -100].float(), targets, reduction="none")
+    expected_grads = weighted_grads(expected)
+    for chunk in (3, 10**6):
+        with lm_head_loss_at(lm_head, positions, targets, chunk, reduction="none"):
+            per_token = forward()
+        assert per_token.shape == targets.shape
+        torch.testing.assert_close(per_token, expected, rtol=1e-5, atol=1e-5)
+        grads = weighted_grads(per_token)
+        assert grads.keys() == expected_grads.keys()
+        for name, grad in grads.items():  # float32 sums in another order: within 1e-5 of each tensor's scale
+            scale = expected_grads[name].abs().max()
+            torch.testing.assert_close(grad, expected_grads[name], rtol=1e-5, atol=1e-5 * scale + 1e-8, msg=name)
+    with torch.no_grad(), lm_head_loss_at(lm_head, positions, targets, 3):
+        total = forward()
+    torch.testing.assert_close(per_token.detach().sum(), total, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="--loss_kernel liger sums the loss over the tokens"):
+        with lm_head_loss_at(lm_head, positions, targets, 3, kernel="liger", reduction="none"):
+            forward()
+
+
 @pytest.mark.parametrize("version", ["2.0", "2.6", "4.5"])
 def test_chunked_loss_equals_one_cross_entropy_and_bounds_the_logits(tiny, image_file, version):
     """--loss_chunk_tokens: the same loss and gradients as one cross-entropy over every labelled
