@@ -95,7 +95,7 @@ def load_records(data, base_dir: str | None = None, data_format: str = "auto") -
     that cannot be becomes an Unconvertible, reported with its index when it is checked."""
     if data_format not in FORMATS:
         raise ValueError(f"--data_format {data_format!r}: choose one of {', '.join(FORMATS)}")
-    records, source, folder = _read_records(data, base_dir)
+    records, source, folder = read_records(data, base_dir)
     ignored = Counter(key for record in records for key in ignored_keys(record))
     if ignored:
         counts = ", ".join(f"{key!r} in {count} sample{'s' * (count > 1)}" for key, count in ignored.most_common())
@@ -103,7 +103,8 @@ def load_records(data, base_dir: str | None = None, data_format: str = "auto") -
     return [to_native(record, data_format) for record in records], source, folder
 
 
-def _read_records(data, base_dir):
+def read_records(data, base_dir):
+    """(records as the file holds them, source name, folder relative paths start from)."""
     if isinstance(data, (list, tuple)):
         return list(data), "<in-memory data>", base_dir or os.getcwd()
     path = os.fspath(data)

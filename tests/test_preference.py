@@ -102,3 +102,52 @@ def test_sequence_log_probs_sum_each_sequences_tokens():
     token_logps = torch.tensor([-1.0, -2.0, -0.5, -4.0, -0.25])
     rows = torch.tensor([0, 0, 2, 2, 2])
     assert sequence_logps(token_logps, rows, 3).tolist() == [-3.0, 0.0, -4.75]
+
+
+@pytest.mark.parametrize("version", ["2.6", "4.7"])
+def test_each_side_of_a_pair_is_what_sft_makes_of_that_answer(tiny, image_file, version):
+    """Ids, trained labels and pixels of each side equal the SFT item of the same conversation
+    with that answer; the collator puts the chosen rows first, with the data's reference sums."""
+    from dataset import SupervisedDataset
+    from minicpmv_ft.preference_dataset import PreferenceDataset
+
+    tok, model = tiny(version)
+    image = image_file("p.png", (700, 500))
+    pairs = [{"id": "a", "image": image, "conversations": [{"role": "user", "content": "<image>\nWhat is it?"}],
+              "chosen": "Grey noise.", "rejected": "A cat on a mat, sleeping."},
+             {"id": "b", "question": "Colour?", "chosen": "Grey.", "rejected": "Red.", "image": {"path": image},
+              "logps": [-3.0, -4.0, -1.0, -2.0]}]
+    dataset = PreferenceDataset(pairs, tok, model.config)
+    for index, pair in enumerate(pairs):
+        for side in ("chosen", "rejected"):
+            sft = to_native(getattr(to_pair(pair), side))
+            expected = SupervisedDataset([sft], tok, model.config)[0]
+            got = dataset[index][side]
+            assert got["input_ids"].tolist() == expected["input_ids"].tolist()
+            assert got["labels"].tolist() == expected["labels"].tolist()
+            assert all(torch.equal(a, b) for a, b in zip(got["pixel_values"], expected["pixel_values"]))
+    assert dataset[0]["reference"] is None and dataset[1]["reference"].tolist() == [-3.0, -4.0]
+    batch = dataset.collator([dataset[0], dataset[1]])
+    assert batch["pairs"] == 2 and batch["input_ids"].shape[0] == 4 and "reference" not in batch
+    first = dataset[0]["rejected"]["input_ids"]
+    assert batch["input_ids"][2, :len(first)].tolist() == first.tolist()  # rejected rows after the chosen ones
+    assert dataset.collator([dataset[1]])["reference"].tolist() == [[-3.0, -4.0]]
+
+
+def test_a_bad_pair_stops_the_build_naming_it_and_a_cut_answer_drops_its_pair(tiny, image_file, caplog):
+    from minicpmv_ft.preference_dataset import PreferenceDataset
+    from minicpmv_ft.samples import DataError
+
+    tok, model = tiny("2.6")
+    good = {"id": "ok", "conversations": [{"role": "user", "content": "Hi"}], "chosen": "Hello.", "rejected": "Go."}
+    same = {**good, "id": "same", "rejected": "Hello."}
+    with pytest.raises(DataError, match=r"sample 1 \(id 'same'\): the chosen and the rejected answer are the same"):
+        PreferenceDataset([good, same], tok, model.config)
+    missing = {**good, "id": "img", "image": "nowhere.png", "conversations": [{"role": "user", "content": "<image>Hi"}]}
+    with pytest.raises(DataError, match=r"sample 1 \(id 'img'\): its chosen side: image not found"):
+        PreferenceDataset([good, missing], tok, model.config)
+    long = {**good, "id": "long", "rejected": "no " * 80}
+    caplog.set_level("INFO")
+    dataset = PreferenceDataset([good, long], tok, model.config, model_max_length=60)
+    assert dataset.kept == [0] and dataset.dropped == [(1, "long", "its rejected side: model_max_length 60 cuts it")]
+    assert "2 pairs, 1 kept, 1 dropped; 1 its rejected side: model_max_length 60 cuts it" in caplog.text

@@ -1,0 +1,104 @@
+"""Preference pairs -> items (issue 21, the data side of `--method dpo` to come).
+
+    pairs = PreferenceDataset("pairs.json", tokenizer, config)
+    pairs[i]    # {"chosen": item, "rejected": item, "reference": tensor [2] or None}
+    pairs.collator([pairs[0], pairs[1]])   # the chosen rows, then the rejected rows, padded as SFT
+
+Each pair becomes two SFT records (minicpmv_ft/preference_data.py) that go through the SFT
+check and encoding unchanged, so an answer's ids and trained labels are exactly what SFT
+makes of it. A pair is usable when both sides are whole: a side that fails names the pair
+(index and id) and the side; a side that `model_max_length` would cut drops the pair, counted
+and logged (a truncated answer's log-probability would not be the answer's).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import torch
+from torch.utils.data import Dataset
+
+from .batching import collate
+from .data_formats import Unconvertible, to_native
+from .encoding import DEFAULT_MODEL_MAX_LENGTH, check_records
+from .preference_data import to_pair
+from .samples import DataError, read_records
+from .versions import detect_version
+
+logger = logging.getLogger(__name__)
+SIDES = ("chosen", "rejected")
+
+
+def side_records(records: list, data_format: str = "auto") -> tuple[list, list]:
+    """(the SFT records of every pair's chosen and rejected side, in that order, pair by pair;
+    each pair's reference log-probs from the data or None). A side keeps its pair's id (its
+    index when the pair has none), so messages name the pair."""
+    sides, references = [], []
+    for index, record in enumerate(records):
+        pair = to_pair(record, data_format)
+        if isinstance(pair, Unconvertible):
+            sides += [pair, pair]
+            references.append(None)
+            continue
+        sample_id = record.get("id", index)
+        sides += [to_native({**side, "id": sample_id}) for side in (pair.chosen, pair.rejected)]
+        references.append(pair.reference)
+    return sides, references
+
+
+class PreferenceDataset(Dataset):
+    def __init__(self, data, tokenizer, config, version=None, max_slice_nums=None,
+                 model_max_length=DEFAULT_MODEL_MAX_LENGTH, base_dir=None, data_format="auto", num_workers=1):
+        self.version = version or detect_version(config, tokenizer, None)
+        self.encoder = self.version.family.make_encoder(tokenizer, config, self.version, max_slice_nums,
+                                                        model_max_length, False, None)
+        records, self.source, self.folder = read_records(data, base_dir)
+        self.sides, self.references = side_records(records, data_format)
+        reports = check_records(self.encoder, self.sides, self.source, self.folder, num_workers=num_workers)
+        self.kept, self.dropped = [], []  # pair indices; (index, id, reason)
+        for index in range(len(records)):
+            self._sort(index, reports[2 * index:2 * index + 2], model_max_length)
+        self.lengths = [max(reports[2 * i].tokens, reports[2 * i + 1].tokens) for i in self.kept]
+        reasons = Counter(reason for _, _, reason in self.dropped)
+        logger.info("%s: %d pairs, %d kept, %d dropped%s (MiniCPM-V %s)", self.source, len(records), len(self.kept),
+                    len(self.dropped), "".join(f"; {n} {reason}" for reason, n in reasons.items()), self.version.name)
+        for index, sample_id, reason in self.dropped[:20]:
+            logger.warning("%s: dropped pair %d (id %r): %s", self.source, index, sample_id, reason)
+        if not self.kept:
+            raise DataError(self.source, None, None, "no pair left to train on")
+
+    def _sort(self, index: int, reports: list, model_max_length: int):
+        """Keeps the pair, drops it (a side cut by model_max_length) or raises its DataError."""
+        unconvertible = self.sides[2 * index]
+        if isinstance(unconvertible, Unconvertible):
+            raise DataError(self.source, index, index if unconvertible.id is None else unconvertible.id,
+                            unconvertible.reason)
+        for side, report in zip(SIDES, reports):
+            if report.status == "failed":
+                raise DataError(self.source, index, report.sample_id, f"its {side} side: {report.reason}")
+        for side, report in zip(SIDES, reports):
+            if report.status != "ok":  # dropped, or truncated: a cut answer is not the answer
+                reason = report.reason if report.status == "dropped" else f"model_max_length {model_max_length} cuts it"
+                self.dropped.append((index, report.sample_id, f"its {side} side: {reason}"))
+                return
+        self.kept.append(index)
+
+    def __len__(self):
+        return len(self.kept)
+
+    def __getitem__(self, i) -> dict:
+        index = self.kept[i]
+        items = {side: self.encoder.item(self.encoder.parse(self.sides[2 * index + k], index, self.source,
+                                                             self.folder)) for k, side in enumerate(SIDES)}
+        reference = self.references[index]
+        return {**items, "reference": None if reference is None else torch.tensor(reference, dtype=torch.float32)}
+
+    def collator(self, pairs: list[dict]) -> dict:
+        """The pairs' chosen rows, then their rejected rows, as one padded SFT batch ([2P, L]), with
+        `pairs` = P and the data's reference log-probs [P, 2] where every pair has them."""
+        batch = collate([pair["chosen"] for pair in pairs] + [pair["rejected"] for pair in pairs],
+                        self.version.family.media)
+        batch["pairs"] = len(pairs)
+        if all(pair["reference"] is not None for pair in pairs):
+            batch["reference"] = torch.stack([pair["reference"] for pair in pairs])
+        return batch
