@@ -135,7 +135,9 @@ class MiniCPMVTrainer(Trainer):
         # ZeRO-3 gathers the head's weight per call, which checkpoint recomputation cannot rely
         # on: one chunk there (the labelled positions only, as before chunking).
         chunk = max(targets.numel(), 1) if is_deepspeed_zero3_enabled() else self.args.loss_chunk_tokens
-        blank = self.version.vision_skipped_without_images and not {"pixel_values", "pixel_values_videos"} & inputs.keys()
+        # no images and no videos: the tower would not run (registry: vision_skipped_without_images)
+        blank = self.version.vision_skipped_without_images and "pixel_values" not in inputs \
+            and "pixel_values_videos" not in inputs
         router = self.router_loss
         llm = submodule(unwrapped, self.version.llm_module)
         with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel), \

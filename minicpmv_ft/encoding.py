@@ -19,7 +19,7 @@ from .chat_tokens import (IGNORE_INDEX, ChatEncoder, image_placeholder, placehol
 from .images import frame_count, to_rgb
 from .samples import DataError, Sample, parse_sample
 from .slicing import layout_shape, model_input, plan_slices, slice_image, view_bytes, view_pixels
-from .versions import VERSIONS, ImageSettings, ModelVersion
+from .versions import ImageSettings, ModelVersion, names_where
 from .video import FramePlan, VideoError, decode_frames, plan_frames, read_video_info
 from .view_cache import ViewCache
 
@@ -177,9 +177,8 @@ class SampleEncoder:
     def _video_plans(self, sample: Sample) -> list:
         """(VideoInfo, FramePlan) of each video of the sample, from the containers (no decoding)."""
         if sample.video_paths and self.video is None:
-            takers = ", ".join(name for name, version in VERSIONS.items() if version.video)
-            raise sample.error(f"MiniCPM-V {self.version.name} takes no video; use one that does ({takers}), or "
-                               "give frames as images")
+            raise sample.error(f"MiniCPM-V {self.version.name} takes no video; use one that does "
+                               f"({names_where(lambda v: v.video)}), or give frames as images")
         plans = []
         for path in sample.video_paths:
             if not os.path.isfile(path):

@@ -42,13 +42,9 @@ def media(conversations: list[list[dict]], kind) -> list:
 def video_kwargs(processor, clips: list[VideoClip], scheme: VideoScheme) -> dict:
     """The processor's arguments for these videos: the frames its video processor picks, decoded,
     with the options training processes them with (minicpmv_ft/processor_video.py)."""
-    videos, metadata = [], []
-    for clip in clips:
-        plan = processor_video.frame_plan(processor.video_processor, clip.info, scheme)
-        videos.append(processor_video.as_video(decode_frames(clip.path, plan.indices)))
-        options = processor_video.processing_options(clip.info, scheme)
-        metadata += options.pop("video_metadata")
-    return {"videos": videos, "videos_kwargs": {**options, "video_metadata": metadata}}
+    plans = [processor_video.frame_plan(processor.video_processor, clip.info, scheme) for clip in clips]
+    videos = [processor_video.as_video(decode_frames(clip.path, plan.indices)) for clip, plan in zip(clips, plans)]
+    return {"videos": videos, "videos_kwargs": processor_video.processing_options([c.info for c in clips], scheme)}
 
 
 def generate_answers(model, processor, conversations: list[list[dict]], max_new_tokens: int = 256,

@@ -26,6 +26,7 @@ PAIR_FORMATS = ("native", "rlaif-v", "sharegpt", "messages")
 # RLAIF-V's logps column: the reference model's log-probs of (chosen, rejected) summed and
 # averaged over the answer tokens, in its authors' order
 RLAIF_V_LOGPS = ("chosen_sum", "rejected_sum", "chosen_mean", "rejected_mean")
+RLAIF_V_KEYS = ("id", "question", "chosen", "rejected", "image", "logps")
 RLAIF_V_UNREAD = ("ds_name", "origin_dataset", "origin_split", "idx", "image_path")
 
 
@@ -138,9 +139,6 @@ def _messages(record):
     chosen = _answer(messages[-1], "chosen", role, "content", allowed)
     rejected = _answer(record["rejected_response"], "rejected_response", role, "content", allowed)
     return _sides(record, prompt, "messages", chosen, rejected, drop=("rejected_response",))
-
-
-RLAIF_V_KEYS = ("id", "question", "chosen", "rejected", "image", "logps")
 
 
 def _rlaif_v(record):

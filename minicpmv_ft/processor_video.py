@@ -1,8 +1,8 @@
 """A native checkpoint's videos (4.6, 4.7), through its own video processor:
 
     plan = frame_plan(video_processor, info, scheme)    # its sample_frames on the container's metadata
-    sizes = planned_views(video_processor, info, plan, scheme)   # no decoding: what its planning gives
-    text = placeholder(processor, sizes, k)             # its replace_video_token (and id, where it adds one)
+    inputs = planned_inputs(video_processor, info, plan, scheme)  # no decoding: what its planning gives
+    text = placeholder(processor, inputs, k)            # its replace_video_token (and id, where it adds one)
     pixels = processed(video_processor, frames, info, scheme)    # its pixels of exactly those frames
 
 The processor's own path loader decodes the whole file with torchcodec (which needs a system
@@ -95,10 +95,10 @@ def placeholder(processor, inputs: dict, video_index: int) -> str:
     return processor._prepend_local_ids([token * (video_index + 1)], [""] * video_index + [text], token)[video_index]
 
 
-def processing_options(info: VideoInfo, scheme: VideoScheme) -> dict:
-    """Its video processor's arguments for the planned frames of one video: their metadata, no
-    sampling of its own on them, the scheme's slices per frame."""
-    options = {"video_metadata": [metadata(info)], "do_sample_frames": False}
+def processing_options(infos: list[VideoInfo], scheme: VideoScheme) -> dict:
+    """Its video processor's arguments for the planned frames of these videos: their metadata,
+    no sampling of its own on them, the scheme's slices per frame."""
+    options = {"video_metadata": [metadata(info) for info in infos], "do_sample_frames": False}
     if scheme.max_slice_nums is not None:
         options["max_slice_nums"] = int(scheme.max_slice_nums)
     return options
@@ -112,4 +112,4 @@ def as_video(frames: list) -> np.ndarray:
 def processed(video_processor, frames: list, info: VideoInfo, scheme: VideoScheme) -> dict:
     """Its pixel_values_videos [1, 3, patch, N] and target_sizes_videos [views, 2] (and the grids
     and frame count) for exactly these decoded frames (PIL images, the planned ones in order)."""
-    return video_processor(videos=[as_video(frames)], return_tensors="pt", **processing_options(info, scheme))
+    return video_processor(videos=[as_video(frames)], return_tensors="pt", **processing_options([info], scheme))
