@@ -193,6 +193,7 @@ def test_the_moe_router_loss_is_its_llms_own_and_logged_apart(tiny, tmp_path):
     assert float(expected) > 0 and router.coefficient == text.router_aux_loss_coef
     torch.testing.assert_close(total, lm_only + text.router_aux_loss_coef * expected, rtol=1e-6, atol=1e-7)
     # the training micro-batch's, unweighted, kept as a tensor (no device sync before logging)
+    assert all(isinstance(value, torch.Tensor) for value in trainer.router_losses)
     assert [float(value) for value in trainer.router_losses] == [pytest.approx(float(expected))]
     logs = {"loss": 1.0}
     trainer.router_losses.append(3 * expected)
