@@ -38,6 +38,8 @@ class SupervisedDataset(Dataset):
     `version` is the detected checkpoint version (finetune.py detects it once per run); when
     None it is detected here from `config` and `tokenizer`, checked against `llm_type`."""
 
+    unit = "samples"  # what the logs count
+
     def __init__(self, data, tokenizer, config, llm_type=None, max_slice_nums=None, model_max_length=DEFAULT_MODEL_MAX_LENGTH,
                  base_dir=None, skip_bad_samples=False, verify_images=False, num_workers=1, progress=False,
                  version=None, keep_earlier_reasoning=False, data_format="auto", image_cache_dir=None,

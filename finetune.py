@@ -7,6 +7,7 @@ transformers.TrainingArguments option is accepted too (docs/options.md lists our
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ from transformers import HfArgumentParser
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset
+from dpo_trainer import PreferenceSettings, PreferenceTrainer
 from minicpmv_ft.arguments import (DataArguments, ModelArguments, TrainingArguments, check_workers, run_identity,
                                    video_scheme, zero_stage)
 from minicpmv_ft.checkpoints import (CheckpointWriteError, MarkCompleteCheckpoints, StopOnSignal, checkpoint_step,
@@ -31,6 +33,9 @@ from minicpmv_ft.loading import load_tokenizer_and_version, local_dir
 from minicpmv_ft.lora_targets import check_lora_targets, peft_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
 from minicpmv_ft.packing import PackedDataset, check_packable
+from minicpmv_ft.preference_dataset import PreferenceDataset
+from minicpmv_ft import reference_file
+from minicpmv_ft.preference_reference import COPY, REFERENCE_SOURCES, resolve_reference
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import (check_new_run, identity_hash, length_changes, output_dir_lock, run_hashes,
                                    write_run)
@@ -107,15 +112,27 @@ def model_dtype(train_args) -> torch.dtype:
     return torch.bfloat16 if train_args.bf16 else torch.float16 if train_args.fp16 else torch.float32
 
 
-def load_datasets(version, data_args, tokenizer, config, num_workers=1):
+def load_datasets(version, data_args, tokenizer, config, num_workers=1, method="sft"):
+    """(train, eval or None): conversations, or preference pairs with --method dpo."""
     common = {"version": version, "video": video_scheme(version, data_args), "max_slice_nums": data_args.max_slice_nums,
               "model_max_length": data_args.model_max_length, "skip_bad_samples": data_args.skip_bad_samples,
               "verify_images": data_args.verify_images, "num_workers": max(1, num_workers),
               "keep_earlier_reasoning": data_args.keep_earlier_reasoning, "data_format": data_args.data_format,
               "base_dir": data_args.image_folder, "image_cache_dir": data_args.image_cache_dir}
-    train_set = SupervisedDataset(data_args.data_path, tokenizer, config, **common)
-    eval_set = SupervisedDataset(data_args.eval_data_path, tokenizer, config, **common) if data_args.eval_data_path else None
+    kind = PreferenceDataset if method == "dpo" else SupervisedDataset
+    train_set = kind(data_args.data_path, tokenizer, config, **common)
+    eval_set = kind(data_args.eval_data_path, tokenizer, config, **common) if data_args.eval_data_path else None
     return train_set, eval_set
+
+
+def use_reference_files(model_args, data_args, datasets):
+    """The reference pass's log-probs (reference_logps.py) where it wrote them for this model and
+    data: into the pair datasets, as if the data carried them."""
+    folder = local_dir(model_args.model_name_or_path) or model_args.model_name_or_path
+    for dataset, path in zip(datasets, (data_args.data_path, data_args.eval_data_path)):
+        if dataset is not None and reference_file.attach(
+                dataset, path, reference_file.header(folder, path, data_args, len(dataset.references))):
+            logger.info("%s: reference log-probs from %s", path, reference_file.reference_path(path))
 
 
 def load_model(model_args, train_args, version, dtype):
@@ -182,8 +199,8 @@ def log_settings(model, version, train_set, eval_set, data_args, train_args):
                 train_args.dataloader_pin_memory, data_args.image_cache_dir or "off")
     for name, ds in (("train", train_set), ("eval", eval_set)):
         if ds is not None:
-            logger.info("%s data: %d samples used, %d dropped, %d failing samples skipped", name, len(ds),
-                        len(ds.dropped), len(ds.failed))
+            logger.info("%s data: %d %s used, %d dropped, %d failing %s skipped", name, len(ds), ds.unit,
+                        len(ds.dropped), len(ds.failed), ds.unit)
 
 
 def warn_left_out(datasets):
@@ -192,8 +209,9 @@ def warn_left_out(datasets):
         if ds is None or not (ds.dropped or ds.failed):
             continue
         reasons = Counter(reason.split(": ")[0] for _, _, reason in ds.dropped + ds.failed)  # without the paths
-        logger.warning("%s data: %d of %d samples were left out: %s (the log's start lists them; check_data.py "
-                       "shows all)", name, len(ds.dropped) + len(ds.failed), len(ds.reports),
+        left_out = len(ds.dropped) + len(ds.failed)
+        logger.warning("%s data: %d of %d %s were left out: %s (the log's start lists them; check_data.py "
+                       "shows all)", name, left_out, len(ds) + left_out, ds.unit,
                        "; ".join(f"{n} {reason}" for reason, n in reasons.most_common()))
 
 
@@ -225,9 +243,16 @@ def batching(train_set, data_args, train_args, eval_set=None):
     batches with the same collator, so grouped videos in either set decide the one-row batches."""
     if train_args.packing:
         return PackedDataset(train_set, data_args.model_max_length), train_set.packed_collator
-    if train_set.version.vision_split_by_frames and any(
-            video["groups"] < video["frames"] for ds in (train_set, eval_set) if ds is not None
-            for report in ds.reports for video in report.videos):
+    grouped = train_set.version.vision_split_by_frames and any(
+        video["groups"] < video["frames"] for ds in (train_set, eval_set) if ds is not None
+        for report in ds.reports for video in report.videos)
+    if grouped and train_args.method == "dpo":
+        if max(train_args.per_device_train_batch_size, train_args.per_device_eval_batch_size) > 1:
+            raise ValueError(f"grouped video frames (MiniCPM-V {train_set.version.name}) in preference pairs need "
+                             "--per_device_train_batch_size 1 and --per_device_eval_batch_size 1 (its remote code "
+                             "would give a later pair of a batch another pair's video features)")
+        return train_set, train_set.collator
+    if grouped:
         logger.info("grouped video frames (MiniCPM-V %s): each micro-batch goes to the model as one row, samples "
                     "kept apart as with --packing (its remote code would give a later sample of a batch another "
                     "sample's video features, or none)", train_set.version.name)
@@ -298,26 +323,37 @@ def run_training(model_args, data_args, train_args, callbacks=None):
                          "drop the flag")
     if train_args.packing:
         check_packable(config, version.checkpoints)
-    train_set, eval_set = load_datasets(version, data_args, tokenizer, config, check_workers())
+    train_set, eval_set = load_datasets(version, data_args, tokenizer, config, check_workers(), train_args.method)
     check_video_supported(version, train_set, train_args, int(os.environ.get("WORLD_SIZE", "1")))
+    reference = None
+    if train_args.method == "dpo":
+        if train_args.dpo_reference in ("auto", "data"):
+            use_reference_files(model_args, data_args, (train_set, eval_set))
+        reference = resolve_reference(train_args.dpo_reference, [train_set, eval_set], train_args.use_lora,
+                                      is_deepspeed_zero3_enabled())
+        logger.info("reference log-probs: %s", REFERENCE_SOURCES[reference])
     model = load_model(model_args, train_args, version, model_dtype(train_args))
     if data_args.max_slice_nums is not None:  # saved with the model, so its chat() slices as training did
         set_max_slice_nums(model.config, version, data_args.max_slice_nums)
     # LoRA adapters are initialised before the Trainer seeds; seeded after loading, which draws
     # different numbers of random values under ZeRO-3 than without it
     transformers.set_seed(train_args.seed)
+    reference_model = copy.deepcopy(model) if reference == COPY else None  # the starting model, frozen
     model = configure_trainable(model, version, train_args)
     if is_deepspeed_zero3_enabled():
         mark_zero3_leaves(model, version)
     log_settings(model, version, train_set, eval_set, data_args, train_args)
     stop_on_signal = StopOnSignal()
     served, collator = batching(train_set, data_args, train_args, eval_set)
-    trainer = MiniCPMVTrainer(model=model, args=train_args, train_dataset=served, eval_dataset=eval_set,
-                              data_collator=collator, processing_class=tokenizer,
-                              version=version,
-                              callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
-                              source_model_dir=local_dir(model_args.model_name_or_path),
-                              max_slice_nums=data_args.max_slice_nums, module_lrs=module_lrs(version, train_args))
+    method = {} if reference is None else {"preference": PreferenceSettings(
+        train_args.dpo_beta, train_args.dpo_label_smoothing, train_args.dpo_sft_weight, reference),
+        "reference_model": reference_model}
+    trainer = (PreferenceTrainer if method else MiniCPMVTrainer)(
+        model=model, args=train_args, train_dataset=served, eval_dataset=eval_set, data_collator=collator,
+        processing_class=tokenizer, version=version,
+        callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
+        source_model_dir=local_dir(model_args.model_name_or_path), max_slice_nums=data_args.max_slice_nums,
+        module_lrs=module_lrs(version, train_args), **method)
     try:
         with explain_write_failures(train_args.output_dir, identity_hash(identity)):  # a full disk says so
             interrupted = not train_and_save(trainer, resume, identity, stop_on_signal)

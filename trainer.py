@@ -130,6 +130,16 @@ class MiniCPMVTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         positions, targets = shifted_targets(labels)
+        loss, balance = self.head_loss(model, inputs, positions, targets)
+        loss = self.per_step(loss, targets.numel(), num_items_in_batch)
+        loss = self.with_router_term(loss, balance, model.training)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def head_loss(self, model, inputs, positions, targets, reduction="sum", pairs=None, router=True):
+        """(the cross-entropy of the LM head at `positions` against `targets` from one forward of
+        `model` on `inputs`: summed, or per target with reduction "none"; the router's unweighted
+        load-balancing loss of that forward, or None). `pairs`: a preference batch of that many
+        pairs, whose images go through the vision tower once per pair."""
         unwrapped = self.accelerator.unwrap_model(model)
         lm_head = submodule(unwrapped, self.version.head_owner).get_output_embeddings()
         # ZeRO-3 gathers the head's weight per call, which checkpoint recomputation cannot rely
@@ -138,28 +148,38 @@ class MiniCPMVTrainer(Trainer):
         # no images and no videos: the tower would not run (registry: vision_skipped_without_images)
         blank = self.version.vision_skipped_without_images and "pixel_values" not in inputs \
             and "pixel_values_videos" not in inputs
-        router = self.router_loss
+        router = self.router_loss if router else None
         llm = submodule(unwrapped, self.version.llm_module)
-        with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel), \
-                self._blank_view_in_forward(model, blank), \
+        shared_vision = self.version.family.vision_once_per_pair(unwrapped, self.version, pairs) if pairs \
+            else nullcontext()
+        with lm_head_loss_at(lm_head, positions, targets, chunk, self.args.loss_kernel, reduction), \
+                self._blank_view_in_forward(model, blank), shared_vision, \
                 (router.captured(llm) if router else nullcontext([])) as router_logits:
             loss = model(**self.version.family.forward_kwargs(inputs, unwrapped),
                          attention_mask=self._attention_mask(model, inputs), use_cache=False,
                          **({"output_router_logits": True} if router else {})).logits
-        if num_items_in_batch is None:  # evaluation without a step-wide count: mean over this batch
-            loss = loss / max(targets.numel(), 1)
-        else:
-            loss = loss / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                # the count is global; DDP/DeepSpeed average gradients over processes
-                loss = loss * self.accelerator.num_processes
-        if router:
-            balance = router.unweighted(router_logits, inputs.get("attention_mask"))
-            if model.training:
-                self.router_losses.append(balance.detach())  # a tensor: read at logging, no sync per micro-batch
-            steps = self.args.gradient_accumulation_steps if model.training else 1
-            loss = loss + router.coefficient * balance.to(loss.dtype) / steps
-        return (loss, {"loss": loss}) if return_outputs else loss
+        return loss, router.unweighted(router_logits, inputs.get("attention_mask")) if router else None
+
+    def per_step(self, loss, items: int, num_items_in_batch):
+        """`loss`, summed over `items` items (tokens, pairs) of this micro-batch, as its share of
+        the optimizer step's mean over `num_items_in_batch`, the step's items on all processes
+        (None: evaluation without a step-wide count, the mean over this batch)."""
+        if num_items_in_batch is None:
+            return loss / max(items, 1)
+        loss = loss / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            # the count is global; DDP/DeepSpeed average gradients over processes
+            loss = loss * self.accelerator.num_processes
+        return loss
+
+    def with_router_term(self, loss, balance, training: bool):
+        """`loss` plus the weighted router loss of its forward (none without a router)."""
+        if balance is None:
+            return loss
+        if training:
+            self.router_losses.append(balance.detach())  # a tensor: read at logging, no sync per micro-batch
+        steps = self.args.gradient_accumulation_steps if training else 1
+        return loss + self.router_loss.coefficient * balance.to(loss.dtype) / steps
 
     @contextmanager
     def _blank_view_in_forward(self, model, wanted: bool):

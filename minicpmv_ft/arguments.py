@@ -22,6 +22,8 @@ from .data_formats import FORMATS
 from .encoding import DEFAULT_MODEL_MAX_LENGTH
 from .loading import looks_like_hub_id
 from .node_check import node_cores
+from .preference_loss import DEFAULT_BETA, check_settings
+from .preference_reference import check_reference_choice
 from .run_record import file_fingerprint
 from .versions import names_where, version_choices, video_defaults
 from .view_cache import check_cache_folder
@@ -175,6 +177,18 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "start a new run in an output folder that holds another run's checkpoints (docs/training.md, Interrupting and resuming)"})
     gradient_checkpointing_kwargs: typing.Optional[dict] = field(
         default_factory=lambda: {"use_reentrant": False}, metadata={"help": "kwargs for gradient checkpointing"})
+    method: str = field(default="sft", metadata={
+        "help": "sft (conversations: train on their answers) or dpo (preference pairs: a prompt, a chosen and a "
+                "rejected answer; README, Preference tuning)"})
+    dpo_beta: float = field(default=DEFAULT_BETA, metadata={
+        "help": "DPO's beta: how far the trained model may move from the reference (smaller: further)"})
+    dpo_label_smoothing: float = field(default=0.0, metadata={
+        "help": "share of pairs assumed mislabelled, in [0, 0.5) (conservative DPO); 0: plain sigmoid DPO"})
+    dpo_sft_weight: float = field(default=0.0, metadata={
+        "help": "weight of an SFT term added to each pair's loss: the chosen answer's mean token cross-entropy"})
+    dpo_reference: str = field(default="auto", metadata={
+        "help": "reference log-probs: auto (the data's when every pair has them, else with LoRA the model with "
+                "its adapters off), data, adapter_off (LoRA) or copy (a frozen copy of the model in memory)"})
 
     def __post_init__(self):
         if self.warmup_ratio and "warmup_ratio" not in NATIVE_TRAINING_ARGUMENTS and not self.warmup_steps:
@@ -202,6 +216,7 @@ class TrainingArguments(transformers.TrainingArguments):
                                             or importlib.util.find_spec("liger_kernel") is None):
             raise ValueError("--loss_kernel liger needs a CUDA GPU and liger-kernel (pip install liger-kernel); "
                              "--loss_kernel chunked works everywhere")
+        self._check_method()
         if self.packing and self.group_by_length:
             raise ValueError("--packing and --group_by_length both arrange samples by length; use one")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
@@ -243,6 +258,25 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.vision_lr is not None and not self.tune_vision:
             raise ValueError("--vision_lr with --tune_vision false: the vision tower is frozen, nothing uses the "
                              "rate; drop one of them")
+
+    def _check_method(self):
+        if self.method not in ("sft", "dpo"):
+            raise ValueError(f"--method {self.method!r}: choose sft or dpo")
+        check_reference_choice(self.dpo_reference)
+        if self.method != "dpo":
+            changed = [name for name in DPO_ARGUMENTS if getattr(self, name) != self.__dataclass_fields__[name].default]
+            if changed:
+                raise ValueError(f"--{changed[0]} is an option of --method dpo; this run is --method {self.method}")
+            return
+        check_settings(self.dpo_beta, self.dpo_label_smoothing)
+        if self.dpo_sft_weight < 0:
+            raise ValueError(f"--dpo_sft_weight must be >= 0, got {self.dpo_sft_weight}")
+        if self.packing:
+            raise ValueError("--packing with --method dpo: a pair's two answers are scored side by side in padded "
+                             "rows; drop --packing")
+        if self.loss_kernel == "liger":
+            raise ValueError("--loss_kernel liger sums the loss over the tokens, and DPO needs each answer's own "
+                             "log-probability; use --loss_kernel chunked")
 
     @property
     def trains_llm(self) -> bool:
@@ -314,7 +348,9 @@ RESULT_ARGUMENTS = (
     "video_max_frames", "video_max_group", "video_max_slice_nums", "keep_earlier_reasoning",
     "tune_vision", "tune_llm", "use_lora", "q_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
     "lora_modules_to_save", "packing", "vision_lr", "resampler_lr", "warmup_ratio", "group_by_length",
+    "method", "dpo_beta", "dpo_label_smoothing", "dpo_sft_weight", "dpo_reference",
 )
+DPO_ARGUMENTS = ("dpo_beta", "dpo_label_smoothing", "dpo_sft_weight", "dpo_reference")
 FINGERPRINTED_FILES = {"data_path": "data", "eval_data_path": "eval_data"}  # argument -> identity key
 # Ours that leave the weights as they are: how the run is checked, logged, cached, computed.
 RUN_NEUTRAL_ARGUMENTS = (

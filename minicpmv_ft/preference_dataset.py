@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 
 import torch
 from torch.utils.data import Dataset
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset
 from .batching import collate
 from .data_formats import Unconvertible, to_native
 from .encoding import DEFAULT_MODEL_MAX_LENGTH, check_records
+from .node_check import checked_once_per_node, shared_on_node
 from .preference_data import to_pair
 from .samples import DataError, read_records
 from .versions import detect_version
@@ -47,41 +49,68 @@ def side_records(records: list, data_format: str = "auto") -> tuple[list, list]:
 
 
 class PreferenceDataset(Dataset):
+    """Takes SupervisedDataset's options; `reports` are the sides' (chosen, rejected, pair by
+    pair), `dropped` and `failed` name pairs."""
+
+    unit = "pairs"  # what the logs count
+
     def __init__(self, data, tokenizer, config, version=None, max_slice_nums=None,
-                 model_max_length=DEFAULT_MODEL_MAX_LENGTH, base_dir=None, data_format="auto", num_workers=1):
+                 model_max_length=DEFAULT_MODEL_MAX_LENGTH, base_dir=None, data_format="auto", num_workers=1,
+                 video=None, skip_bad_samples=False, verify_images=False, keep_earlier_reasoning=False,
+                 image_cache_dir=None):
         self.version = version or detect_version(config, tokenizer, None)
+        if video is not None:  # a VideoScheme in place of the version's (--video_* options)
+            self.version = replace(self.version, video=video)
         self.encoder = self.version.family.make_encoder(tokenizer, config, self.version, max_slice_nums,
-                                                        model_max_length, False, None)
+                                                        model_max_length, keep_earlier_reasoning, image_cache_dir)
+        self.settings = self.encoder.settings
         records, self.source, self.folder = read_records(data, base_dir)
         self.sides, self.references = side_records(records, data_format)
-        reports = check_records(self.encoder, self.sides, self.source, self.folder, num_workers=num_workers)
-        self.kept, self.dropped = [], []  # pair indices; (index, id, reason)
+
+        def check(workers):
+            return check_records(self.encoder, self.sides, self.source, self.folder, verify_images, workers)
+
+        self.reports = checked_once_per_node(check, self.source) if shared_on_node() else check(num_workers)
+        self.kept, self.dropped, self.failed = [], [], []  # pair indices; (index, id, reason) of a pair
         for index in range(len(records)):
-            self._sort(index, reports[2 * index:2 * index + 2], model_max_length)
-        self.lengths = [max(reports[2 * i].tokens, reports[2 * i + 1].tokens) for i in self.kept]
+            self._sort(index, self.reports[2 * index:2 * index + 2], model_max_length, skip_bad_samples)
+        self.lengths = [max(self.reports[2 * i].tokens, self.reports[2 * i + 1].tokens) for i in self.kept]
         reasons = Counter(reason for _, _, reason in self.dropped)
-        logger.info("%s: %d pairs, %d kept, %d dropped%s (MiniCPM-V %s)", self.source, len(records), len(self.kept),
-                    len(self.dropped), "".join(f"; {n} {reason}" for reason, n in reasons.items()), self.version.name)
-        for index, sample_id, reason in self.dropped[:20]:
-            logger.warning("%s: dropped pair %d (id %r): %s", self.source, index, sample_id, reason)
+        logger.info("%s: %d pairs, %d kept, %d dropped%s, %d failed and skipped (MiniCPM-V %s)", self.source,
+                    len(records), len(self.kept), len(self.dropped),
+                    "".join(f"; {n} {reason}" for reason, n in reasons.items()), len(self.failed), self.version.name)
+        for kind, entries in (("dropped", self.dropped), ("skipped failing", self.failed)):
+            for index, sample_id, reason in entries[:20]:
+                logger.warning("%s: %s pair %d (id %r): %s", self.source, kind, index, sample_id, reason)
         if not self.kept:
             raise DataError(self.source, None, None, "no pair left to train on")
 
-    def _sort(self, index: int, reports: list, model_max_length: int):
-        """Keeps the pair, drops it (a side cut by model_max_length) or raises its DataError."""
+    def _sort(self, index: int, reports: list, model_max_length: int, skip_bad_samples: bool):
+        """Keeps the pair, drops it (a side cut by model_max_length), skips it (failing, with
+        skip_bad_samples) or raises its DataError."""
         unconvertible = self.sides[2 * index]
+        failure = None
         if isinstance(unconvertible, Unconvertible):
-            raise DataError(self.source, index, index if unconvertible.id is None else unconvertible.id,
-                            unconvertible.reason)
-        for side, report in zip(SIDES, reports):
-            if report.status == "failed":
-                raise DataError(self.source, index, report.sample_id, f"its {side} side: {report.reason}")
+            failure = (index, index if unconvertible.id is None else unconvertible.id, unconvertible.reason)
+        else:
+            failure = next(((index, report.sample_id, f"its {side} side: {report.reason}")
+                            for side, report in zip(SIDES, reports) if report.status == "failed"), None)
+        if failure and not skip_bad_samples:
+            raise DataError(self.source, *failure)
+        if failure:
+            self.failed.append(failure)
+            return
         for side, report in zip(SIDES, reports):
             if report.status != "ok":  # dropped, or truncated: a cut answer is not the answer
                 reason = report.reason if report.status == "dropped" else f"model_max_length {model_max_length} cuts it"
                 self.dropped.append((index, report.sample_id, f"its {side} side: {reason}"))
                 return
         self.kept.append(index)
+
+    @property
+    def has_references(self) -> bool:
+        """Every kept pair brings its reference log-probs."""
+        return all(self.references[index] is not None for index in self.kept)
 
     def __len__(self):
         return len(self.kept)

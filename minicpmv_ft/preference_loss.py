@@ -31,6 +31,13 @@ class PreferenceLosses:
         return (self.margins > 0).float()
 
 
+def check_settings(beta: float, label_smoothing: float):
+    if beta <= 0:
+        raise ValueError(f"--dpo_beta must be positive, got {beta}")
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"--dpo_label_smoothing must be in [0, 0.5), got {label_smoothing}")
+
+
 def sequence_logps(token_logps: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
     """[count] sums of the trained tokens' log-probs [N] of each sequence (rows [N]: which)."""
     return torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
@@ -40,10 +47,7 @@ def dpo_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, refer
                reference_rejected: torch.Tensor, beta: float = DEFAULT_BETA,
                label_smoothing: float = 0.0) -> PreferenceLosses:
     """The per-pair loss of [pairs] summed answer log-probs (the reference's carry no gradient)."""
-    if beta <= 0:
-        raise ValueError(f"--dpo_beta must be positive, got {beta}")
-    if not 0 <= label_smoothing < 0.5:
-        raise ValueError(f"--dpo_label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    check_settings(beta, label_smoothing)
     reference_chosen, reference_rejected = reference_chosen.detach(), reference_rejected.detach()
     margin = (policy_chosen - policy_rejected) - (reference_chosen - reference_rejected)
     losses = -(1 - label_smoothing) * F.logsigmoid(beta * margin) - label_smoothing * F.logsigmoid(-beta * margin)

@@ -3,8 +3,9 @@
     python tools/make_sample_data.py --out DIR
 
 DIR gets images/*.png, train.json (single-image, multi-turn, multi-image and text-only
-samples, relative image paths) and eval.json (the question about each of the six images). Small
-enough to memorise on CPU in minutes.
+samples, relative image paths), eval.json (the question about each of the six images) and
+pairs.json (preference pairs in RLAIF-V's columns: the question about each image, the right
+answer chosen, the next image's colour rejected). Small enough to memorise on CPU in minutes.
 """
 import argparse
 import json
@@ -55,6 +56,13 @@ def samples():
     return train, [sample for sample in train if sample["id"].startswith("shape-")]
 
 
+def preference_pairs():
+    """Per image: the right answer chosen over the same shape in the next image's colour."""
+    return [{"id": f"pair-{i}", "image": f"images/{colour}_{shape}.png", "question": "What is in the picture?",
+             "chosen": f"A {colour} {shape}.", "rejected": f"A {SHAPES[(i + 1) % len(SHAPES)][0]} {shape}."}
+            for i, (colour, shape) in enumerate(SHAPES)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
@@ -66,7 +74,9 @@ def main(argv=None):
     train, evaluation = samples()
     (out / "train.json").write_text(json.dumps(train, indent=1, ensure_ascii=False))
     (out / "eval.json").write_text(json.dumps(evaluation, indent=1, ensure_ascii=False))
-    print(f"wrote {len(train)} training and {len(evaluation)} eval samples to {out}")
+    pairs = preference_pairs()
+    (out / "pairs.json").write_text(json.dumps(pairs, indent=1, ensure_ascii=False))
+    print(f"wrote {len(train)} training and {len(evaluation)} eval samples and {len(pairs)} preference pairs to {out}")
 
 
 if __name__ == "__main__":

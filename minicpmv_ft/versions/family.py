@@ -48,6 +48,12 @@ class Family:
         attention_mask, which the caller passes (None for a packed batch)."""
         raise NotImplementedError
 
+    def vision_once_per_pair(self, model, version, pairs: int):
+        """The block within which `model`'s forward on a batch of `pairs` preference pairs (chosen
+        rows, then the same pairs' rejected rows) runs each pair's images through the vision tower
+        once (minicpmv_ft/pair_vision.py)."""
+        raise NotImplementedError
+
     def inference_inputs(self, tokenizer, path: str):
         """What inference encodes with: the tokenizer, or the checkpoint's processor at `path`."""
         return tokenizer
@@ -97,6 +103,12 @@ class RemoteCode(Family):
 
     def forward_kwargs(self, batch, model):
         return {"data": batch}
+
+    def vision_once_per_pair(self, model, version, pairs):
+        from ..pair_vision import remote_code_vision_once
+        from .spec import submodule
+
+        return remote_code_vision_once(submodule(model, ""), pairs)
 
     def answers(self, model, tokenizer, version, conversations, image, system, max_new_tokens, thinking,
                 max_slice_nums, extra):
@@ -156,6 +168,13 @@ class Native(Family):
 
             kwargs["position_ids"] = packed_positions(submodule(model, "model"), batch)
         return kwargs
+
+    def vision_once_per_pair(self, model, version, pairs):
+        from ..pair_vision import native_vision_once
+        from .spec import submodule
+
+        # the module holding the vision tower: its forward calls its own get_image_features
+        return native_vision_once(submodule(model, version.vision_module.rpartition(".")[0]), pairs)
 
     def inference_inputs(self, tokenizer, path):
         from transformers import AutoProcessor

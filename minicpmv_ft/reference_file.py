@@ -1,0 +1,118 @@
+"""The reference pass's file (reference_logps.py): each preference pair's answer log-probs under
+the starting model, computed once before training and written next to the data.
+
+    pairs.json -> pairs.reference_logps.jsonl
+    {"reference_logps": 1, "model": ..., "data": ..., "settings": {...}, "pairs": 6}   the header
+    {"pair": 0, "logps": [chosen, rejected]}                                          a line per pair
+
+The header says what the numbers belong to: the model's files, the data file's content and the
+options that change how a pair is encoded. A training run (--method dpo) uses the file when its
+header matches its own and every pair it trains on has a line; a file made for another model,
+data or encoding is refused, never used. A pass that stopped keeps its lines (written as each
+batch finishes): run again, it computes the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from .run_record import file_fingerprint
+
+FORMAT = 1
+SUFFIX = ".reference_logps.jsonl"
+# the data options that change a pair's ids or pixels (a resume of the pass, and training, must match)
+ENCODING_OPTIONS = ("data_format", "image_folder", "max_slice_nums", "model_max_length", "video_fps",
+                    "video_max_frames", "video_max_group", "video_max_slice_nums", "keep_earlier_reasoning")
+
+
+def reference_path(data_path: str) -> str:
+    """The reference file of a data file: beside it, named after it."""
+    return os.path.splitext(data_path)[0] + SUFFIX
+
+
+def model_fingerprint(folder: str) -> str:
+    """Of a checkpoint folder's files: every file's name, size and modification time (in the hub
+    cache a file is a link to a blob named by its content)."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        path = os.path.realpath(os.path.join(folder, name))
+        if os.path.isfile(path):
+            status = os.stat(path)
+            digest.update(f"{name} {os.path.basename(path)} {status.st_size} {status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def header(model_folder: str, data_path: str, data_args, pairs: int) -> dict:
+    return {"reference_logps": FORMAT, "model": model_fingerprint(model_folder), "data": file_fingerprint(data_path),
+            "settings": {name: getattr(data_args, name) for name in ENCODING_OPTIONS}, "pairs": pairs}
+
+
+def read(path: str, expected: dict) -> dict[int, tuple[float, float]]:
+    """pair index -> (chosen, rejected) of the file at `path` ({} when there is none);
+    ValueError when it was made for another model, data or encoding than `expected`."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        lines = [line for line in handle if line.strip()]
+    try:
+        found = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        found = {}
+    changed = [key for key in ("reference_logps", "model", "data", "settings") if found.get(key) != expected[key]]
+    if changed:
+        what = {"reference_logps": "another file format", "model": "another model (its files differ)",
+                "data": "another version of the data file", "settings": "other encoding options"}
+        raise ValueError(f"{path} holds reference log-probs computed for {what[changed[0]]}"
+                         + (f": {_settings_change(found.get('settings') or {}, expected['settings'])}"
+                            if changed[0] == "settings" else "")
+                         + "; delete it and run reference_logps.py again for this run's model and data")
+    logps = {}
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+            logps[int(entry["pair"])] = (float(entry["logps"][0]), float(entry["logps"][1]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+            break  # a line cut by a stopped pass: it and what follows are computed again
+    return logps
+
+
+def _settings_change(found: dict, expected: dict) -> str:
+    return ", ".join(f"{name} {found.get(name)!r} then, {expected[name]!r} now" for name in expected
+                     if found.get(name) != expected[name])
+
+
+def start(path: str, expected: dict, done: dict):
+    """Opens the file for appending the pairs still to compute: a new one with its header, or
+    the lines `done` so far rewritten (dropping a cut last line)."""
+    handle = open(path + ".partial", "w")
+    handle.write(json.dumps(expected) + "\n")
+    for index, (chosen, rejected) in sorted(done.items()):
+        handle.write(json.dumps({"pair": index, "logps": [chosen, rejected]}) + "\n")
+    handle.flush()
+    os.replace(path + ".partial", path)
+    return handle
+
+
+def append(handle, logps: dict):
+    for index, (chosen, rejected) in logps.items():
+        handle.write(json.dumps({"pair": index, "logps": [chosen, rejected]}) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def attach(dataset, data_path: str, expected: dict) -> int:
+    """Puts the reference file's log-probs of `data_path` into `dataset.references` (a
+    PreferenceDataset); the pairs taken, 0 where there is no file. ValueError for a file made
+    for something else, or one that lacks a pair the dataset trains on."""
+    path = reference_path(data_path)
+    if not os.path.exists(path):
+        return 0
+    found = read(path, expected)
+    missing = [index for index in dataset.kept if index not in found]
+    if missing:
+        raise ValueError(f"{path}: the reference pass stopped after {len(found)} of {len(dataset.kept)} pairs (pair "
+                         f"{missing[0]} has none); run reference_logps.py again to finish it")
+    for index in dataset.kept:
+        dataset.references[index] = found[index]
+    return len(dataset.kept)
