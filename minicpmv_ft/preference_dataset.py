@@ -107,10 +107,9 @@ class PreferenceDataset(Dataset):
                 return
         self.kept.append(index)
 
-    @property
-    def has_references(self) -> bool:
-        """Every kept pair brings its reference log-probs."""
-        return all(self.references[index] is not None for index in self.kept)
+    def pair_id(self, index: int):
+        """The id of the pair at `index` of the data file (its index when it has none)."""
+        return self.sides[2 * index].get("id", index)
 
     def __len__(self):
         return len(self.kept)

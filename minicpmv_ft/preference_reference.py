@@ -33,11 +33,11 @@ def resolve_reference(choice: str, datasets: list, use_lora: bool, zero3: bool) 
     eval PreferenceDataset; None: no eval set); ValueError / DataError for a choice that cannot
     work."""
     check_reference_choice(choice)
-    missing = next(((pairs.source, index) for pairs in datasets if pairs is not None for index in pairs.kept
-                    if pairs.references[index] is None), None)
+    missing = next(((pairs.source, index, pairs.pair_id(index)) for pairs in datasets if pairs is not None
+                    for index in pairs.kept if pairs.references[index] is None), None)
     if choice == "data" or (choice == "auto" and missing is None):
         if missing is not None:
-            raise DataError(*missing, None, "--dpo_reference data: this pair has no reference "
+            raise DataError(*missing, "--dpo_reference data: this pair has no reference "
                             "log-probs (\"logps\"); give every pair its own, or let the run compute them "
                             "(--dpo_reference adapter_off with LoRA, copy for full fine-tuning)")
         return IN_BATCH
@@ -52,7 +52,7 @@ def resolve_reference(choice: str, datasets: list, use_lora: bool, zero3: bool) 
                              "not a model); give the pairs reference log-probs, or train with LoRA and "
                              "--dpo_reference adapter_off")
         return COPY
-    raise ValueError(f"{missing[0]}: pair {missing[1]} (and maybe others) has no reference log-probs and full "
+    raise ValueError(f"{missing[0]}: pair {missing[1]} (id {missing[2]!r}; maybe others too) has no reference log-probs and full "
                      "fine-tuning has no adapters to switch off; give every pair its \"logps\", train with "
                      "--use_lora true, or keep a frozen copy of the model with --dpo_reference copy (twice the "
                      "weights' memory)")

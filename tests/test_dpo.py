@@ -162,3 +162,115 @@ def test_loss_gradients_and_log_probs_equal_a_direct_computation_with_the_images
     # rel: float32 inside the float64 model, rows alone against four padded rows
     assert float(sums[4]) == pytest.approx(-(sft_sums[0] + sft_sums[1]), rel=1e-4)
     assert float(sums[5]) == pytest.approx(-(sft_sums[2] + sft_sums[3]), rel=1e-4)
+
+
+def dpo_run(tiny_model_dir, sample_data, folder, pairs, *flags):
+    """finetune.train on `pairs` (records beside the sample images) with the bundled pairs as eval set."""
+    import finetune
+    from conftest import cpu_flags
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pairs.json").write_text(json.dumps(pairs))
+    return finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(folder / "pairs.json"),
+                           "--eval_data_path", str(sample_data / "pairs.json"), "--image_folder", str(sample_data),
+                           "--method", "dpo"] + cpu_flags(folder / "out", 6, 2e-3) + ["--logging_steps", "1"] + list(flags))
+
+
+def test_a_short_run_raises_the_margin_and_accuracy_and_swapped_pairs_lower_them(tiny_model_dir, sample_data,
+                                                                               tmp_path):
+    pairs = json.loads((sample_data / "pairs.json").read_text())
+    swapped = [{**pair, "chosen": pair["rejected"], "rejected": pair["chosen"]} for pair in pairs]
+    results = {}
+    for name, data in (("pairs", pairs), ("swapped", swapped)):
+        trainer = dpo_run(tiny_model_dir, sample_data, tmp_path / name, data, "--use_lora", "true")
+        history = trainer.state.log_history
+        assert history[0]["loss"] == pytest.approx(LN_2, abs=1e-4)
+        assert history[0]["rewards/margins"] == pytest.approx(0, abs=1e-4)
+        results[name] = next(entry for entry in reversed(history) if "eval_loss" in entry)
+    # the eval set is the bundled pairs, right answers chosen: the margin starts at 0 (reference = start)
+    assert results["pairs"]["eval_rewards/margins"] > 0.2
+    assert results["pairs"]["eval_rewards/accuracies"] > 0.8  # 5 or 6 of 6
+    assert results["swapped"]["eval_rewards/margins"] < -0.2
+    assert results["swapped"]["eval_rewards/accuracies"] < 0.2  # 0 or 1 of 6
+    assert results["pairs"]["eval_logps/chosen"] > results["swapped"]["eval_logps/chosen"]
+
+
+def test_the_reference_pass_resumes_is_used_by_training_and_is_refused_for_other_data(tiny_model_dir, sample_data,
+                                                                                       tmp_path, capsys):
+    import shutil
+
+    import finetune
+    import reference_logps
+    from conftest import cpu_flags
+
+    data = tmp_path / "pairs.json"
+    shutil.copy(sample_data / "pairs.json", data)
+    options = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(data), "--image_folder",
+               str(sample_data), "--max_slice_nums", "1"]
+    reference_logps.main(options + ["--batch_size", "4"])
+    written = (tmp_path / "pairs.reference_logps.jsonl").read_text().splitlines()
+    assert len(written) == 7 and [json.loads(line)["pair"] for line in written[1:]] == list(range(6))
+    # a pass stopped inside its third line: run again, it computes the four pairs left
+    (tmp_path / "pairs.reference_logps.jsonl").write_text("\n".join(written[:3]) + "\n" + written[3][:12])
+    reference_logps.main(options + ["--batch_size", "3"])
+    assert capsys.readouterr().out.splitlines()[-1].endswith("pairs.reference_logps.jsonl: 4 pairs computed")
+    resumed = (tmp_path / "pairs.reference_logps.jsonl").read_text().splitlines()
+    assert resumed[:3] == written[:3] and len(resumed) == 7
+    for before, after in zip(written[3:], resumed[3:]):
+        assert json.loads(after)["logps"] == pytest.approx(json.loads(before)["logps"], rel=1e-6)
+    reference_logps.main(options)
+    assert capsys.readouterr().out.splitlines()[-1].endswith("0 pairs computed (it was complete)")
+
+    # full fine-tuning takes the file: the first loss is ln 2
+    train = options + ["--method", "dpo"] + cpu_flags(tmp_path / "out", 1, 1e-3) + ["--logging_steps", "1",
+                                                                                    "--max_steps", "1"]
+    trainer = finetune.train(train)
+    assert trainer.preference.reference == IN_BATCH
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(LN_2, abs=1e-4)
+    # other encoding options, or changed data: refused, never used
+    with pytest.raises(ValueError, match="computed for other encoding options: max_slice_nums 1 then, 2 now"):
+        finetune.train([arg if arg != "1" or train[i - 1] != "--max_slice_nums" else "2" for i, arg in enumerate(train)]
+                       + ["--output_dir", str(tmp_path / "out2")])
+    data.write_text(json.dumps(json.loads(data.read_text())[:5]))
+    with pytest.raises(ValueError, match="computed for another version of the data file; delete it and run "
+                                         "reference_logps.py again"):
+        finetune.train(train + ["--output_dir", str(tmp_path / "out3")])
+    (tmp_path / "pairs.reference_logps.jsonl").unlink()
+    with pytest.raises(ValueError, match="pair 0 \\(id 'pair-0'; maybe others too\\) has no reference log-probs and full "
+                                         "fine-tuning has no adapters to switch off"):
+        finetune.train(train + ["--output_dir", str(tmp_path / "out4")])
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"dpo_beta": 0.2}, "--dpo_beta is an option of --method dpo; this run is --method sft"),
+    ({"method": "ppo"}, "--method 'ppo': choose sft or dpo"),
+    ({"method": "dpo", "dpo_reference": "model"}, "--dpo_reference 'model': choose one of auto, data, adapter_off, copy"),
+    ({"method": "dpo", "packing": True}, "--packing with --method dpo"),
+    ({"method": "dpo", "dpo_beta": 0.0}, "--dpo_beta must be positive"),
+    ({"method": "dpo", "dpo_sft_weight": -1.0}, "--dpo_sft_weight must be >= 0"),
+])
+def test_dpo_options_are_checked(tmp_path, flags, message):
+    from minicpmv_ft.arguments import TrainingArguments
+
+    with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **flags)
+
+
+def test_the_reference_source_is_decided_before_weights_load_and_impossible_ones_are_refused():
+    from types import SimpleNamespace
+
+    from minicpmv_ft.preference_reference import resolve_reference
+    from minicpmv_ft.samples import DataError
+
+    complete = SimpleNamespace(source="t.json", kept=[0, 2], references=[(-1.0, -2.0), None, (-3.0, -4.0)],
+                               pair_id=str)
+    partial = SimpleNamespace(source="e.json", kept=[0, 1], references=[(-1.0, -2.0), None], pair_id=str)
+    assert resolve_reference("auto", [complete, None], use_lora=False, zero3=True) == IN_BATCH
+    assert resolve_reference("auto", [complete, partial], use_lora=True, zero3=False) == ADAPTER_OFF
+    assert resolve_reference("copy", [complete, None], use_lora=False, zero3=False) == COPY
+    with pytest.raises(DataError, match=r"e.json, sample 1 \(id '1'\): --dpo_reference data: this pair has no reference"):
+        resolve_reference("data", [complete, partial], use_lora=True, zero3=False)
+    with pytest.raises(ValueError, match="--dpo_reference copy does not work under ZeRO-3"):
+        resolve_reference("copy", [complete, None], use_lora=False, zero3=True)
+    with pytest.raises(ValueError, match="--dpo_reference adapter_off needs --use_lora true"):
+        resolve_reference("adapter_off", [complete, None], use_lora=False, zero3=False)
