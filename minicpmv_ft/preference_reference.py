@@ -52,7 +52,8 @@ def resolve_reference(choice: str, datasets: list, use_lora: bool, zero3: bool) 
                              "not a model); give the pairs reference log-probs, or train with LoRA and "
                              "--dpo_reference adapter_off")
         return COPY
-    raise ValueError(f"{missing[0]}: pair {missing[1]} (id {missing[2]!r}; maybe others too) has no reference log-probs and full "
-                     "fine-tuning has no adapters to switch off; give every pair its \"logps\", train with "
-                     "--use_lora true, or keep a frozen copy of the model with --dpo_reference copy (twice the "
+    raise ValueError(f"{missing[0]}: pair {missing[1]} (id {missing[2]!r}; maybe others too) has no reference "
+                     "log-probs and full fine-tuning has no adapters to switch off; compute them once with `python "
+                     "reference_logps.py` and this run's --model_name_or_path, --data_path and data options, train "
+                     "with --use_lora true, or keep a frozen copy of the model with --dpo_reference copy (twice the "
                      "weights' memory)")

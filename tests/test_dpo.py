@@ -236,8 +236,8 @@ def test_the_reference_pass_resumes_is_used_by_training_and_is_refused_for_other
                                          "reference_logps.py again"):
         finetune.train(train + ["--output_dir", str(tmp_path / "out3")])
     (tmp_path / "pairs.reference_logps.jsonl").unlink()
-    with pytest.raises(ValueError, match="pair 0 \\(id 'pair-0'; maybe others too\\) has no reference log-probs and full "
-                                         "fine-tuning has no adapters to switch off"):
+    with pytest.raises(ValueError, match="pair 0 \\(id 'pair-0'; maybe others too\\) has no reference log-probs "
+                                         "and full fine-tuning has no adapters to switch off; compute them once"):
         finetune.train(train + ["--output_dir", str(tmp_path / "out4")])
 
 

@@ -244,3 +244,25 @@ def test_two_nodes_on_one_machine_train_save_one_checkpoint_and_resume(tiny_mode
     both_nodes("--max_steps", "3", "--resume_from_checkpoint", "last")
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3]
+
+
+def test_dpo_launcher_trains_lora_on_pairs_and_logs_the_preference_metrics_to_tensorboard(tiny_model_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")],
+                   check=True)
+    env = {"MODEL": str(tiny_model_dir("2.6")), "DATA": str(tmp_path / "data" / "pairs.json"),
+           "EVAL_DATA": str(tmp_path / "data" / "pairs.json"), "OUTPUT_DIR": str(tmp_path / "out")}
+    result = launch("finetune_dpo.sh", env, "--use_cpu", "true", "--bf16", "false", "--max_steps", "2",
+                    "--eval_steps", "2", "--per_device_train_batch_size", "2", "--disable_tqdm", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reference log-probs: computed each step by the model with its adapters switched off" in result.stderr
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"][0]["loss"] == pytest.approx(0.6931, abs=1e-4)
+    events = EventAccumulator(str(next((tmp_path / "out" / "runs").iterdir()))).Reload()
+    for tag in ("train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen", "eval/rewards/margins"):
+        assert tag in events.Tags()["scalars"], events.Tags()["scalars"]
+    full = launch("finetune_dpo.sh", {**env, "LORA": "false", "OUTPUT_DIR": str(tmp_path / "full")}, "--use_cpu",
+                  "true", "--bf16", "false", "--max_steps", "1")
+    assert full.returncode == 2 and "python reference_logps.py" in full.stderr
