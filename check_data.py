@@ -34,7 +34,9 @@ from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records
 from minicpmv_ft.loading import load_tokenizer_and_version
 from minicpmv_ft.quiet import quiet_third_party
-from minicpmv_ft.samples import DataError, load_records
+from minicpmv_ft.preference_data import pair_format
+from minicpmv_ft.preference_dataset import pair_reports, side_records
+from minicpmv_ft.samples import DataError, load_records, read_records
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 
@@ -70,6 +72,7 @@ def summarise(source: str, encoder: SampleEncoder, reports) -> dict:
     return {
         "file": source, "version": encoder.version.name, "max_slice_nums": encoder.settings.max_slice_nums,
         "model_max_length": encoder.model_max_length,
+        "unit": "samples",  # or pairs (check_file)
         "counts": {"samples": len(reports), "ok": status["ok"] + status["truncated"],
                    "truncated": status["truncated"], "dropped": status["dropped"], "failed": status["failed"]},
         "problems": [{"index": r.index, "id": r.sample_id, "status": r.status, "reason": r.reason}
@@ -107,20 +110,21 @@ def histogram(values, bins=10):
 
 
 def format_report(report: dict) -> str:
-    c = report["counts"]
+    c, unit = report["counts"], report["unit"]
+    each = unit[:-1]  # "sample", "pair" (its longer side)
     lines = [f"{report['file']} (MiniCPM-V {report['version']}, max_slice_nums {report['max_slice_nums']}, "
              f"model_max_length {report['model_max_length']})",
-             f"  samples {c['samples']}: ok {c['ok']} (of which truncated {c['truncated']}), "
+             f"  {unit} {c['samples']}: ok {c['ok']} (of which truncated {c['truncated']}), "
              f"dropped {c['dropped']}, failed {c['failed']}",
-             "  tokens per sample    p50     p90     p99     max"]
+             f"  tokens per {each:<6}    p50     p90     p99     max"]
     for name, row in report["tokens"].items():
         lines.append(f"    {name:<16}{row['p50']:>7} {row['p90']:>7} {row['p99']:>7} {row['max']:>7}")
-    lines.append("  total tokens per sample:")
+    lines.append(f"  total tokens per {each}" + (" (prompt + its longer answer):" if unit == "pairs" else ":"))
     peak = max((count for _, _, count in report["histogram"]), default=1)
     for low, high, count in report["histogram"]:
         lines.append(f"    {low:>6}-{high:<6} {'#' * math.ceil(40 * count / peak):<40} {count}")
     keep = report["model_max_length_to_keep"]
-    lines.append(f"  model_max_length that keeps every sample intact: {keep['all']}; 99% of samples: {keep['99%']}")
+    lines.append(f"  model_max_length that keeps every {each} intact: {keep['all']}; 99% of {unit}: {keep['99%']}")
     views = ", ".join(f"{n}: {count}" for n, count in report["views_per_image"].items())
     video = report["videos"]
     if views:
@@ -133,7 +137,7 @@ def format_report(report: dict) -> str:
                      f"{video['groups']['p50']} max {video['groups']['max']}; tokens p50 {video['tokens']['p50']} max "
                      f"{video['tokens']['max']} ({video['tokens_per_second']} per second of video)")
     for p in report["problems"]:
-        lines.append(f"  {p['status'].upper()} {report['file']}, sample {p['index']} (id {p['id']!r}): {p['reason']}")
+        lines.append(f"  {p['status'].upper()} {report['file']}, {each} {p['index']} (id {p['id']!r}): {p['reason']}")
     for a in report["animated_images"]:
         lines.append(f"  ANIMATED {report['file']}, sample {a['index']} (id {a['id']!r}): {a['image']}; "
                      f"only the first frame is trained on")
@@ -175,7 +179,18 @@ def _shorten_unks(text: str, unk: str) -> str:
 
 def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None, data_format="auto",
                verify_images=False, show=0):
-    """(the first `show` usable samples, the summary of every record of the file)."""
+    """(the first `show` usable samples, the summary of every record of the file). A file of
+    preference pairs is checked pair by pair: both sides as training encodes them, a pair's
+    tokens its longer side's; `show` shows both sides of the first pairs."""
+    raw, source, folder = read_records(path, image_folder)
+    if raw and pair_format(raw[0]) is not None:
+        sides, _ = side_records(raw, data_format)
+        side_reports = check_records(encoder, sides, source, folder, verify_images=verify_images,
+                                     num_workers=num_workers, progress=True)
+        reports = pair_reports(sides, side_reports, encoder.model_max_length)
+        usable = [report.index for report in reports if report.usable][:show]
+        shown = [encoder.parse(sides[2 * i + k], i, source, folder) for i in usable for k in (0, 1)]
+        return shown, {**summarise(source, encoder, reports), "unit": "pairs"}
     records, source, folder = load_records(path, image_folder, data_format)
     reports = check_records(encoder, records, source, folder, verify_images=verify_images, num_workers=num_workers,
                             progress=True)

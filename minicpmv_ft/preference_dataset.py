@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from .batching import collate
 from .data_formats import Unconvertible, to_native
-from .encoding import DEFAULT_MODEL_MAX_LENGTH, check_records
+from .encoding import DEFAULT_MODEL_MAX_LENGTH, SampleReport, check_records
 from .node_check import checked_once_per_node, shared_on_node
 from .preference_data import to_pair
 from .samples import DataError, read_records
@@ -48,6 +48,30 @@ def side_records(records: list, data_format: str = "auto") -> tuple[list, list]:
     return sides, references
 
 
+def pair_reports(sides: list, reports: list, model_max_length: int) -> list[SampleReport]:
+    """One report per pair from its sides' (`sides` and `reports` as side_records and
+    check_records give them): failed when it cannot be converted or a side fails, dropped when
+    `model_max_length` would cut a side (a cut answer is not the answer), else ok; its tokens
+    the longer side's, its images and videos the chosen side's (both sides share them)."""
+    combined = []
+    for index in range(len(sides) // 2):
+        chosen, rejected = reports[2 * index:2 * index + 2]
+        pair = replace(chosen, index=index, tokens=max(chosen.tokens, rejected.tokens), status="ok", reason=None)
+        unconvertible = sides[2 * index]
+        if isinstance(unconvertible, Unconvertible):
+            pair = replace(pair, sample_id=index if unconvertible.id is None else unconvertible.id, status="failed",
+                           reason=unconvertible.reason)
+        elif any(report.status == "failed" for report in (chosen, rejected)):
+            side, report = next((s, r) for s, r in zip(SIDES, (chosen, rejected)) if r.status == "failed")
+            pair = replace(pair, status="failed", reason=f"its {side} side: {report.reason}")
+        elif any(report.status != "ok" for report in (chosen, rejected)):
+            side, report = next((s, r) for s, r in zip(SIDES, (chosen, rejected)) if r.status != "ok")
+            reason = report.reason if report.status == "dropped" else f"model_max_length {model_max_length} cuts it"
+            pair = replace(pair, status="dropped", reason=f"its {side} side: {reason}")
+        combined.append(pair)
+    return combined
+
+
 class PreferenceDataset(Dataset):
     """Takes SupervisedDataset's options; `reports` are the sides' (chosen, rejected, pair by
     pair), `dropped` and `failed` name pairs."""
@@ -71,41 +95,22 @@ class PreferenceDataset(Dataset):
             return check_records(self.encoder, self.sides, self.source, self.folder, verify_images, workers)
 
         self.reports = checked_once_per_node(check, self.source) if shared_on_node() else check(num_workers)
-        self.kept, self.dropped, self.failed = [], [], []  # pair indices; (index, id, reason) of a pair
-        for index in range(len(records)):
-            self._sort(index, self.reports[2 * index:2 * index + 2], model_max_length, skip_bad_samples)
-        self.lengths = [max(self.reports[2 * i].tokens, self.reports[2 * i + 1].tokens) for i in self.kept]
+        self.pair_reports = pair_reports(self.sides, self.reports, model_max_length)
+        self.kept = [report.index for report in self.pair_reports if report.usable]  # pair indices, in order
+        self.dropped = [(r.index, r.sample_id, r.reason) for r in self.pair_reports if r.status == "dropped"]
+        self.failed = [(r.index, r.sample_id, r.reason) for r in self.pair_reports if r.status == "failed"]
+        if self.failed and not skip_bad_samples:
+            raise DataError(self.source, *self.failed[0])
+        self.lengths = [report.tokens for report in self.pair_reports if report.usable]
         reasons = Counter(reason for _, _, reason in self.dropped)
         logger.info("%s: %d pairs, %d kept, %d dropped%s, %d failed and skipped (MiniCPM-V %s)", self.source,
-                    len(records), len(self.kept), len(self.dropped),
+                    len(self.pair_reports), len(self.kept), len(self.dropped),
                     "".join(f"; {n} {reason}" for reason, n in reasons.items()), len(self.failed), self.version.name)
         for kind, entries in (("dropped", self.dropped), ("skipped failing", self.failed)):
             for index, sample_id, reason in entries[:20]:
                 logger.warning("%s: %s pair %d (id %r): %s", self.source, kind, index, sample_id, reason)
         if not self.kept:
             raise DataError(self.source, None, None, "no pair left to train on")
-
-    def _sort(self, index: int, reports: list, model_max_length: int, skip_bad_samples: bool):
-        """Keeps the pair, drops it (a side cut by model_max_length), skips it (failing, with
-        skip_bad_samples) or raises its DataError."""
-        unconvertible = self.sides[2 * index]
-        failure = None
-        if isinstance(unconvertible, Unconvertible):
-            failure = (index, index if unconvertible.id is None else unconvertible.id, unconvertible.reason)
-        else:
-            failure = next(((index, report.sample_id, f"its {side} side: {report.reason}")
-                            for side, report in zip(SIDES, reports) if report.status == "failed"), None)
-        if failure and not skip_bad_samples:
-            raise DataError(self.source, *failure)
-        if failure:
-            self.failed.append(failure)
-            return
-        for side, report in zip(SIDES, reports):
-            if report.status != "ok":  # dropped, or truncated: a cut answer is not the answer
-                reason = report.reason if report.status == "dropped" else f"model_max_length {model_max_length} cuts it"
-                self.dropped.append((index, report.sample_id, f"its {side} side: {reason}"))
-                return
-        self.kept.append(index)
 
     def pair_id(self, index: int):
         """The id of the pair at `index` of the data file (its index when it has none)."""

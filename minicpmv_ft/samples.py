@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .chat_formats import Turn
 from .data_formats import FORMATS, NATIVE_SAMPLE_KEYS, Unconvertible, ignored_keys, to_native, unknown_turn_key
+from .preference_data import pair_format
 
 SINGLE_IMAGE_MARKER = "<image>"
 MULTI_IMAGE_MARKER = re.compile(r"<image_\d+>")
@@ -100,7 +101,15 @@ def load_records(data, base_dir: str | None = None, data_format: str = "auto") -
     if ignored:
         counts = ", ".join(f"{key!r} in {count} sample{'s' * (count > 1)}" for key, count in ignored.most_common())
         logger.warning("%s: keys no step reads were ignored: %s", source, counts)
-    return [to_native(record, data_format) for record in records], source, folder
+    return [sft_record(record, data_format) for record in records], source, folder
+
+
+def sft_record(record, data_format: str):
+    """A record in our format, or Unconvertible; a preference pair says what trains on it."""
+    if pair_format(record) is not None:
+        return Unconvertible("a preference pair (a chosen and a rejected answer): train pairs with --method dpo "
+                             "(finetune_dpo.sh)", record.get("id"))
+    return to_native(record, data_format)
 
 
 def read_records(data, base_dir):

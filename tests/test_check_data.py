@@ -167,3 +167,43 @@ def test_nothing_to_train_on_is_not_ok(tiny_model_dir, tmp_path, capsys, content
     out = capsys.readouterr().out
     assert code == 1 and message in out and f"FAILED: nothing to train on in {tmp_path / 'd.json'}" in out
     assert "OK" not in out.splitlines()[-1]
+
+
+def test_preference_pairs_are_checked_pair_by_pair(tiny_model_dir, tmp_path, capsys):
+    """Both sides as training encodes them; a bad pair named with its reason; a pair's length its
+    prompt with the longer answer; SFT training names pair data for what it is."""
+    import finetune
+
+    make_image(tmp_path / "ok.png", (300, 300))
+    pair = {"image": "ok.png", "question": "What is it?", "chosen": "Noise.", "rejected": "A cat."}
+    pairs = [{"id": "good", **pair}, {"id": "same", **pair, "rejected": "Noise."},
+             {"id": "long", **pair, "rejected": "no " * 300}, {"id": "prompt", "chosen": "a", "rejected": "b",
+                                                                "conversations": conv(("user", "Hi"), ("assistant", "x"))}]
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    argv = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "pairs.json"),
+            "--model_max_length", "200", "--num_workers", "1", "--json", str(tmp_path / "report.json")]
+    assert check_data.main(argv) == 1
+    out = capsys.readouterr().out
+    source = tmp_path / "pairs.json"
+    assert "pairs 4: ok 1 (of which truncated 0), dropped 1, failed 2" in out
+    assert f"FAILED {source}, pair 1 (id 'same'): the chosen and the rejected answer are the same" in out
+    assert f"DROPPED {source}, pair 2 (id 'long'): its rejected side: model_max_length 200 cuts it" in out
+    assert f"FAILED {source}, pair 3 (id 'prompt'): native pair: the prompt must end with a user turn" in out
+    report = json.loads((tmp_path / "report.json").read_text())["files"][0]
+    sides = SupervisedDataset([{"image": str(tmp_path / "ok.png"), "conversations": conv(
+        ("user", "<image>\nWhat is it?"), ("assistant", answer))} for answer in ("Noise.", "A cat.")],
+        *load(tiny_model_dir("2.6")))
+    assert report["unit"] == "pairs" and report["tokens"]["total"]["max"] > 200
+    assert sides.lengths[0] != sides.lengths[1]
+    assert report["tokens"]["total"]["p50"] == max(sides.lengths)  # the good pair: its longer side
+    with pytest.raises(Exception, match=r"sample 0 \(id 'good'\): a preference pair \(a chosen and a rejected answer\): "
+                                        "train pairs with --method dpo"):
+        finetune.train(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "pairs.json"),
+                        "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--report_to", "none"])
+
+
+def load(path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=True), AutoConfig.from_pretrained(path,
+                                                                                                  trust_remote_code=True)
