@@ -30,6 +30,19 @@ def four_samples(tmp_path_factory):
     return out / "four.json"
 
 
+@pytest.fixture(scope="module")
+def four_pairs(four_samples):
+    """Four preference pairs beside the sample images, with reference log-probs: three about an
+    image, one text-only (the third, so that in its step the two processes hold different views)."""
+    pairs = json.loads((four_samples.parent / "pairs.json").read_text())
+    text = {"id": "text", "question": "How many sides does a square have?", "chosen": "Four.", "rejected": "Five."}
+    chosen = [pairs[0], pairs[1], text, pairs[2]]
+    for k, pair in enumerate(chosen):
+        pair["logps"] = [-60.0 + 3 * k, -55.0 - 2 * k, 0.0, 0.0]  # a margin away from the policy's
+    (four_samples.parent / "four_pairs.json").write_text(json.dumps(chosen))
+    return four_samples.parent / "four_pairs.json"
+
+
 def run(args, nproc=1, check=True, forked=None):
     """finetune_probe.py on `nproc` processes: under torchrun, or forked by `forked` (a ForkedRanks)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -88,6 +101,59 @@ def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samp
                                        msg=f"{name}: {key}")
 
 
+def test_dpo_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_pairs, tmp_path, forked):
+    """One DPO step over the same 4 pairs: 4 x 1, 1 x 4 accumulation, 2 processes x 2 (the loss is
+    the mean over the step's pairs on all processes)."""
+    model = tiny_model_dir("2.6")
+    step = ["--method", "dpo", "--max_steps", "1", "--learning_rate", "1e-3", "--max_grad_norm", "0",
+            "--save_strategy", "no"]
+    layouts = {"4x1": (1, ["--per_device_train_batch_size", "4"]),
+               "1x4": (1, ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "4"]),
+               "2proc x2": (2, ["--per_device_train_batch_size", "2"])}
+    results = {}
+    for name, (nproc, flags) in layouts.items():
+        out = tmp_path / name.replace(" ", "_")
+        run(common(model, four_pairs, out) + step + flags, nproc=nproc, forked=forked)
+        results[name] = (json.loads((out / "probe.json").read_text()), torch.load(str(out / "probe.json") + ".grads.pt"))
+    reference_probe, reference_grads = results["4x1"]
+    assert abs(reference_probe["losses"][0] - 0.6931) > 0.05  # the data's reference is not the policy
+    for name, (probe, grads) in results.items():
+        assert probe["losses"][0] == pytest.approx(reference_probe["losses"][0], rel=1e-4), name
+        assert grads.keys() == reference_grads.keys() and len(grads) >= 4, name
+        for key, grad in grads.items():
+            scale = float(reference_grads[key].abs().max())  # as test_loss_and_gradients_independent_of_batch_split
+            torch.testing.assert_close(grad, reference_grads[key], rtol=1e-4, atol=1e-5 * scale + 1e-8,
+                                       msg=f"{name}: {key}")
+
+
+LORA = ["--use_lora", "true", "--lora_r", "4"]
+# DPO under ZeRO-2 and ZeRO-3 for every version (2.0: ZeRO-2; ZeRO-3 on several processes is
+# refused for it): each step's loss equal between them, the reference from the data, and with
+# LoRA computed with the adapters switched off (an extra forward, gathered under ZeRO-3 too).
+DPO_ZERO_CASES = [(v, []) for v in VERSIONS] + [(VERSIONS[-1], LORA + ["--tune_vision", "false",
+                                                                       "--dpo_reference", "adapter_off"])]
+
+
+@pytest.mark.parametrize("version,extra", DPO_ZERO_CASES,
+                         ids=[v + ("-lora" if extra else "") for v, extra in DPO_ZERO_CASES])
+def test_dpo_under_zero2_and_zero3_on_two_processes_trains_alike(tiny_model_dir, four_pairs, tmp_path, forked,
+                                                                 version, extra):
+    stages = {"ds_config_zero2.json": 2} if REGISTRY[version].vision_call_per_image else {
+        "ds_config_zero2.json": 2, "ds_config_zero3.json": 3}
+    losses = {}
+    for config, stage in stages.items():
+        out = tmp_path / config
+        run(common(tiny_model_dir(version), four_pairs, out) + [
+            "--method", "dpo", "--deepspeed", ROOT / config, "--max_steps", "2", "--per_device_train_batch_size",
+            "1", "--learning_rate", "1e-3", "--save_strategy", "no"] + extra, nproc=2, forked=forked)
+        probe = json.loads((out / "probe.json").read_text())
+        assert (probe["zero_stage"], probe["world_size"]) == (stage, 2)
+        assert len(probe["losses"]) == 2 and all(torch.isfinite(torch.tensor(probe["losses"])))
+        losses[config] = probe["losses"]
+    if len(losses) == 2:
+        assert losses["ds_config_zero3.json"] == pytest.approx(losses["ds_config_zero2.json"], rel=1e-5)
+
+
 # ZeRO-2 and ZeRO-3 for every version, each step's loss equal between them; 2.0 under ZeRO-3 on
 # several processes is refused (finetune.check_version_supported, tested in test_finetune.py):
 # it would deadlock. With one sample per process, the four samples (one image, a text-only one,
@@ -97,7 +163,6 @@ def test_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_samp
 # minicpmv_ft/zero3_leaves.py; blank view: MiniCPMVTrainer._blank_view_in_forward); it must
 # neither hang nor lose gradients: each step's loss equals ZeRO-2's, which gathers none. LoRA too
 # (also PEFT-wrapped, with a frozen vision tower: no input of the merger requires grad).
-LORA = ["--use_lora", "true", "--lora_r", "4"]
 ZERO_CASES = [(v, []) for v in VERSIONS] + [
     (v, LORA + (["--tune_vision", "false"] if REGISTRY[v].zero3_leaf_modules else []))
     for v in VERSIONS if v == "2.5" or REGISTRY[v].zero3_leaf_modules]

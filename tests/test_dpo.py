@@ -176,6 +176,7 @@ def dpo_run(tiny_model_dir, sample_data, folder, pairs, *flags):
                            "--method", "dpo"] + cpu_flags(folder / "out", 6, 2e-3) + ["--logging_steps", "1"] + list(flags))
 
 
+@pytest.mark.long
 def test_a_short_run_raises_the_margin_and_accuracy_and_swapped_pairs_lower_them(tiny_model_dir, sample_data,
                                                                                tmp_path):
     pairs = json.loads((sample_data / "pairs.json").read_text())
