@@ -1,11 +1,12 @@
-"""Preference pairs (issue 21, `--method dpo` to come): a prompt conversation and two answers, in
+"""Preference pairs (`--method dpo`): a prompt conversation and two answers, in
 the formats people have, each pair turned into two training samples of ours that differ only in
 their last assistant turn, so the chosen and the rejected answer are encoded exactly as SFT
 encodes an answer (same template, same trained tokens).
 
     native    {"id", "image" / "video", "conversations": [..., a user turn],
-               "chosen": answer, "rejected": answer}; an answer is a string or
-               {"content", "reasoning_content"} (thinking versions)
+               "chosen": answer, "rejected": answer, "reference_logps": [chosen, rejected]
+               (optional)}; an answer is a string or {"content", "reasoning_content"}
+               (thinking versions)
     rlaif-v   RLAIF-V's columns: {"question", "chosen", "rejected", "image": path | {"path", "bytes"},
                "logps": [4 numbers] (optional reference log-probs)}; its other columns
                (ds_name, origin_dataset, origin_split, idx, image_path) are not read
@@ -118,8 +119,16 @@ def _sides(record: dict, prompt: list, key: str, chosen: dict, rejected: dict, d
 def _native(record):
     prompt = _prompt(record.get("conversations"), "role", ("user",))
     role, allowed = {"role": "assistant"}, ("role", "content", "reasoning_content")
-    return _sides(record, prompt, "conversations", _answer(record["chosen"], "chosen", role, "content", allowed),
-                  _answer(record["rejected"], "rejected", role, "content", allowed))
+    pair = _sides(record, prompt, "conversations", _answer(record["chosen"], "chosen", role, "content", allowed),
+                  _answer(record["rejected"], "rejected", role, "content", allowed), drop=("reference_logps",))
+    reference = record.get("reference_logps")
+    if reference is not None:
+        if not isinstance(reference, (list, tuple)) or len(reference) != 2 \
+                or not all(isinstance(value, (int, float)) for value in reference):
+            raise ValueError('"reference_logps" must be 2 numbers (the chosen and the rejected answer\'s summed '
+                             'log-probs under the reference model)')
+        pair.reference = (float(reference[0]), float(reference[1]))
+    return pair
 
 
 def _sharegpt(record):
@@ -152,7 +161,8 @@ def _rlaif_v(record):
     image = record.get("image")
     if isinstance(image, dict):
         if image.get("bytes") is not None:
-            raise ValueError("image bytes inside the data are not read yet; give the image as a path")
+            raise ValueError("image bytes are read from Parquet files (and written out beside them); give this "
+                             "image as a path")
         image = image.get("path")
     role, allowed = {"role": "assistant"}, ("content",)
     sides = {name: {"role": "assistant", "content": _answer(record[name], name, role, "content", allowed)["content"]}

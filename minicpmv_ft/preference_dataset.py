@@ -1,4 +1,4 @@
-"""Preference pairs -> items (issue 21, the data side of `--method dpo` to come).
+"""Preference pairs -> items (the data side of `--method dpo`).
 
     pairs = PreferenceDataset("pairs.json", tokenizer, config)
     pairs[i]    # {"chosen": item, "rejected": item, "reference": tensor [2] or None}

@@ -1,4 +1,4 @@
-"""Direct preference optimisation's loss (issue 21, `--method dpo` to come), from each answer's
+"""Direct preference optimisation's loss (`--method dpo`), from each answer's
 log-probability under the model being trained (policy) and under the reference (the starting
 model): per pair, with margin m = (policy_chosen - policy_rejected) - (reference_chosen -
 reference_rejected), the sigmoid loss -log sigmoid(beta m) (Rafailov et al.), or with label

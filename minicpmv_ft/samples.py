@@ -112,14 +112,30 @@ def sft_record(record, data_format: str):
     return to_native(record, data_format)
 
 
+PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
+
+
+def _parquet_records(path: str) -> list:
+    from .parquet_data import read_parquet
+
+    records = read_parquet(path)
+    if not records:
+        raise DataError(path, None, None, "no samples: the Parquet file has no rows")
+    return records
+
+
 def read_records(data, base_dir):
-    """(records as the file holds them, source name, folder relative paths start from)."""
+    """(records as the file holds them, source name, folder relative paths start from): JSON,
+    JSON Lines or Parquet (parquet_data.py)."""
     if isinstance(data, (list, tuple)):
         return list(data), "<in-memory data>", base_dir or os.getcwd()
     path = os.fspath(data)
     if not os.path.isfile(path):
         raise DataError(path, None, None, "data file does not exist")
     with open(path, "rb") as handle:
+        if handle.read(4) == PARQUET_MAGIC:
+            return _parquet_records(path), path, base_dir or os.path.dirname(os.path.abspath(path))
+        handle.seek(0)
         raw = handle.read()
     try:
         text = raw.decode("utf-8-sig")

@@ -1,5 +1,6 @@
 """ShareGPT/LLaVA and "messages" samples train exactly as the same sample written in ours."""
 import json
+import os
 
 import pytest
 import torch
@@ -258,3 +259,20 @@ def test_a_sample_system_column_becomes_the_system_turn(tiny, tmp_path):
     with pytest.raises(DataError, match="a \"system\" prompt and a system turn"):
         SupervisedDataset([{**sharegpt(("system", "S"), ("user", "Q"), ("assistant", "A")), "system": "S"}], tok,
                           model.config)
+
+
+def test_parquet_with_images_inside_trains_as_its_json_with_paths(tiny, tmp_path):
+    """A Hugging Face LLaVA-style Parquet file: ShareGPT rows whose images are bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    make_image(tmp_path / "a.png", (300, 200), seed=1)
+    make_image(tmp_path / "b.png", (200, 300), seed=2)
+    turns = (("user", "<image>\n<image>\nWhich?"), ("assistant", "The first."))
+    with_paths = sharegpt(*turns, images=[str(tmp_path / "a.png"), str(tmp_path / "b.png")])
+    inside = sharegpt(*turns, images=[{"bytes": (tmp_path / name).read_bytes(), "path": None} for name in ("a.png", "b.png")])
+    pq.write_table(pa.Table.from_pylist([inside]), tmp_path / "data.parquet")
+    tok, model = tiny("2.6")
+    from_parquet = SupervisedDataset(str(tmp_path / "data.parquet"), tok, model.config)
+    assert len(os.listdir(tmp_path / "data.images")) == 2
+    assert_same_items([from_parquet[0]], items(tiny, tmp_path, [with_paths]))

@@ -1,7 +1,9 @@
-"""Preference pairs (issue 21, the groundwork of --method dpo): one pair in every format becomes
+"""Preference pairs (--method dpo): one pair in every format becomes
 the same two training samples; bad pairs are errors naming the reason; the DPO loss is ln 2
 with the reference equal to the policy and has the closed-form gradient."""
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -50,7 +52,7 @@ def test_a_thinking_answer_keeps_its_reasoning_and_rlaif_v_its_reference_log_pro
     ({**SAME_PAIR["native"], "chosen": "  "}, 'native pair: "chosen" is empty'),
     ({**SAME_PAIR["native"], "chosen": {"role": "user", "content": "x"}}, '"chosen" is from \'user\''),
     ({k: v for k, v in SAME_PAIR["native"].items() if k != "rejected"}, "not a preference pair"),
-    ({**SAME_PAIR["rlaif-v"], "image": {"path": None, "bytes": b"\x89PNG"}}, "image bytes inside the data are not read"),
+    ({**SAME_PAIR["rlaif-v"], "image": {"path": None, "bytes": b"\x89PNG"}}, "image bytes are read from Parquet files"),
     ({**SAME_PAIR["rlaif-v"], "score": 3}, "rlaif-v pair: unknown key 'score'"),
     ({**SAME_PAIR["rlaif-v"], "logps": [1.0, 2.0]}, '"logps" must be 4 numbers'),
     ({**SAME_PAIR["messages"], "messages": SAME_PAIR["messages"]["messages"][:1]},
@@ -151,3 +153,92 @@ def test_a_bad_pair_stops_the_build_naming_it_and_a_cut_answer_drops_its_pair(ti
     dataset = PreferenceDataset([good, long], tok, model.config, model_max_length=60)
     assert dataset.kept == [0] and dataset.dropped == [(1, "long", "its rejected side: model_max_length 60 cuts it")]
     assert "2 pairs, 1 kept, 1 dropped; 1 its rejected side: model_max_length 60 cuts it" in caplog.text
+
+
+def write_parquet(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_the_same_pair_in_every_format_and_file_kind_makes_the_same_batch(tiny, image_file, tmp_path, caplog):
+    """JSON (ours, LLaMA-Factory's, ms-swift's), JSON Lines, and Parquet as Hugging Face ships
+    RLAIF-V: the image's bytes inside the row, written out once beside the file."""
+    from minicpmv_ft.parquet_data import images_folder
+    from minicpmv_ft.preference_dataset import PreferenceDataset
+
+    tok, model = tiny("2.6")
+    image = image_file("cat.png", (500, 400))
+    formats = {name: {**record, "id": 7} for name, record in SAME_PAIR.items() if name != "rlaif-v"}
+    for record in formats.values():
+        record["image" if "image" in record else "images"] = image if "image" in record else [image]
+    formats["native"]["conversations"] = [{"role": "user", "content": "<image>\n" + QUESTION}]
+    files = {name: tmp_path / f"{name}.json" for name in formats}
+    for name, record in formats.items():
+        files[name].write_text(json.dumps([record]))
+    files["jsonl"] = tmp_path / "native.jsonl"
+    files["jsonl"].write_text(json.dumps(formats["native"]) + "\n")
+    row = {**SAME_PAIR["rlaif-v"], "image": {"bytes": open(image, "rb").read(), "path": "cat.png"},
+           "logps": [-3.0, -4.0, -1.0, -2.0]}
+    files["parquet"] = write_parquet(tmp_path / "rlaif.parquet", [row])
+    caplog.set_level("INFO")
+    batches = {name: PreferenceDataset(str(path), tok, model.config) for name, path in files.items()}
+    written = os.path.join(images_folder(str(files["parquet"])), os.listdir(images_folder(str(files["parquet"])))[0])
+    assert open(written, "rb").read() == open(image, "rb").read() and written.endswith(".png")
+    assert "1 images inside the rows written to" in caplog.text and "(0 were there already)" in caplog.text
+    native = batches.pop("native")
+    expected = native.collator([native[0]])
+    for name, dataset in batches.items():
+        got = dataset.collator([dataset[0]])
+        assert got["input_ids"].tolist() == expected["input_ids"].tolist(), name
+        assert got["labels"].tolist() == expected["labels"].tolist(), name
+        assert all(torch.equal(a, b) for a, b in zip(got["pixel_values"][0], expected["pixel_values"][0])), name
+    assert batches["parquet"][0]["reference"].tolist() == [-3.0, -4.0]
+    caplog.clear()
+    PreferenceDataset(str(files["parquet"]), tok, model.config)  # read again: the file is there
+    assert "0 images inside the rows written to" in caplog.text and "(1 were there already)" in caplog.text
+
+
+def test_ours_carries_reference_log_probs_and_a_parquet_that_is_not_says_so(tmp_path):
+    from minicpmv_ft.samples import DataError, read_records
+
+    pair = to_pair({**SAME_PAIR["native"], "reference_logps": [-1.5, -2.5]})
+    assert pair.reference == (-1.5, -2.5) and "reference_logps" not in pair.chosen
+    bad = to_pair({**SAME_PAIR["native"], "reference_logps": [-1.5]})
+    assert isinstance(bad, Unconvertible) and '"reference_logps" must be 2 numbers' in bad.reason
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1" + b"\0" * 20)
+    with pytest.raises(DataError, match="cannot read it as Parquet"):
+        read_records(str(tmp_path / "cut.parquet"), None)
+
+
+def test_convert_data_writes_pairs_of_any_format_as_ours(tiny, image_file, tmp_path):
+    """RLAIF-V as Parquet (image bytes, reference log-probs) -> our JSON pairs, which make the same batch."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from minicpmv_ft.preference_dataset import PreferenceDataset
+
+    image = image_file("cat.png", (500, 400))
+    row = {**SAME_PAIR["rlaif-v"], "image": {"bytes": open(image, "rb").read(), "path": "cat.png"},
+           "logps": [-3.0, -4.0, -1.0, -2.0]}
+    rows = [row, {**row, "id": 8, "rejected": row["chosen"]}]
+    write_parquet(tmp_path / "rlaif.parquet", rows)
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_data.py"), "--from", "pairs",
+                           str(tmp_path / "rlaif.parquet"), "--out", str(tmp_path / "out" / "pairs.json")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "record 1: the chosen and the rejected answer are the same" in done.stderr
+    assert "wrote 1 pairs to" in done.stdout
+    (written,) = json.loads((tmp_path / "out" / "pairs.json").read_text())
+    assert written["chosen"] == CHOSEN and written["rejected"] == REJECTED and written["reference_logps"] == [-3.0, -4.0]
+    assert written["image"].startswith("../rlaif.images/")
+    tok, model = tiny("2.6")
+    ours = PreferenceDataset(str(tmp_path / "out" / "pairs.json"), tok, model.config)
+    theirs = PreferenceDataset(str(tmp_path / "rlaif.parquet"), tok, model.config, skip_bad_samples=True)
+    assert theirs.failed == [(1, 8, "the chosen and the rejected answer are the same: the pair teaches nothing")]
+    assert ours[0]["chosen"]["input_ids"].tolist() == theirs[0]["chosen"]["input_ids"].tolist()
+    assert ours[0]["rejected"]["labels"].tolist() == theirs[0]["rejected"]["labels"].tolist()
+    assert ours[0]["reference"].tolist() == [-3.0, -4.0]

@@ -5,6 +5,12 @@
     python tools/convert_data.py --from csv table.csv --out train.json        # columns image,question,answer[,id]
     python tools/convert_data.py --from tsv table.tsv --out train.json
     python tools/convert_data.py --from folder photos/ --out train.json [--question "Describe the image."]
+    python tools/convert_data.py --from pairs rlaif-v.parquet --out pairs.json   # preference pairs, any format
+
+Every input file may be JSON, JSON Lines or Parquet (Hugging Face datasets, images inside the rows:
+they are written out beside the input, DATA.images/). --from pairs reads each record's pair format
+(RLAIF-V, LLaMA-Factory, ms-swift or ours) and writes ours: the prompt conversation, "chosen",
+"rejected" and the reference log-probs where the input has them ("reference_logps").
 
 ShareGPT/LLaVA and "messages" files also train directly (finetune.py reads them); converting
 them is for a file in one format. A folder holds images, each with its caption in a .txt file
@@ -24,8 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minicpmv_ft.data_formats import Unconvertible  # noqa: E402
-from minicpmv_ft.samples import DataError, load_records  # noqa: E402
+from minicpmv_ft.data_formats import Unconvertible, to_native  # noqa: E402
+from minicpmv_ft.preference_data import to_pair  # noqa: E402
+from minicpmv_ft.samples import DataError, load_records, read_records  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 DEFAULT_QUESTION = "Describe the image."
@@ -45,6 +52,31 @@ def from_conversations(path: str, data_format: str, image_folder: str | None):
         else:
             converted.append(with_paths(record, lambda media: absolute(media, folder)))
     return converted, problems
+
+
+def from_pairs(path: str, image_folder: str | None):
+    """(our pair records with absolute image and video paths, [(index, reason)])."""
+    records, _, folder = read_records(path, image_folder)
+    converted, problems = [], []
+    for index, record in enumerate(records):
+        pair = to_pair(record)
+        if isinstance(pair, Unconvertible):
+            problems.append((index, pair.reason))
+            continue
+        chosen, rejected = to_native(pair.chosen), to_native(pair.rejected)
+        ours = {key: value for key, value in chosen.items() if key != "conversations"}
+        ours["conversations"] = chosen["conversations"][:-1]
+        ours["chosen"], ours["rejected"] = answer(chosen), answer(rejected)
+        if pair.reference is not None:
+            ours["reference_logps"] = list(pair.reference)
+        converted.append(with_paths(ours, lambda media: absolute(media, folder)))
+    return converted, problems
+
+
+def answer(record: dict):
+    """A side's answer in our pair format: its text, or the turn with its reasoning."""
+    turn = {key: value for key, value in record["conversations"][-1].items() if key != "role"}
+    return turn["content"] if list(turn) == ["content"] else turn
 
 
 def from_table(path: str, delimiter: str, image_folder: str | None):
@@ -133,7 +165,7 @@ def write(records: list, out: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source_format", required=True,
-                        choices=["sharegpt", "messages", "csv", "tsv", "folder"])
+                        choices=["sharegpt", "messages", "csv", "tsv", "folder", "pairs"])
     parser.add_argument("input", help="the data file (or, with --from folder, the folder of images)")
     parser.add_argument("--out", required=True, help="output .json (a list) or .jsonl")
     parser.add_argument("--image_folder", default=None, help="where relative image paths of the input start")
@@ -147,6 +179,8 @@ def main(argv=None) -> int:
     try:
         if args.source_format in ("sharegpt", "messages"):
             records, problems = from_conversations(args.input, args.source_format, args.image_folder)
+        elif args.source_format == "pairs":
+            records, problems = from_pairs(args.input, args.image_folder)
         elif args.source_format in ("csv", "tsv"):
             records, problems = from_table(args.input, "," if args.source_format == "csv" else "\t", args.image_folder)
         else:
@@ -164,7 +198,8 @@ def main(argv=None) -> int:
     out_folder = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_folder, exist_ok=True)
     write(relative_to(records, out_folder), args.out)
-    print(f"wrote {len(records)} samples to {args.out}; {len(problems)} not converted. "
+    print(f"wrote {len(records)} {'pairs' if args.source_format == 'pairs' else 'samples'} to {args.out}; "
+          f"{len(problems)} not converted. "
           f"Check it with: python check_data.py --model_name_or_path MODEL --data_path {args.out}")
     return 0
 
