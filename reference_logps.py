@@ -48,6 +48,7 @@ def compute(model_args, data_args, pass_args) -> dict[str, int]:
     datasets = load_datasets(version, data_args, tokenizer, config, check_workers(), "dpo")
     folder = local_dir(model_args.model_name_or_path) or model_args.model_name_or_path
     model, trainer, computed = None, None, {}
+    scratch = tempfile.TemporaryDirectory(prefix="reference_logps_")  # the trainer's output_dir; it writes nothing
     for dataset, path in zip(datasets, (data_args.data_path, data_args.eval_data_path)):
         if dataset is None:
             continue
@@ -64,7 +65,7 @@ def compute(model_args, data_args, pass_args) -> dict[str, int]:
                                torch.bfloat16 if pass_args.bf16 else torch.float32,
                                **({"attn_implementation": model_args.attn_implementation}
                                   if model_args.attn_implementation else {}))
-            trainer = pass_trainer(model, version, tokenizer, pass_args)
+            trainer = pass_trainer(model, version, tokenizer, pass_args, scratch.name)
         with reference_file.start(target, expected, done) as handle:
             batches = DataLoader(Subset(dataset, todo), batch_size=pass_args.batch_size, collate_fn=dataset.collator)
             for start, batch in zip(range(0, len(todo), pass_args.batch_size), batches):
@@ -72,12 +73,13 @@ def compute(model_args, data_args, pass_args) -> dict[str, int]:
                 served = todo[start:start + pass_args.batch_size]
                 reference_file.append(handle, {dataset.kept[i]: (logps[k], logps[k + len(served)])
                                                for k, i in enumerate(served)})
+    scratch.cleanup()
     return computed
 
 
-def pass_trainer(model, version, tokenizer, pass_args) -> PreferenceTrainer:
+def pass_trainer(model, version, tokenizer, pass_args, output_dir: str) -> PreferenceTrainer:
     """The trainer whose answer_logps training uses, set up for inference on one device."""
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="reference_logps_"), report_to="none",
+    args = TrainingArguments(output_dir=output_dir, report_to="none",
                              use_cpu=pass_args.use_cpu, bf16=pass_args.bf16, method="dpo",
                              dataloader_num_workers=0)
     trainer = PreferenceTrainer(model=model, args=args, processing_class=tokenizer, version=version,

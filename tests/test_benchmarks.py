@@ -109,3 +109,14 @@ def test_video_benchmark_counts_tokens_per_minute_and_times_the_data_path(tmp_pa
     assert [row["version"] for row in rows if "samples_per_s" in row] == ["2.6", "4.5"]
     assert all(row["cached_samples_per_s"] > 0 for row in rows if "samples_per_s" in row)
     assert "as 540 independent images" in done.stdout
+
+
+def test_dpo_benchmark_compares_both_ways_on_the_same_loss(tmp_path):
+    out = tmp_path / "dpo.jsonl"
+    done = run_tool(tmp_path, "bench_dpo.py", "--size", "tiny", "--pairs", "1", "--answer_words", "40", "--steps", "2",
+                    "--max_slice_nums", "1", "--out", str(out))
+    rows = {row["way"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert rows["ours"]["loss"] == pytest.approx(rows["peers"]["loss"], rel=1e-4)
+    assert 2 * rows["ours"]["vision_input_per_step"] == rows["peers"]["vision_input_per_step"]  # each pair's images once
+    assert rows["ours"]["peak_mib"] < rows["peers"]["peak_mib"]
+    assert "vision work x0.50; losses agree: True" in done.stdout
