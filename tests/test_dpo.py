@@ -275,3 +275,50 @@ def test_the_reference_source_is_decided_before_weights_load_and_impossible_ones
         resolve_reference("copy", [complete, None], use_lora=False, zero3=True)
     with pytest.raises(ValueError, match="--dpo_reference adapter_off needs --use_lora true"):
         resolve_reference("adapter_off", [complete, None], use_lora=False, zero3=False)
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if REGISTRY[v].video is not None])
+def test_a_video_pair_runs_its_frames_through_the_vision_tower_once_and_scores_each_side_as_sft(tiny, tmp_path,
+                                                                                               version):
+    from conftest import make_video
+    from dataset import SupervisedDataset
+    from minicpmv_ft.batching import collate
+    from minicpmv_ft.data_formats import to_native
+    from minicpmv_ft.preference_data import to_pair
+    from trainer import MiniCPMVTrainer
+
+    tok, model = tiny(version)
+    entry = REGISTRY[version]
+    video = make_video(tmp_path / "clip.mp4", frames=30, fps=10)
+    record = {"id": "v", "video": video, "conversations": [{"role": "user", "content": "<video>\nWhat happens?"}],
+              "chosen": "It gets brighter.", "rejected": "Nothing at all happens here."}
+    dataset, batch = pair_batch(tok, model, [record])
+    trainer = preference_trainer(model, version, tmp_path)
+    fed = []
+    hook = submodule(model, entry.resampler_module).register_forward_pre_hook(
+        lambda module, args: fed.append(args[0].numel()))
+    logps = trainer.answer_logps(model, dict(batch)).tolist()
+    sft = MiniCPMVTrainer(model=model, args=trainer.args, version=entry)
+    sft.router_loss = None
+    for side, logp in zip(("chosen", "rejected"), logps):
+        item = SupervisedDataset([to_native(getattr(to_pair(record), side))], tok, model.config, max_slice_nums=2)[0]
+        with torch.no_grad():
+            loss = sft.compute_loss(model, collate([item], entry.family.media), num_items_in_batch=1)
+        assert float(loss) == pytest.approx(-logp, rel=1e-4), side
+    hook.remove()
+    pair_work, chosen_alone, rejected_alone = fed[0], fed[1], fed[2]
+    assert len(fed) == 3 and pair_work == chosen_alone == rejected_alone  # the pair's frames once, as one side's
+
+
+@pytest.mark.long
+def test_a_dpo_run_continues_from_its_checkpoint_and_a_changed_beta_is_another_run(tiny_model_dir, sample_data, tmp_path):
+    pairs = json.loads((sample_data / "pairs.json").read_text())
+    flags = ["--use_lora", "true", "--save_strategy", "steps", "--save_steps", "1", "--per_device_train_batch_size", "2"]
+    first = dpo_run(tiny_model_dir, sample_data, tmp_path, pairs, *flags, "--max_steps", "2")
+    assert first.state.global_step == 2
+    resumed = dpo_run(tiny_model_dir, sample_data, tmp_path, pairs, *flags, "--max_steps", "3",
+                      "--resume_from_checkpoint", "last")
+    assert resumed.state.global_step == 3 and "rewards/margins" in resumed.state.log_history[-3]
+    with pytest.raises(ValueError, match="dpo_beta"):
+        dpo_run(tiny_model_dir, sample_data, tmp_path, pairs, *flags, "--max_steps", "3", "--dpo_beta", "0.2",
+                "--resume_from_checkpoint", "last")
