@@ -1,4 +1,5 @@
-"""Fine-tune a MiniCPM-V checkpoint (full or LoRA) on JSON conversations with images.
+"""Fine-tune a MiniCPM-V checkpoint (full or LoRA) on conversations with images, or on preference
+pairs with --method dpo (dpo_trainer.py).
 
 Read top to bottom: arguments (declared in minicpmv_ft/arguments.py) -> checks -> tokenizer,
 config and data (bad data fails before any weight is loaded) -> model -> what trains (freezing /
@@ -22,6 +23,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset
 from dpo_trainer import PreferenceSettings, PreferenceTrainer
+from minicpmv_ft import reference_file
 from minicpmv_ft.arguments import (DataArguments, ModelArguments, TrainingArguments, check_workers, run_identity,
                                    video_scheme, zero_stage)
 from minicpmv_ft.checkpoints import (CheckpointWriteError, MarkCompleteCheckpoints, StopOnSignal, checkpoint_step,
@@ -34,7 +36,6 @@ from minicpmv_ft.lora_targets import check_lora_targets, peft_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
 from minicpmv_ft.packing import PackedDataset, check_packable
 from minicpmv_ft.preference_dataset import PreferenceDataset
-from minicpmv_ft import reference_file
 from minicpmv_ft.preference_reference import COPY, REFERENCE_SOURCES, resolve_reference
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import (check_new_run, identity_hash, length_changes, output_dir_lock, run_hashes,

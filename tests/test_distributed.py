@@ -33,7 +33,7 @@ def four_samples(tmp_path_factory):
 @pytest.fixture(scope="module")
 def four_pairs(four_samples):
     """Four preference pairs beside the sample images, with reference log-probs: three about an
-    image, one text-only (the third, so that in its step the two processes hold different views)."""
+    image, one text-only."""
     pairs = json.loads((four_samples.parent / "pairs.json").read_text())
     text = {"id": "text", "question": "How many sides does a square have?", "chosen": "Four.", "rejected": "Five."}
     chosen = [pairs[0], pairs[1], text, pairs[2]]
@@ -128,8 +128,10 @@ def test_dpo_loss_and_gradients_independent_of_batch_split(tiny_model_dir, four_
 
 LORA = ["--use_lora", "true", "--lora_r", "4"]
 # DPO under ZeRO-2 and ZeRO-3 for every version (2.0: ZeRO-2; ZeRO-3 on several processes is
-# refused for it): each step's loss equal between them, the reference from the data, and with
-# LoRA computed with the adapters switched off (an extra forward, gathered under ZeRO-3 too).
+# refused for it): one step of the four pairs, two per process (the text-only pair on one of
+# them, so the processes hold different views), the loss equal between them, the reference
+# from the data, and with LoRA computed with the adapters switched off (an extra forward,
+# gathered under ZeRO-3 too).
 DPO_ZERO_CASES = [(v, []) for v in VERSIONS] + [(VERSIONS[-1], LORA + ["--tune_vision", "false",
                                                                        "--dpo_reference", "adapter_off"])]
 
@@ -144,11 +146,11 @@ def test_dpo_under_zero2_and_zero3_on_two_processes_trains_alike(tiny_model_dir,
     for config, stage in stages.items():
         out = tmp_path / config
         run(common(tiny_model_dir(version), four_pairs, out) + [
-            "--method", "dpo", "--deepspeed", ROOT / config, "--max_steps", "2", "--per_device_train_batch_size",
-            "1", "--learning_rate", "1e-3", "--save_strategy", "no"] + extra, nproc=2, forked=forked)
+            "--method", "dpo", "--deepspeed", ROOT / config, "--max_steps", "1", "--per_device_train_batch_size",
+            "2", "--learning_rate", "1e-3", "--save_strategy", "no"] + extra, nproc=2, forked=forked)
         probe = json.loads((out / "probe.json").read_text())
         assert (probe["zero_stage"], probe["world_size"]) == (stage, 2)
-        assert len(probe["losses"]) == 2 and all(torch.isfinite(torch.tensor(probe["losses"])))
+        assert len(probe["losses"]) == 1 and all(torch.isfinite(torch.tensor(probe["losses"])))
         losses[config] = probe["losses"]
     if len(losses) == 2:
         assert losses["ds_config_zero3.json"] == pytest.approx(losses["ds_config_zero2.json"], rel=1e-5)

@@ -322,3 +322,24 @@ def test_a_dpo_run_continues_from_its_checkpoint_and_a_changed_beta_is_another_r
     with pytest.raises(ValueError, match="dpo_beta"):
         dpo_run(tiny_model_dir, sample_data, tmp_path, pairs, *flags, "--max_steps", "3", "--dpo_beta", "0.2",
                 "--resume_from_checkpoint", "last")
+
+
+@pytest.mark.long
+def test_full_dpo_with_a_frozen_copy_saves_a_model_that_chats(tiny_model_dir, sample_data, tmp_path, capsys):
+    """The reference kept as a frozen copy (full fine-tuning): the first loss is ln 2, the copy
+    stays the starting model, and the result loads and answers through the checkpoint's chat()."""
+    import chat
+    from safetensors.torch import load_file
+
+    pairs = json.loads((sample_data / "pairs.json").read_text())
+    trainer = dpo_run(tiny_model_dir, sample_data, tmp_path, pairs, "--dpo_reference", "copy", "--max_steps", "2",
+                      "--per_device_train_batch_size", "2")
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(LN_2, abs=1e-4)
+    start = load_file(tiny_model_dir("2.6") / "model.safetensors")
+    assert all(torch.equal(p, start[name]) for name, p in trainer.reference_model.state_dict().items())
+    trained = load_file(tmp_path / "out" / "model.safetensors")
+    assert any(not torch.equal(p, start[name]) for name, p in trained.items() if name.startswith("llm."))
+    capsys.readouterr()
+    chat.main(["--model", str(tmp_path / "out"), "--image", str(sample_data / pairs[0]["image"]), "--question",
+               pairs[0]["question"], "--max_new_tokens", "6"])
+    assert capsys.readouterr().out.strip()

@@ -80,19 +80,6 @@ def test_relative_paths_are_taken_from_the_callers_folder(tiny_model_dir, tmp_pa
         assert noise not in result.stderr + result.stdout, noise
 
 
-def test_lora_launcher_trains_and_saves_adapter(tiny_model_dir, tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")], check=True)
-    env = {"MODEL": str(tiny_model_dir("2.6")), "DATA": str(tmp_path / "data" / "train.json"),
-           "EVAL_DATA": str(tmp_path / "data" / "eval.json"), "OUTPUT_DIR": str(tmp_path / "out")}
-    result = launch("finetune_lora.sh", env, "--use_cpu", "true", "--bf16", "false", "--max_steps", "2",
-                    "--eval_steps", "2", "--gradient_checkpointing", "true", "--disable_tqdm", "true")
-    assert result.returncode == 0, result.stderr[-3000:]
-    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
-    assert adapter["r"] == 64 and adapter["peft_type"] == "LORA"
-    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
-    assert state["global_step"] == 2 and any("eval_loss" in entry for entry in state["log_history"])
-
-
 class Launched:
     """finetune_ds.sh started in a session of its own (as a shell job is), its output collected
     as it comes."""
@@ -247,6 +234,8 @@ def test_two_nodes_on_one_machine_train_save_one_checkpoint_and_resume(tiny_mode
 
 
 def test_dpo_launcher_trains_lora_on_pairs_and_logs_the_preference_metrics_to_tensorboard(tiny_model_dir, tmp_path):
+    """finetune_dpo.sh over finetune_lora.sh over finetune_ds.sh, as users run them: the LoRA
+    launcher's adapters, EVAL_DATA evaluated, the preference metrics in TensorBoard."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_sample_data.py"), "--out", str(tmp_path / "data")],
@@ -257,12 +246,42 @@ def test_dpo_launcher_trains_lora_on_pairs_and_logs_the_preference_metrics_to_te
                     "--eval_steps", "2", "--per_device_train_batch_size", "2", "--disable_tqdm", "true")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reference log-probs: computed each step by the model with its adapters switched off" in result.stderr
-    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert adapter["r"] == 64 and adapter["peft_type"] == "LORA"  # finetune_lora.sh's flags
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["log_history"][0]["loss"] == pytest.approx(0.6931, abs=1e-4)
+    assert any("eval_loss" in entry for entry in state["log_history"])  # EVAL_DATA, every --eval_steps
     events = EventAccumulator(str(next((tmp_path / "out" / "runs").iterdir()))).Reload()
     for tag in ("train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen", "eval/rewards/margins"):
         assert tag in events.Tags()["scalars"], events.Tags()["scalars"]
-    full = launch("finetune_dpo.sh", {**env, "LORA": "false", "OUTPUT_DIR": str(tmp_path / "full")}, "--use_cpu",
-                  "true", "--bf16", "false", "--max_steps", "1")
-    assert full.returncode == 2 and "python reference_logps.py" in full.stderr
+
+
+@pytest.mark.parametrize("lora,expected,absent", [
+    ("true", ["--use_lora true", "--method dpo --dpo_beta 0.1 --learning_rate 5e-6"], "--learning_rate 5e-7"),
+    ("false", ["--method dpo --dpo_beta 0.1 --learning_rate 5e-7"], "--use_lora"),
+])
+def test_the_dpo_launcher_runs_lora_or_full_with_the_methods_flags(tmp_path, lora, expected, absent):
+    """finetune_dpo.sh over finetune_lora.sh or finetune_ds.sh, with a stand-in python that prints
+    what it was asked to run (as test_the_environment_is_the_one_the_model_needs)."""
+    repo = tmp_path / "repo"
+    (repo / "minicpmv_ft" / "versions").mkdir(parents=True)
+    for script in ("finetune_ds.sh", "finetune_lora.sh", "finetune_dpo.sh"):
+        shutil.copy(ROOT / script, repo)
+    shutil.copy(ROOT / "minicpmv_ft" / "versions" / "environments.py", repo / "minicpmv_ft" / "versions")
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").write_text('#!/bin/sh\necho "python $*"\n')
+    (repo / ".venv" / "bin" / "python").chmod(0o755)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "minicpmv"}))
+    (tmp_path / "pairs.json").write_text("[]")
+    env = {**os.environ, "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1", "MODEL": str(tmp_path / "model"),
+           "DATA": str(tmp_path / "pairs.json"), "LORA": lora}
+    env.pop("VENV", None)
+    done = subprocess.run(["sh", str(repo / "finetune_dpo.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for flags in expected:
+        assert flags in done.stdout, done.stdout
+    assert absent not in done.stdout and "output/minicpmv_dpo" in done.stdout
+    wrong = subprocess.run(["sh", str(repo / "finetune_dpo.sh")], env={**env, "LORA": "yes"}, capture_output=True,
+                           text=True, timeout=60)
+    assert wrong.returncode == 1 and "finetune: LORA=yes: set it to true or false" in wrong.stderr
