@@ -227,16 +227,17 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"files": reports, "failed": failed, "unusable_files": unusable}, handle, indent=1, default=str)
+    items = "pair(s)" if reports and all(report["unit"] == "pairs" for report in reports) else "sample(s)"
     if failed:
-        print(f"FAILED: {failed} sample(s) cannot be trained on as written")
+        print(f"FAILED: {failed} {items} cannot be trained on as written")
     if unusable:
         print(f"FAILED: nothing to train on in {', '.join(unusable)}")
     dropped = Counter(p["reason"] for report in reports for p in report["problems"] if p["status"] == "dropped")
     if dropped:
-        print(f"WARNING: {sum(dropped.values())} sample(s) dropped, training leaves them out: "
+        print(f"WARNING: {sum(dropped.values())} {items} dropped, training leaves them out: "
               + "; ".join(f"{n} {reason}" for reason, n in dropped.most_common()))
     if not failed and not unusable and not dropped:
-        print("OK: every sample trains as written")
+        print(f"OK: every {items[:-3]} trains as written")
     return 1 if failed or unusable else 0
 
 

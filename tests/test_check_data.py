@@ -189,6 +189,8 @@ def test_preference_pairs_are_checked_pair_by_pair(tiny_model_dir, tmp_path, cap
     assert f"FAILED {source}, pair 1 (id 'same'): the chosen and the rejected answer are the same" in out
     assert f"DROPPED {source}, pair 2 (id 'long'): its rejected side: model_max_length 200 cuts it" in out
     assert f"FAILED {source}, pair 3 (id 'prompt'): native pair: the prompt must end with a user turn" in out
+    assert "FAILED: 2 pair(s) cannot be trained on as written" in out
+    assert "WARNING: 1 pair(s) dropped, training leaves them out: 1 its rejected side: model_max_length 200" in out
     report = json.loads((tmp_path / "report.json").read_text())["files"][0]
     sides = SupervisedDataset([{"image": str(tmp_path / "ok.png"), "conversations": conv(
         ("user", "<image>\nWhat is it?"), ("assistant", answer))} for answer in ("Noise.", "A cat.")],
