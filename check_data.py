@@ -36,7 +36,7 @@ from minicpmv_ft.loading import load_tokenizer_and_version
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.preference_data import pair_format
 from minicpmv_ft.preference_dataset import pair_reports, side_records
-from minicpmv_ft.samples import DataError, load_records, read_records
+from minicpmv_ft.samples import DataError, read_records, sft_records
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 
@@ -191,7 +191,7 @@ def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None
         usable = [report.index for report in reports if report.usable][:show]
         shown = [encoder.parse(sides[2 * i + k], i, source, folder) for i in usable for k in (0, 1)]
         return shown, {**summarise(source, encoder, reports), "unit": "pairs"}
-    records, source, folder = load_records(path, image_folder, data_format)
+    records = sft_records(raw, source, data_format)
     reports = check_records(encoder, records, source, folder, verify_images=verify_images, num_workers=num_workers,
                             progress=True)
     usable = [report.index for report in reports if report.usable][:show]

@@ -126,13 +126,13 @@ def load_datasets(version, data_args, tokenizer, config, num_workers=1, method="
     return train_set, eval_set
 
 
-def use_reference_files(model_args, data_args, datasets):
+def use_reference_files(model_folder, data_args, datasets, identity):
     """The reference pass's log-probs (reference_logps.py) where it wrote them for this model and
-    data: into the pair datasets, as if the data carried them."""
-    folder = local_dir(model_args.model_name_or_path) or model_args.model_name_or_path
-    for dataset, path in zip(datasets, (data_args.data_path, data_args.eval_data_path)):
-        if dataset is not None and reference_file.attach(
-                dataset, path, reference_file.header(folder, path, data_args, len(dataset.references))):
+    data: into the pair datasets, as if the data carried them (the data files' fingerprints from
+    the run's identity)."""
+    for dataset, path, key in zip(datasets, (data_args.data_path, data_args.eval_data_path), ("data", "eval_data")):
+        if dataset is not None and reference_file.attach(dataset, path, reference_file.header(
+                model_folder, path, data_args, len(dataset.references), identity[key])):
             logger.info("%s: reference log-probs from %s", path, reference_file.reference_path(path))
 
 
@@ -316,6 +316,7 @@ def run_training(model_args, data_args, train_args, callbacks=None):
         log_resume(resume, train_args.max_steps, length_changes(train_args.output_dir, identity),
                    getattr(train_args.lr_scheduler_type, "value", train_args.lr_scheduler_type))
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
+    source_dir = local_dir(model_args.model_name_or_path)  # the checkpoint's files: fingerprinted, copied into outputs
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     if train_args.use_lora:
         check_lora_targets(config, version, train_args.lora_target_modules)
@@ -329,7 +330,8 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     reference = None
     if train_args.method == "dpo":
         if train_args.dpo_reference in ("auto", "data"):
-            use_reference_files(model_args, data_args, (train_set, eval_set))
+            use_reference_files(source_dir or model_args.model_name_or_path, data_args, (train_set, eval_set),
+                                identity)
         reference = resolve_reference(train_args.dpo_reference, [train_set, eval_set], train_args.use_lora,
                                       is_deepspeed_zero3_enabled())
         logger.info("reference log-probs: %s", REFERENCE_SOURCES[reference])
@@ -353,7 +355,7 @@ def run_training(model_args, data_args, train_args, callbacks=None):
         model=model, args=train_args, train_dataset=served, eval_dataset=eval_set, data_collator=collator,
         processing_class=tokenizer, version=version,
         callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
-        source_model_dir=local_dir(model_args.model_name_or_path), max_slice_nums=data_args.max_slice_nums,
+        source_model_dir=source_dir, max_slice_nums=data_args.max_slice_nums,
         module_lrs=module_lrs(version, train_args), **method)
     try:
         with explain_write_failures(train_args.output_dir, identity_hash(identity)):  # a full disk says so

@@ -43,8 +43,11 @@ def model_fingerprint(folder: str) -> str:
     return digest.hexdigest()
 
 
-def header(model_folder: str, data_path: str, data_args, pairs: int) -> dict:
-    return {"reference_logps": FORMAT, "model": model_fingerprint(model_folder), "data": file_fingerprint(data_path),
+def header(model_folder: str, data_path: str, data_args, pairs: int, data_fingerprint: str | None = None) -> dict:
+    """What a reference file's numbers belong to; `data_fingerprint`: the data file's, where the
+    caller has it (a training run's identity holds it), so a large file is not hashed twice."""
+    return {"reference_logps": FORMAT, "model": model_fingerprint(model_folder),
+            "data": data_fingerprint or file_fingerprint(data_path),
             "settings": {name: getattr(data_args, name) for name in ENCODING_OPTIONS}, "pairs": pairs}
 
 

@@ -94,14 +94,19 @@ def load_records(data, base_dir: str | None = None, data_format: str = "auto") -
     A JSON list or JSON Lines, told apart by the first non-blank character; UTF-8, with or
     without a byte-order mark. Records in another format (data_formats.py) are converted; one
     that cannot be becomes an Unconvertible, reported with its index when it is checked."""
+    records, source, folder = read_records(data, base_dir)
+    return sft_records(records, source, data_format), source, folder
+
+
+def sft_records(records: list, source: str, data_format: str = "auto") -> list:
+    """The records of `source` as read (read_records) in our format, each converted or Unconvertible."""
     if data_format not in FORMATS:
         raise ValueError(f"--data_format {data_format!r}: choose one of {', '.join(FORMATS)}")
-    records, source, folder = read_records(data, base_dir)
     ignored = Counter(key for record in records for key in ignored_keys(record))
     if ignored:
         counts = ", ".join(f"{key!r} in {count} sample{'s' * (count > 1)}" for key, count in ignored.most_common())
         logger.warning("%s: keys no step reads were ignored: %s", source, counts)
-    return [sft_record(record, data_format) for record in records], source, folder
+    return [sft_record(record, data_format) for record in records]
 
 
 def sft_record(record, data_format: str):
