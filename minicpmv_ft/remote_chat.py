@@ -1,6 +1,9 @@
 """Inference of a remote-code checkpoint (2.0-4.5) through its own chat(), as its users call it."""
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 from .versions import set_max_slice_nums
@@ -36,8 +39,25 @@ def chat_answers(model, tokenizer, version, conversations: list[list[dict]], ima
         if len(conversations) > 1:
             return list(model.chat(None, conversations, tokenizer, **options))
         if version.chat_takes_context:  # 2.0: chat(image, msgs, context, tokenizer) -> (answer, ...)
-            return [model.chat(image, conversations[0], None, tokenizer, **options)[0]]
+            return [model.chat(image, conversations[0], None, tokenizer, *processor_argument(model), **options)[0]]
         return [model.chat(image, conversations[0], tokenizer, **options)]
+
+
+def processor_argument(model) -> tuple:
+    """What a 2.0 chat() takes after its tokenizer: nothing, or (revision c22a36a, "adapt for
+    transformers processing", and later) its processor, which builds the prompt's ids and pixels
+    there; it is the checkpoint's own, from the folder its config was loaded from (an adapter's
+    base)."""
+    if "processor" not in inspect.signature(model.chat).parameters:
+        return ()
+    return (_processor(model.config._name_or_path),)
+
+
+@functools.lru_cache(maxsize=2)
+def _processor(path: str):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path, trust_remote_code=True)
 
 
 def video_frames(version, path: str):

@@ -43,7 +43,8 @@ def test_chat_asserts_that_config_and_processor_agree_as_the_published_code(tiny
 def test_2_0_llm_has_no_generate_and_our_loading_gives_it_one(tiny_model_dir, tmp_path):
     """The published 2.0 chat() calls self.llm.generate, which its MiniCPM LLM class lost with
     transformers 4.50; our loader gives it GenerationMixin, decoding without a cache. With one
-    beam and no repetition penalty that is greedy decoding over the whole sequence."""
+    beam and no repetition penalty that is greedy decoding over the whole sequence; beam search
+    (sampling=False) and sampling answer too."""
     path = tiny_model_dir("2.0")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     image = Image.open(make_image(tmp_path / "q.png", (300, 200))).convert("RGB")
@@ -67,8 +68,14 @@ def test_2_0_llm_has_no_generate_and_our_loading_gives_it_one(tiny_model_dir, tm
             step = model.llm.get_input_embeddings()(torch.tensor([[token]])) * model.llm.config.scale_emb
             embeds = torch.cat([embeds, step], dim=1)
     assert greedy and answer == tokenizer.decode([t for t in greedy if t != 0], skip_special_tokens=True).strip()
-    beams = model.chat(image, QUESTION, None, tokenizer, sampling=False, max_new_tokens=6)[0]  # chat.py's decoding
-    assert isinstance(beams, str)
+    # chat.py's decoding, 3 beams: beam search hands the LLM's _reorder_cache the (empty) cache after
+    # each step, which the published code indexes as tuples of tensors (AttributeError on None)
+    beams = model.chat(image, QUESTION, None, tokenizer, sampling=False, max_new_tokens=6)[0]
+    assert isinstance(beams, str) and beams
+    torch.manual_seed(0)
+    sampled = model.chat(image, QUESTION, None, tokenizer, sampling=True, max_new_tokens=6)[0]
+    torch.manual_seed(0)
+    assert sampled and model.chat(image, QUESTION, None, tokenizer, sampling=True, max_new_tokens=6)[0] == sampled
 
 
 @pytest.fixture(scope="module")

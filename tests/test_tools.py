@@ -184,6 +184,30 @@ def test_chat_calls_each_versions_chat_signature(version, expected):
             chat.answer(Recorder(), "TOK", VERSIONS[version], ["IMG", "IMG2"], "Q")
 
 
+def test_a_2_0_chat_that_takes_a_processor_is_given_the_checkpoints(monkeypatch):
+    """2.0's published revision c22a36a ("adapt for transformers processing") takes its processor
+    after the tokenizer: chat(image, msgs, context, tokenizer, processor, ...); it was called
+    without one (TypeError: missing 1 required positional argument: 'processor')."""
+    from types import SimpleNamespace
+
+    from minicpmv_ft import remote_chat
+    from minicpmv_ft.versions import VERSIONS
+
+    calls, loaded = [], []
+    monkeypatch.setattr(remote_chat, "_processor", lambda path: loaded.append(path) or "PROCESSOR")
+
+    class Revision:
+        config = SimpleNamespace(_name_or_path="/models/minicpmv2")
+
+        def chat(self, image, msgs, context, tokenizer, processor, vision_hidden_states=None, max_new_tokens=1024,
+                 sampling=True, max_inp_length=2048, **kwargs):
+            calls.append((image, context, tokenizer, processor, sampling))
+            return "A", [], {}
+
+    assert chat.answer(Revision(), "TOK", VERSIONS["2.0"], ["IMG"], "Q") == "A"
+    assert calls == [("IMG", None, "TOK", "PROCESSOR", False)] and loaded == ["/models/minicpmv2"]
+
+
 def test_prediction_scores():
     import predict
 

@@ -42,6 +42,13 @@ class _GenerationWithoutCache(GenerationMixin):
             generated = torch.cat([inputs_embeds, generated.to(inputs_embeds.dtype)], dim=1)
         return {"inputs_embeds": generated, "attention_mask": attention_mask, "use_cache": False}
 
+    def _reorder_cache(self, past_key_values, beam_idx):
+        """Beam search reorders the key/value cache after each step; here every step re-reads the
+        whole sequence, so the cache generate() made stays empty and there is nothing to reorder.
+        (The LLM's own _reorder_cache, which this one shadows, takes a legacy tuple cache and fails
+        on the empty Cache object: AttributeError on None.index_select.)"""
+        return past_key_values
+
 
 def generate_without_cache(model, dtype):
     """2.0's MiniCPM LLM class inherits generate() from PreTrainedModel, which lost it in

@@ -192,6 +192,15 @@ class MiniCPMForCausalLM(MiniCPMPreTrainedModel):
             return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         return {"input_ids": input_ids[:, -1:], "past_key_values": past_key_values, "attention_mask": attention_mask}
 
+    @staticmethod
+    def _reorder_cache(past_key_values, beam_idx):
+        """As the real class: beam search hands it the key/value cache to reorder, which it takes
+        for the legacy format (a tuple per layer of key and value tensors) and index_selects tensor
+        by tensor. transformers >= 4.36 hands it a Cache object instead: iterating one whose layers
+        were never filled gives None states, and the real code fails there with AttributeError."""
+        return tuple(tuple(state.index_select(0, beam_idx.to(state.device)) for state in layer)
+                     for layer in past_key_values)
+
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
