@@ -48,13 +48,20 @@ def adapter_base(adapter_dir: str, base: str | None = None) -> str:
     raise AdapterBaseError(how)
 
 
+def model_class(version: ModelVersion):
+    """The transformers Auto class of `version`'s checkpoints, once the version's before-load fixes
+    have run: every load of a checkpoint's model code, with its weights or as a meta-device model
+    from its config (lora_targets.py), goes through here, since importing the published code
+    itself can fail without them (2.5 / 2.6: NameError on List)."""
+    for fix in version.before_load:
+        fix()
+    return getattr(transformers, version.auto_class)
+
+
 def load_model(path: str, version: ModelVersion, dtype=None, cast: bool = True, **kwargs):
     """The checkpoint with its version's load fixes applied; cast=False leaves dtype casting to
     someone else (ZeRO-3, 4-bit quantisation)."""
-    for fix in version.before_load:
-        fix()
-    auto_class = getattr(transformers, version.auto_class)
-    model = auto_class.from_pretrained(path, trust_remote_code=True, dtype=dtype or "auto", **kwargs)
+    model = model_class(version).from_pretrained(path, trust_remote_code=True, dtype=dtype or "auto", **kwargs)
     for fix in version.after_load:
         model = fix(model, dtype if cast else None)
     return model

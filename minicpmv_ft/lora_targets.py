@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
-import transformers
 from torch import nn
+
+from .loading import model_class
 
 # Layer types PEFT's LoRA can adapt
 ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
@@ -20,9 +21,8 @@ ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
 def meta_model(config, version):
     from accelerate import init_empty_weights
 
-    auto_class = getattr(transformers, version.auto_class)
     with init_empty_weights():
-        return auto_class.from_config(config, trust_remote_code=True)
+        return model_class(version).from_config(config, trust_remote_code=True)
 
 
 def matching_modules(model, pattern: str) -> list[str]:

@@ -21,3 +21,27 @@ def test_a_pattern_naming_a_module_with_3d_weights_that_are_not_experts_stays_a_
     assert matching_modules(model, entry.lora_target_regex)  # the default adapts layers
     if version == "2.0":
         assert "vpm" in holders  # the case this guards: timm keeps pos_embed on the tower itself
+
+
+
+def test_a_target_pattern_is_checked_in_a_fresh_process(tiny_model_dir):
+    """The check builds the model from its config before any weights load; for 2.5 and 2.6 the
+    published code imports only after the load fixes (NameError: List), which ran only on the
+    weight-loading path (issue 28.2). One fresh process per version (nothing loaded before it),
+    side by side."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    check = ("import sys; from minicpmv_ft.loading import load_tokenizer_and_version; "
+             "from minicpmv_ft.lora_targets import check_lora_targets; "
+             "_, config, version = load_tokenizer_and_version(sys.argv[1]); "
+             "check_lora_targets(config, version, version.lora_target_regex); print('checked', version.name)")
+    running = {version: subprocess.Popen([sys.executable, "-c", check, str(tiny_model_dir(version))], cwd=ROOT,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for version in VERSIONS}
+    for version, process in running.items():
+        out, err = process.communicate()
+        assert process.returncode == 0, f"{version}: {err[-2000:]}"
+        assert out.split() == ["checked", REGISTRY[version].name]

@@ -174,3 +174,17 @@ def test_no_module_outside_the_registry_names_a_version():
         check = shell if path.suffix == ".sh" else pattern
         offenders += [f"{path.name}: {line.strip()}" for line in path.read_text().splitlines() if check.search(line)]
     assert offenders == []
+
+
+def test_model_code_is_loaded_in_one_place():
+    """Every load of a checkpoint's model code (from_pretrained of its Auto class, or from_config)
+    goes through loading.model_class, which runs the version's load fixes first (issue 28.2: the
+    LoRA target check built the model without them)."""
+    from conftest import ROOT
+
+    loads = re.compile(r"getattr\(transformers|(?<!model_class\(version\))\.from_config\(|"
+                       r"AutoModel(ForImageTextToText)?\.from_pretrained\(")
+    found = [f"{path.relative_to(ROOT)}: {line.strip()}"
+             for path in [*ROOT.glob("*.py"), *(ROOT / "minicpmv_ft").rglob("*.py")]
+             for line in path.read_text().splitlines() if loads.search(line)]
+    assert found == ["minicpmv_ft/loading.py: return getattr(transformers, version.auto_class)"]

@@ -23,13 +23,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from tiny_model.qwen3_template import qwen3_thinking_template
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the project's package: the registry's load fixes
+
+from tiny_model.qwen3_template import qwen3_thinking_template  # noqa: E402
 REMOTE_CODE = HERE / "tiny_model" / "remote_code"
 SHARED_FILES = ["modeling_minicpmv.py", "modeling_minicpm.py", "modeling_navit_siglip.py",
                 "resampler.py", "image_processing_minicpmv.py", "processing_minicpmv.py", "tokenizer_attributes.py",
-                "configuration_fields.py"]
+                "configuration_fields.py", "typing_names.py"]
 LLM_TYPE_ALIASES = {"minicpm": "2.0", "llama3": "2.5", "qwen": "2.6"}
 
 MARKUP_TOKENS = ["<image>", "</image>", "<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>",
@@ -331,7 +332,10 @@ VARIANTS = {"4.7-moe": ("4.7", {"moe": True})}
 def build(version: str, out: str | Path, vocab_size: int | None = None, seed: int = 0, **native_options) -> Path:
     """Writes the tiny model of `version` (or a 2.x llm_type alias) to `out` (replaced)."""
     import torch
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
+
+    from minicpmv_ft.loading import model_class
+    from minicpmv_ft.versions import VERSIONS
 
     version = LLM_TYPE_ALIASES.get(version, version)
     if version in VARIANTS:
@@ -377,7 +381,8 @@ def build(version: str, out: str | Path, vocab_size: int | None = None, seed: in
 
     torch.manual_seed(seed)
     model_config = AutoConfig.from_pretrained(out, trust_remote_code=True)
-    model = AutoModel.from_config(model_config, trust_remote_code=True)
+    # as every load of the code: the version's fixes first (2.5 / 2.6 import only with them)
+    model = model_class(VERSIONS[version]).from_config(model_config, trust_remote_code=True)
     model.save_pretrained(out, safe_serialization=True)
     return out
 

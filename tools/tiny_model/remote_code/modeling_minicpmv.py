@@ -19,6 +19,7 @@ from .image_processing_minicpmv import MiniCPMVImageSlicer
 from .modeling_minicpm import MiniCPMForCausalLM
 from .modeling_navit_siglip import SiglipVisionTransformer
 from .resampler import Resampler
+from .typing_names import List  # NameError on import for 2.5 / 2.6, as their published resampler.py
 
 IMAGE_TAG = "(<image>./</image>)"  # where an image goes in the prompt, before its placeholder is known
 
@@ -100,7 +101,7 @@ class MiniCPMV(MiniCPMVPreTrainedModel):
         features = self.vpm(torch.zeros((1, 3, 224, 224), device=device, dtype=dtype)).last_hidden_state
         return self.resampler(features, torch.tensor([[side, side]], dtype=torch.int32))
 
-    def get_vision_embedding(self, images):
+    def get_vision_embedding(self, images: List[torch.Tensor]):
         out = []
         dtype = self.vpm.pos_embed.data.dtype
         for image in images:
