@@ -8,8 +8,9 @@ encodes an answer (same template, same trained tokens).
                (optional)}; an answer is a string or {"content", "reasoning_content"}
                (thinking versions)
     rlaif-v   RLAIF-V's columns: {"question", "chosen", "rejected", "image": path | {"path", "bytes"},
-               "logps": [4 numbers] (optional reference log-probs)}; its other columns
-               (ds_name, origin_dataset, origin_split, idx, image_path) are not read
+               "logps" (optional reference log-probs, as RLAIF-V writes them: RLAIF_V_LOGPS)};
+               its other columns (ds_name, origin_dataset, origin_split, idx, image_path) are
+               not read
     sharegpt  LLaMA-Factory: {"conversations": [{"from", "value"}, ..., a human turn],
                "chosen": {"from": "gpt", "value"}, "rejected": {...}, "images": [paths]}
     messages  ms-swift: {"messages": [..., {"role": "assistant", "content": chosen}],
@@ -19,14 +20,20 @@ encodes an answer (same template, same trained tokens).
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 
 from .data_formats import Unconvertible
 
 PAIR_FORMATS = ("native", "rlaif-v", "sharegpt", "messages")
-# RLAIF-V's logps column: the reference model's log-probs of (chosen, rejected) summed and
-# averaged over the answer tokens, in its authors' order
-RLAIF_V_LOGPS = ("chosen_sum", "rejected_sum", "chosen_mean", "rejected_mean")
+# RLAIF-V's logps column, as its reference pass (muffin/eval/muffin_inference_logp.py) writes it
+# and its dataset (muffin/data/datasets.py) reads it: a JSON string of {"logps": [six values]}
+# (or of the bare list, which its reader also takes), the reference model's log-probs of the
+# chosen answer then the rejected one, each as the sum over the answer's tokens, their mean and
+# the per-token list. Training takes the two sums.
+RLAIF_V_LOGPS = ("chosen sum", "chosen mean", "chosen per-token list", "rejected sum", "rejected mean",
+                 "rejected per-token list")
 RLAIF_V_KEYS = ("id", "question", "chosen", "rejected", "image", "logps")
 RLAIF_V_UNREAD = ("ds_name", "origin_dataset", "origin_split", "idx", "image_path")
 
@@ -123,12 +130,20 @@ def _native(record):
                   _answer(record["rejected"], "rejected", role, "content", allowed), drop=("reference_logps",))
     reference = record.get("reference_logps")
     if reference is not None:
-        if not isinstance(reference, (list, tuple)) or len(reference) != 2 \
-                or not all(isinstance(value, (int, float)) for value in reference):
+        if not isinstance(reference, (list, tuple)) or len(reference) != 2:
             raise ValueError('"reference_logps" must be 2 numbers (the chosen and the rejected answer\'s summed '
                              'log-probs under the reference model)')
-        pair.reference = (float(reference[0]), float(reference[1]))
+        pair.reference = tuple(log_prob(value, f'"reference_logps" {side}')
+                               for value, side in zip(reference, ("chosen", "rejected")))
     return pair
+
+
+def log_prob(value, what: str) -> float:
+    """A summed log-probability of the data as a float; ValueError naming `what` unless it is a
+    finite number at most 0 (true / false are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value > 0:
+        raise ValueError(f"{what} is {value!r}: a log-probability is a finite number at most 0")
+    return float(value)
 
 
 def _sharegpt(record):
@@ -173,10 +188,29 @@ def _rlaif_v(record):
     if image is not None:
         base["image"] = image
     pair = _sides(base, base["conversations"], "conversations", sides["chosen"], sides["rejected"])
-    logps = record.get("logps")
-    if logps is not None:
-        if not isinstance(logps, (list, tuple)) or len(logps) != len(RLAIF_V_LOGPS) \
-                or not all(isinstance(value, (int, float)) for value in logps):
-            raise ValueError(f'"logps" must be {len(RLAIF_V_LOGPS)} numbers ({", ".join(RLAIF_V_LOGPS)})')
-        pair.reference = (float(logps[0]), float(logps[1]))
+    if record.get("logps") is not None:
+        pair.reference = _rlaif_v_reference(record["logps"])
     return pair
+
+
+def _rlaif_v_reference(logps) -> tuple[float, float]:
+    """The (chosen, rejected) sums of an RLAIF-V logps value (RLAIF_V_LOGPS), checked whole."""
+    expected = (f'"logps" must be RLAIF-V\'s {len(RLAIF_V_LOGPS)} values ({", ".join(RLAIF_V_LOGPS)}), '
+                'as a list or a JSON string of the list or of {"logps": list}')
+    if isinstance(logps, str):
+        try:
+            logps = json.loads(logps)
+        except json.JSONDecodeError as error:
+            raise ValueError(f'"logps" is not JSON ({error.msg} at character {error.pos}); {expected}') from None
+    if isinstance(logps, dict) and list(logps) == ["logps"]:
+        logps = logps["logps"]
+    if not isinstance(logps, (list, tuple)) or len(logps) != len(RLAIF_V_LOGPS):
+        found = f"{len(logps)} values" if isinstance(logps, (list, tuple)) else type(logps).__name__
+        raise ValueError(f"{expected}; found {found}")
+    for value, name in zip(logps, RLAIF_V_LOGPS):
+        if name.endswith("list"):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f'"logps" {name} is {type(value).__name__}, not a list; {expected}')
+        else:
+            log_prob(value, f'"logps" {name}')
+    return float(logps[0]), float(logps[3])

@@ -38,7 +38,8 @@ def four_pairs(four_samples):
     text = {"id": "text", "question": "How many sides does a square have?", "chosen": "Four.", "rejected": "Five."}
     chosen = [pairs[0], pairs[1], text, pairs[2]]
     for k, pair in enumerate(chosen):
-        pair["logps"] = [-60.0 + 3 * k, -55.0 - 2 * k, 0.0, 0.0]  # a margin away from the policy's
+        # RLAIF-V's six values, the sums a margin away from the policy's
+        pair["logps"] = [-60.0 + 3 * k, -1.0, [], -55.0 - 2 * k, -1.0, []]
     (four_samples.parent / "four_pairs.json").write_text(json.dumps(chosen))
     return four_samples.parent / "four_pairs.json"
 

@@ -25,7 +25,7 @@ def pair_records(image_file, logps=None):
              {"id": "b", "image": images[1], "question": "Which colour is it?", "chosen": "Green.",
               "rejected": "It is purple, I think."}]
     for pair, (chosen, rejected) in zip(pairs, logps or []):
-        pair["logps"] = [chosen, rejected, 0.0, 0.0]
+        pair["logps"] = [chosen, chosen / 4, [], rejected, rejected / 4, []]  # as RLAIF-V writes them
     return pairs
 
 

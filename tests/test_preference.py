@@ -25,6 +25,14 @@ SAME_PAIR = {
 }
 
 
+def rlaif_logps(chosen: float, rejected: float, tokens: int = 4) -> str:
+    """An RLAIF-V logps value as its reference pass writes it: a JSON string of {"logps": [chosen
+    sum, mean, per-token list, rejected sum, mean, per-token list]} (a per-token list covers the
+    whole row, prompt positions included)."""
+    row = [-0.5] * 3 + [chosen / tokens] * tokens, [-0.5] * 3 + [rejected / tokens] * tokens
+    return json.dumps({"logps": [chosen, chosen / tokens, row[0], rejected, rejected / tokens, row[1]]})
+
+
 @pytest.mark.parametrize("data_format", list(SAME_PAIR))
 def test_one_pair_in_every_format_is_the_same_two_samples(data_format):
     record = SAME_PAIR[data_format]
@@ -41,8 +49,18 @@ def test_a_thinking_answer_keeps_its_reasoning_and_rlaif_v_its_reference_log_pro
     pair = to_pair({"conversations": [{"role": "user", "content": "2+2?"}], "rejected": "5",
                     "chosen": {"role": "assistant", "content": "4", "reasoning_content": "two and two"}})
     assert pair.chosen["conversations"][-1] == {"role": "assistant", "content": "4", "reasoning_content": "two and two"}
-    rlaif = to_pair({**SAME_PAIR["rlaif-v"], "logps": [-12.5, -20.0, -1.25, -2.0]})
+    rlaif = to_pair({**SAME_PAIR["rlaif-v"], "logps": rlaif_logps(-12.5, -20.0)})
     assert rlaif.reference == (-12.5, -20.0)  # the sums, not the per-token means
+
+
+def test_rlaif_v_log_probs_are_read_as_rlaif_v_writes_and_reads_them():
+    """Its reference pass writes json.dumps({"logps": six values}); its dataset also takes the
+    bare list; a JSON reader may hand either already parsed (issue 28.3: we asked for 4 numbers
+    in another order and refused its files)."""
+    written = rlaif_logps(-12.5, -20.0)
+    six = json.loads(written)["logps"]
+    for value in (written, json.dumps(six), six, {"logps": six}):
+        assert to_pair({**SAME_PAIR["rlaif-v"], "logps": value}).reference == (-12.5, -20.0), value
 
 
 @pytest.mark.parametrize("record,reason", [
@@ -54,7 +72,17 @@ def test_a_thinking_answer_keeps_its_reasoning_and_rlaif_v_its_reference_log_pro
     ({k: v for k, v in SAME_PAIR["native"].items() if k != "rejected"}, "not a preference pair"),
     ({**SAME_PAIR["rlaif-v"], "image": {"path": None, "bytes": b"\x89PNG"}}, "image bytes are read from Parquet files"),
     ({**SAME_PAIR["rlaif-v"], "score": 3}, "rlaif-v pair: unknown key 'score'"),
-    ({**SAME_PAIR["rlaif-v"], "logps": [1.0, 2.0]}, '"logps" must be 4 numbers'),
+    ({**SAME_PAIR["rlaif-v"], "logps": [-1.0, -2.0, -0.5, -1.0]},
+     '"logps" must be RLAIF-V\'s 6 values (chosen sum, chosen mean, chosen per-token list, rejected sum, rejected '
+     'mean, rejected per-token list), as a list or a JSON string of the list or of {"logps": list}; found 4 values'),
+    ({**SAME_PAIR["rlaif-v"], "logps": '{"logps": [-1.0, -0.5, [], -2.0'}, '"logps" is not JSON (Expecting'),
+    ({**SAME_PAIR["rlaif-v"], "logps": [-1.0, -0.5, -0.5, -2.0, -1.0, []]},
+     '"logps" chosen per-token list is float, not a list'),
+    ({**SAME_PAIR["rlaif-v"], "logps": [float("nan"), -0.5, [], -2.0, -1.0, []]},
+     '"logps" chosen sum is nan: a log-probability is a finite number at most 0'),
+    ({**SAME_PAIR["rlaif-v"], "logps": [-1.0, -0.5, [], 50, -1.0, []]}, '"logps" rejected sum is 50'),
+    ({**SAME_PAIR["native"], "reference_logps": [True, -1.0]}, '"reference_logps" chosen is True'),
+    ({**SAME_PAIR["native"], "reference_logps": [-1.0, float("inf")]}, '"reference_logps" rejected is inf'),
     ({**SAME_PAIR["messages"], "messages": SAME_PAIR["messages"]["messages"][:1]},
      '"messages" must end with the chosen answer'),
     ({**SAME_PAIR["sharegpt"], "rejected": {"from": "human", "value": "x"}}, '"rejected" is from \'human\''),
@@ -118,7 +146,7 @@ def test_each_side_of_a_pair_is_what_sft_makes_of_that_answer(tiny, image_file, 
     pairs = [{"id": "a", "image": image, "conversations": [{"role": "user", "content": "<image>\nWhat is it?"}],
               "chosen": "Grey noise.", "rejected": "A cat on a mat, sleeping."},
              {"id": "b", "question": "Colour?", "chosen": "Grey.", "rejected": "Red.", "image": {"path": image},
-              "logps": [-3.0, -4.0, -1.0, -2.0]}]
+              "logps": rlaif_logps(-3.0, -4.0)}]
     dataset = PreferenceDataset(pairs, tok, model.config)
     for index, pair in enumerate(pairs):
         for side in ("chosen", "rejected"):
@@ -181,7 +209,7 @@ def test_the_same_pair_in_every_format_and_file_kind_makes_the_same_batch(tiny, 
     files["jsonl"] = tmp_path / "native.jsonl"
     files["jsonl"].write_text(json.dumps(formats["native"]) + "\n")
     row = {**SAME_PAIR["rlaif-v"], "image": {"bytes": open(image, "rb").read(), "path": "cat.png"},
-           "logps": [-3.0, -4.0, -1.0, -2.0]}
+           "logps": rlaif_logps(-3.0, -4.0)}
     files["parquet"] = write_parquet(tmp_path / "rlaif.parquet", [row])
     caplog.set_level("INFO")
     batches = {name: PreferenceDataset(str(path), tok, model.config) for name, path in files.items()}
@@ -223,7 +251,7 @@ def test_convert_data_writes_pairs_of_any_format_as_ours(tiny, image_file, tmp_p
 
     image = image_file("cat.png", (500, 400))
     row = {**SAME_PAIR["rlaif-v"], "image": {"bytes": open(image, "rb").read(), "path": "cat.png"},
-           "logps": [-3.0, -4.0, -1.0, -2.0]}
+           "logps": rlaif_logps(-3.0, -4.0)}
     rows = [row, {**row, "id": 8, "rejected": row["chosen"]}]
     write_parquet(tmp_path / "rlaif.parquet", rows)
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_data.py"), "--from", "pairs",

@@ -61,7 +61,7 @@ def write_pairs(folder: Path, pairs: int, words: int) -> Path:
     records = [{"id": k, "image": str(folder / "image.png"), "question": "Describe the picture in detail.",
                 "chosen": " ".join(f"word{(i + k) % 97}" for i in range(words)),
                 "rejected": " ".join(f"term{(i + 2 * k) % 89}" for i in range(words)),
-                "logps": [-2.0 * words, -2.5 * words, 0.0, 0.0]} for k in range(pairs)]
+                "logps": [-2.0 * words, -2.0, [], -2.5 * words, -2.5, []]} for k in range(pairs)]
     (folder / "pairs.json").write_text(json.dumps(records))
     return folder / "pairs.json"
 
