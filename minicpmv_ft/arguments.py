@@ -136,7 +136,8 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_target_modules: typing.Optional[str] = field(default=None, metadata={
         "help": "regex over full module names to adapt; default: the LLM's attention projections (and its "
                 "linear-attention ones where it has them); naming a mixture-of-experts module that keeps its experts "
-                "fused (e.g. mlp\\.experts) adapts each expert's weights"})
+                "fused (e.g. mlp\\.experts) adapts each expert's weights (with --lora_dropout 0: their LoRA takes no "
+                "dropout)"})
     lora_modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "extra modules trained fully and saved with the adapter (resampler always is; the vision "
                 "tower with --tune_vision). embed_tokens is trained only if listed here"})

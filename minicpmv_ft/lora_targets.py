@@ -51,13 +51,19 @@ def peft_targets(model, pattern: str) -> dict:
     return {"target_modules": matching_modules(model, pattern), "target_parameters": experts}
 
 
-def check_lora_targets(config, version, pattern: str | None):
-    """Raises ValueError naming the pattern when it adapts nothing (PEFT would stop after the
-    weights loaded, with a traceback)."""
+def check_lora_targets(config, version, pattern: str | None, dropout: float):
+    """Raises ValueError naming the pattern when it adapts nothing, or fused experts with a
+    dropout (PEFT's LoRA on parameters takes none, and LoraConfig has one dropout for every
+    adapted layer); PEFT would stop after the weights loaded, with a traceback."""
     if pattern is None:
         return
     model = meta_model(config, version)
-    if matching_modules(model, pattern) or matching_expert_weights(model, pattern):
+    experts = matching_expert_weights(model, pattern)
+    if experts and dropout:
+        raise ValueError(f"--lora_target_modules {pattern!r} adapts the fused experts ({len(experts)} tensors, e.g. "
+                         f"{experts[0]}), whose LoRA takes no dropout, and --lora_dropout {dropout} would apply to "
+                         "them too: add --lora_dropout 0 (finetune_lora.sh passes 0.05)")
+    if matching_modules(model, pattern) or experts:
         return
     example = matching_modules(model, version.lora_target_regex)[:1]
     raise ValueError(f"--lora_target_modules {pattern!r} matches no linear layer of this model (matched against "

@@ -11,17 +11,18 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, VERSIONS
 
 pytestmark = pytest.mark.slow  # launches torchrun
 
 
 def launch(script, env, *flags):
+    """The launcher's run with `env` (a variable set to None: unset, the launcher's default)."""
     # the launchers call `python` and `torchrun` from PATH: those of this interpreter
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     full_env = {**os.environ, "PATH": path, "GPUS_PER_NODE": "1", "DS_CONFIG": "", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(["sh", str(ROOT / script), *flags], env=full_env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(["sh", str(ROOT / script), *flags], env={k: v for k, v in full_env.items() if v is not None},
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_missing_data_fails_before_launch(tmp_path):
@@ -78,6 +79,42 @@ def test_relative_paths_are_taken_from_the_callers_folder(tiny_model_dir, tmp_pa
     assert list((tmp_path / "out" / "runs").glob("*/events.out.tfevents.*"))  # TensorBoard by default
     for noise in ("Setting accelerator to CPU", "find_unused_parameters=True", "PAD/BOS/EOS", "FutureWarning"):
         assert noise not in result.stderr + result.stdout, noise
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_each_launcher_trains_every_version_with_its_own_defaults(tiny_model_dir, sample_data, tmp_path, version):
+    """finetune_ds.sh and finetune_lora.sh as they are (their ZeRO-2 config, bf16, gradient
+    checkpointing, the LoRA flags with their dropout, ...): only MODEL, DATA, OUTPUT_DIR and what a
+    CPU needs (--use_cpu true: bf16 on the CPU) are set, and one step is asked for."""
+    for script, saved in (("finetune_lora.sh", "adapter_config.json"), ("finetune_ds.sh", "model.safetensors")):
+        out = tmp_path / script
+        env = {"MODEL": str(tiny_model_dir(version)), "DATA": str(sample_data / "train.json"), "OUTPUT_DIR": str(out),
+               "DS_CONFIG": None}  # the launcher's own
+        result = launch(script, env, "--use_cpu", "true", "--max_steps", "1")
+        assert result.returncode == 0, f"{script}: {result.stderr[-3000:]}"
+        assert (out / saved).is_file() and json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+
+
+@pytest.mark.parametrize("version", [v for v in VERSIONS if v.endswith("-moe")])
+def test_lora_on_the_experts_with_the_launchers_dropout_is_refused_before_loading(tiny_model_dir, sample_data,
+                                                                                  tmp_path, version):
+    """PEFT's LoRA on the fused experts takes no dropout; finetune_lora.sh passes 0.05, which
+    stopped the run after the weights loaded (issue 28.4)."""
+    from minicpmv_ft.versions import VERSIONS as ENTRIES
+
+    experts = ENTRIES["4.7"].lora_target_regex[:-1] + r"|mlp\.experts)"
+    env = {"MODEL": str(tiny_model_dir(version)), "DATA": str(sample_data / "train.json"),
+           "OUTPUT_DIR": str(tmp_path / "out")}
+    result = launch("finetune_lora.sh", env, "--use_cpu", "true", "--max_steps", "1", "--lora_target_modules", experts)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = next(line for line in result.stderr.splitlines() if "adapts the fused experts" in line)
+    assert line.endswith("whose LoRA takes no dropout, and --lora_dropout 0.05 would apply to them too: add "
+                         "--lora_dropout 0 (finetune_lora.sh passes 0.05)"), line
+    assert "Traceback" not in result.stderr and "trainable parameters" not in result.stderr  # no weights loaded
+    result = launch("finetune_lora.sh", env, "--use_cpu", "true", "--max_steps", "1", "--lora_target_modules", experts,
+                    "--lora_dropout", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["target_parameters"]
 
 
 class Launched:

@@ -37,7 +37,7 @@ def test_a_target_pattern_is_checked_in_a_fresh_process(tiny_model_dir):
     check = ("import sys; from minicpmv_ft.loading import load_tokenizer_and_version; "
              "from minicpmv_ft.lora_targets import check_lora_targets; "
              "_, config, version = load_tokenizer_and_version(sys.argv[1]); "
-             "check_lora_targets(config, version, version.lora_target_regex); print('checked', version.name)")
+             "check_lora_targets(config, version, version.lora_target_regex, 0.05); print('checked', version.name)")
     running = {version: subprocess.Popen([sys.executable, "-c", check, str(tiny_model_dir(version))], cwd=ROOT,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for version in VERSIONS}
