@@ -23,7 +23,9 @@ SIGNATURES = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b
 
 
 def images_folder(data_path: str) -> str:
-    return os.path.splitext(data_path)[0] + ".images"
+    """DATA.images beside the data file, as an absolute path: the rows name their images by it,
+    and a relative one would be taken from the data's folder a second time (samples.read_records)."""
+    return os.path.splitext(os.path.abspath(data_path))[0] + ".images"
 
 
 def read_parquet(path: str) -> list[dict]:

@@ -131,15 +131,19 @@ def _parquet_records(path: str) -> list:
 
 def read_records(data, base_dir):
     """(records as the file holds them, source name, folder relative paths start from): JSON,
-    JSON Lines or Parquet (parquet_data.py)."""
+    JSON Lines or Parquet (parquet_data.py). The one place every command's data paths are
+    resolved: media paths are taken from the data file's folder (or `base_dir`, --image_folder),
+    whatever the working folder, and the images a Parquet file holds are written beside it and
+    named by absolute paths."""
     if isinstance(data, (list, tuple)):
-        return list(data), "<in-memory data>", base_dir or os.getcwd()
+        return list(data), "<in-memory data>", os.path.abspath(base_dir or os.getcwd())
     path = os.fspath(data)
     if not os.path.isfile(path):
         raise DataError(path, None, None, "data file does not exist")
+    folder = os.path.abspath(base_dir or os.path.dirname(path))
     with open(path, "rb") as handle:
         if handle.read(4) == PARQUET_MAGIC:
-            return _parquet_records(path), path, base_dir or os.path.dirname(os.path.abspath(path))
+            return _parquet_records(path), path, folder
         handle.seek(0)
         raw = handle.read()
     try:
@@ -147,7 +151,6 @@ def read_records(data, base_dir):
     except UnicodeDecodeError as exc:
         raise DataError(path, None, None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
                                           "save the file as UTF-8") from None
-    folder = base_dir or os.path.dirname(os.path.abspath(path))
     stripped = text.lstrip()
     if not stripped:
         raise DataError(path, None, None, "no samples: the file is empty")

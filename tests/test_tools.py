@@ -1,5 +1,7 @@
 """merge_lora.py and chat.py on adapters trained on each tiny model."""
 import io
+import json
+import os
 import shutil
 
 import pytest
@@ -219,8 +221,6 @@ def test_prediction_scores():
 
 
 def test_predict_writes_each_samples_prediction_as_chat_answers_it(adapters, tmp_path, capsys):
-    import json
-
     import predict
     from minicpmv_ft.images import open_rgb
 
@@ -264,8 +264,6 @@ def test_answer_batch_uses_batch_inference_where_chat_takes_it(version, calls_ex
 
 
 def test_predict_in_batches_equals_one_by_one(adapters, tmp_path):
-    import json
-
     import predict
 
     _, adapter, data = adapters("2.6")
@@ -293,3 +291,46 @@ def test_cpu_runs_drop_only_the_cuda_kernel_advice(caplog):
                        "`flash-linear-attention` is not installed.")
         logger.warning("something else")
     assert [r.getMessage() for r in caplog.records if r.name == logger.name] == ["something else"]
+
+
+@pytest.mark.long
+def test_a_parquet_file_named_by_a_relative_path_in_a_subfolder_works_for_every_command(tiny_model_dir, sample_data,
+                                                                                       tmp_path):
+    """The README's `rlaif-v/train.parquet`, from the folder above it (not this repo): its images
+    were written under the relative folder and then taken from the data's folder a second time
+    ("image not found: .../rlaif-v/rlaif-v/train.images/...", issue 28.5)."""
+    import subprocess
+    import sys
+
+    import pyarrow
+    import pyarrow.parquet
+
+    (tmp_path / "rlaif-v").mkdir()
+    pairs = json.loads((sample_data / "pairs.json").read_text())[:2]
+    images = [{"bytes": (sample_data / pair["image"]).read_bytes(), "path": os.path.basename(pair["image"])}
+              for pair in pairs]
+    rows = [{"question": pair["question"], "chosen": pair["chosen"], "rejected": pair["rejected"], "image": image}
+            for pair, image in zip(pairs, images)]
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "rlaif-v" / "train.parquet")
+    samples = [{"id": k, "image": image, "conversations": [{"role": "user", "content": pair["question"]},
+                                                           {"role": "assistant", "content": pair["chosen"]}]}
+               for k, (pair, image) in enumerate(zip(pairs, images))]
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(samples), tmp_path / "rlaif-v" / "eval.parquet")
+    model = str(tiny_model_dir("2.6"))
+    commands = {
+        "check_data.py": ["--model_name_or_path", model, "--data_path", "rlaif-v/train.parquet"],
+        "reference_logps.py": ["--model_name_or_path", model, "--data_path", "rlaif-v/train.parquet"],
+        "predict.py": ["--model", model, "--data", "rlaif-v/eval.parquet", "--out", "preds.jsonl",
+                       "--max_new_tokens", "3"],
+    }
+    running = {script: subprocess.Popen([sys.executable, str(ROOT / script), *options], cwd=tmp_path,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for script, options in commands.items()}
+    for script, process in running.items():
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, f"{script}: {err[-3000:]}"
+    written = sorted(path.name for path in (tmp_path / "rlaif-v" / "train.images").iterdir())
+    assert len(written) == 2 and not (tmp_path / "rlaif-v" / "rlaif-v").exists()
+    reference = (tmp_path / "rlaif-v" / "train.reference_logps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["pair"] for line in reference[1:]] == [0, 1]
+    assert [json.loads(line)["id"] for line in (tmp_path / "preds.jsonl").read_text().splitlines()] == [0, 1]
