@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from minicpmv_ft.checkpoints import copy_missing_checkpoint_files, record_max_slice_nums
+from minicpmv_ft.checkpoints import complete_saved_model
 from minicpmv_ft.loading import AdapterBaseError, adapter_max_slice_nums, is_adapter, load_for_inference, local_dir
 from minicpmv_ft.quiet import quiet_third_party
 
@@ -23,12 +23,8 @@ def merge(adapter: str, out: str, base: str | None = None, dtype=None) -> str:
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    source = local_dir(base_path)
-    if source:
-        copy_missing_checkpoint_files(source, out)
-    trained = adapter_max_slice_nums(adapter)
-    if trained is not None:  # config.json has it (load_for_inference); the processor's copy must agree
-        record_max_slice_nums(out, trained)
+    # the trained slicing: config.json has it (load_for_inference); the processor's copy must agree
+    complete_saved_model(local_dir(base_path), out, adapter_max_slice_nums(adapter))
     return out
 
 

@@ -19,7 +19,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
-from minicpmv_ft.checkpoints import copy_missing_checkpoint_files, record_max_slice_nums
+from minicpmv_ft.checkpoints import complete_saved_model
 from minicpmv_ft.packing import block_causal_mask
 from minicpmv_ft.router_loss import router_loss_of
 from minicpmv_ft.versions import ModelVersion, submodule
@@ -272,10 +272,9 @@ class MiniCPMVTrainer(Trainer):
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
-        if self.source_model_dir and not _is_peft(self.model):
-            copy_missing_checkpoint_files(self.source_model_dir, output_dir)
-        if self.max_slice_nums is not None and self.args.should_save:
-            record_max_slice_nums(output_dir, self.max_slice_nums)
+        if self.args.should_save:
+            complete_saved_model(None if _is_peft(self.model) else self.source_model_dir, output_dir,
+                                 self.max_slice_nums)
 
 
 def split_param_groups(optimizer, model, module_lrs: dict):

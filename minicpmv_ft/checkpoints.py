@@ -30,6 +30,20 @@ EXTRA_CHECKPOINT_FILES = (".py", "preprocessor_config.json", "processor_config.j
                           "chat_template.jinja")
 
 
+def complete_saved_model(source_dir: str | None, output_dir: str, max_slice_nums: int | None) -> list[str]:
+    """Makes a saved model (a checkpoint, a result, a merged model) load and chat as its source
+    checkpoint does: the source's remote code and processor files that output_dir lacks, the
+    config's transformers version, and the slicing it was trained with (record_max_slice_nums).
+    Returns the names of the files copied."""
+    copied = []
+    if source_dir:
+        copied = copy_missing_checkpoint_files(source_dir, output_dir)
+        keep_transformers_version(source_dir, output_dir)
+    if max_slice_nums is not None:
+        record_max_slice_nums(output_dir, max_slice_nums)
+    return copied
+
+
 def copy_missing_checkpoint_files(source_dir: str, output_dir: str) -> list[str]:
     """Copies the source checkpoint's remote code and processor files that output_dir lacks."""
     copied = []
@@ -38,6 +52,27 @@ def copy_missing_checkpoint_files(source_dir: str, output_dir: str) -> list[str]
             shutil.copy(os.path.join(source_dir, name), os.path.join(output_dir, name))
             copied.append(name)
     return copied
+
+
+def keep_transformers_version(source_dir: str, output_dir: str):
+    """config.json keeps the transformers version its source records, not the one that saved it.
+    The saved config is the source's own with new weights, and a local tokenizer folder whose
+    config says 4.57.3-4.57.x (what this environment writes) is taken by those transformers for a
+    Mistral tokenizer with a broken split regex: every plain AutoTokenizer load of a 2.5, 2.6 or
+    4.5 result (over 100k tokens) warns of "incorrect tokenization" and advises a flag that would
+    change its ids. The published checkpoints record 4.51 or older; the native ones 5.x."""
+    source, saved = os.path.join(source_dir, "config.json"), os.path.join(output_dir, "config.json")
+    if not os.path.isfile(source) or not os.path.isfile(saved):
+        return
+    with open(source) as handle:
+        recorded = json.load(handle).get("transformers_version")
+    with open(saved) as handle:
+        config = json.load(handle)
+    if recorded and config.get("transformers_version") != recorded:
+        config["transformers_version"] = recorded
+        with open(saved, "w") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+            handle.write("\n")
 
 
 # What a LoRA adapter folder records of the slicing it was trained with (a full model's

@@ -13,7 +13,8 @@ FALSE_ALARMS = (
     ("transformers.models.auto.image_processing_auto", "Using a slow image processor"),
     ("transformers.processing_utils", "Using a slow image processor"),
     # transformers 4.57.3+ suspects every local tokenizer folder with over 100k tokens saved by a
-    # 4.57.3+ that is not of a Mistral model type (2.5, 2.6, 4.5 results): their ids are unchanged.
+    # 4.57.3+ that is not of a Mistral model type (2.5, 2.6, 4.5 checkpoints saved by other tools;
+    # ours keep their source's version: checkpoints.keep_transformers_version): their ids are unchanged.
     ("transformers.tokenization_utils_base", "with an incorrect regex pattern"),
     # 2.0's MiniCPM LLM defines prepare_inputs_for_generation without GenerationMixin; the 2.0
     # load fix gives it generate() (minicpmv_ft/versions/load_fixes.py).

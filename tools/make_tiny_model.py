@@ -242,7 +242,7 @@ def recipe_2_0(out: Path):
                                         "num_heads": 2, "mlp_ratio": 2.0, "class_token": False,
                                         "global_pool": "map"},
               "query_num": 64, "image_size": 448, "drop_vision_last_layer": True, "slice_mode": True,
-              "patch_size": 14, "max_slice_nums": 9, "scale_resolution": 448}
+              "patch_size": 14, "max_slice_nums": 9, "scale_resolution": 448, "transformers_version": "4.36.0"}
     return tok, config, "v2", {}
 
 
@@ -251,7 +251,7 @@ def recipe_2_5(out: Path):
     bos, eos, eot = _token_ids(out, "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>")
     config = {**TINY_LLM, **NAVIT_FIELDS, "num_key_value_heads": 2, "rope_theta": 500000.0,
               "max_position_embeddings": 8192, "bos_token_id": bos, "eos_token_id": eos, "query_num": 96,
-              "slice_config": {"max_slice_nums": 9, "model_type": "minicpmv"}}
+              "slice_config": {"max_slice_nums": 9, "model_type": "minicpmv"}, "transformers_version": "4.40.0"}
     return tok, config, "v2_5", {"eos_token_id": [eos, eot]}
 
 
@@ -260,7 +260,7 @@ def recipe_2_6(out: Path):
     start, end = _token_ids(out, "<|im_start|>", "<|im_end|>")
     config = {**TINY_LLM, **NAVIT_FIELDS, **IMAGE_ID_FIELDS, "num_key_value_heads": 2, "rope_theta": 1000000.0,
               "max_position_embeddings": 32768, "bos_token_id": start, "eos_token_id": end,
-              "tie_word_embeddings": False}
+              "tie_word_embeddings": False, "transformers_version": "4.40.0"}
     return tok, config, "v2_6", {}
 
 
@@ -268,7 +268,8 @@ def recipe_4_0(out: Path):
     tok = build_minicpm4_tokenizer(out)
     end = _token_ids(out, "<|im_end|>")[0]
     config = {**TINY_LLM, **NAVIT_FIELDS, **IMAGE_ID_FIELDS, "version": 4.0, "num_key_value_heads": 2,
-              "max_position_embeddings": 4096, "bos_token_id": 1, "eos_token_id": [2, end], "tie_word_embeddings": False}
+              "max_position_embeddings": 4096, "bos_token_id": 1, "eos_token_id": [2, end], "tie_word_embeddings": False,
+              "transformers_version": "4.51.0"}
     return tok, config, "v4_0", {}
 
 
@@ -277,7 +278,7 @@ def recipe_4_5(out: Path):
     end, pad = _token_ids(out, "<|im_end|>", "<|endoftext|>")
     config = {**TINY_LLM, **NAVIT_FIELDS, **IMAGE_ID_FIELDS, "version": 4.5, "batch_3d_resampler": True,
               "num_key_value_heads": 2, "head_dim": 32, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
-              "bos_token_id": pad, "eos_token_id": end, "tie_word_embeddings": False}
+              "bos_token_id": pad, "eos_token_id": end, "tie_word_embeddings": False, "transformers_version": "4.51.0"}
     # As the real 4.5: chat() and serving default to thinking off.
     return tok, config, "v4_5", {"chat_template_kwargs": {"enable_thinking": False}}
 
@@ -384,6 +385,10 @@ def build(version: str, out: str | Path, vocab_size: int | None = None, seed: in
     # as every load of the code: the version's fixes first (2.5 / 2.6 import only with them)
     model = model_class(VERSIONS[version]).from_config(model_config, trust_remote_code=True)
     model.save_pretrained(out, safe_serialization=True)
+    # config.json says the transformers its published checkpoint records, not this one's
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "transformers_version": config["transformers_version"]},
+                                                indent=2, sort_keys=True) + "\n")
     return out
 
 
