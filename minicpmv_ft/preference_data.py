@@ -14,7 +14,9 @@ encodes an answer (same template, same trained tokens).
     sharegpt  LLaMA-Factory: {"conversations": [{"from", "value"}, ..., a human turn],
                "chosen": {"from": "gpt", "value"}, "rejected": {...}, "images": [paths]}
     messages  ms-swift: {"messages": [..., {"role": "assistant", "content": chosen}],
-               "rejected_response": text, "images": [paths]}
+               "rejected_response": text, "images": [paths]}, or (ms-swift >= 3.8)
+               "rejected_messages": the same prompt ending with the rejected answer, with
+               "rejected_images" / "rejected_videos" equal to "images" / "videos" where given
 
     pair = to_pair(record)      # PairRecords (two records in an SFT format) or Unconvertible
 """
@@ -34,6 +36,8 @@ PAIR_FORMATS = ("native", "rlaif-v", "sharegpt", "messages")
 # the per-token list. Training takes the two sums.
 RLAIF_V_LOGPS = ("chosen sum", "chosen mean", "chosen per-token list", "rejected sum", "rejected mean",
                  "rejected per-token list")
+# ms-swift's keys of the rejected side (besides "messages" and its media)
+MESSAGES_REJECTED_KEYS = ("rejected_response", "rejected_messages", "rejected_images", "rejected_videos")
 RLAIF_V_KEYS = ("id", "question", "chosen", "rejected", "image", "logps")
 RLAIF_V_UNREAD = ("ds_name", "origin_dataset", "origin_split", "idx", "image_path")
 
@@ -53,7 +57,7 @@ def pair_format(record) -> str | None:
     """Which pair format a record is in, by its keys (None: not a preference pair)."""
     if not isinstance(record, dict):
         return None
-    if "rejected_response" in record:
+    if "rejected_response" in record or "rejected_messages" in record:
         return "messages"
     if "chosen" not in record or "rejected" not in record:
         return None
@@ -71,7 +75,7 @@ def to_pair(record, data_format: str = "auto"):
     sample_id = record.get("id") if isinstance(record, dict) else None
     if found is None:
         return Unconvertible('not a preference pair: it needs a prompt and "chosen" and "rejected" answers (or '
-                             'ms-swift\'s "messages" + "rejected_response")', sample_id)
+                             'ms-swift\'s "messages" + "rejected_response" or "rejected_messages")', sample_id)
     if data_format not in ("auto", found):
         return Unconvertible(f"looks like {found} pair data, but --data_format is {data_format}; use --data_format "
                              f"{found} (or auto)", sample_id)
@@ -161,8 +165,28 @@ def _messages(record):
     prompt = _prompt(messages[:-1], "role", ("user",))
     role, allowed = {"role": "assistant"}, ("role", "content", "reasoning_content")
     chosen = _answer(messages[-1], "chosen", role, "content", allowed)
-    rejected = _answer(record["rejected_response"], "rejected_response", role, "content", allowed)
-    return _sides(record, prompt, "messages", chosen, rejected, drop=("rejected_response",))
+    if "rejected_response" in record and "rejected_messages" in record:
+        raise ValueError('both "rejected_response" and "rejected_messages": give one')
+    if "rejected_response" in record:
+        rejected = _answer(record["rejected_response"], "rejected_response", role, "content", allowed)
+    else:
+        rejected = _answer(_rejected_messages_answer(record, messages), "rejected_messages", role, "content", allowed)
+    return _sides(record, prompt, "messages", chosen, rejected, drop=MESSAGES_REJECTED_KEYS)
+
+
+def _rejected_messages_answer(record: dict, messages: list):
+    """The last turn of ms-swift's "rejected_messages", which must repeat the chosen side's prompt
+    and media: a pair here is one prompt with two answers (scored against one reference)."""
+    rejected = record["rejected_messages"]
+    if not isinstance(rejected, list) or len(rejected) < 2 or not isinstance(rejected[-1], dict) \
+            or rejected[-1].get("role") != "assistant":
+        raise ValueError('"rejected_messages" must end with the rejected answer (an assistant message)')
+    if rejected[:-1] != messages[:-1]:
+        raise ValueError('"rejected_messages" asks another prompt than "messages" (a pair shares its prompt)')
+    for media in ("images", "videos"):
+        if f"rejected_{media}" in record and record[f"rejected_{media}"] != record.get(media):
+            raise ValueError(f'"rejected_{media}" differs from "{media}" (a pair shares its prompt\'s media)')
+    return rejected[-1]
 
 
 def _rlaif_v(record):

@@ -63,6 +63,25 @@ def test_rlaif_v_log_probs_are_read_as_rlaif_v_writes_and_reads_them():
         assert to_pair({**SAME_PAIR["rlaif-v"], "logps": value}).reference == (-12.5, -20.0), value
 
 
+def test_ms_swift_rejected_messages_make_the_same_pair_as_its_rejected_response():
+    """ms-swift >= 3.8 also writes the rejected side whole: "rejected_messages" (the prompt again,
+    then the rejected answer) with "rejected_images"."""
+    record = SAME_PAIR["messages"]
+    whole = {key: value for key, value in record.items() if key != "rejected_response"}
+    whole["rejected_messages"] = record["messages"][:-1] + [{"role": "assistant", "content": REJECTED}]
+    whole["rejected_images"] = list(record["images"])
+    expected, pair = to_pair(record), to_pair(whole)
+    assert pair_format(whole) == "messages"
+    assert [to_native(pair.chosen), to_native(pair.rejected)] == [to_native(expected.chosen),
+                                                                  to_native(expected.rejected)]
+    for changed, reason in (({"rejected_images": ["b.png"]}, '"rejected_images" differs from "images"'),
+                            ({"rejected_messages": [{"role": "user", "content": "Other?"}, whole["rejected_messages"][-1]]},
+                             '"rejected_messages" asks another prompt than "messages"'),
+                            ({"rejected_response": REJECTED}, 'both "rejected_response" and "rejected_messages"')):
+        bad = to_pair({**whole, **changed})
+        assert isinstance(bad, Unconvertible) and reason in bad.reason, bad
+
+
 @pytest.mark.parametrize("record,reason", [
     ({**SAME_PAIR["native"], "rejected": CHOSEN}, "the chosen and the rejected answer are the same"),
     ({**SAME_PAIR["native"], "conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
