@@ -184,6 +184,11 @@ def _refuse_single_object(text: str, path: str):
         whole = json.loads(text)
     except json.JSONDecodeError:
         return  # several objects: JSON Lines
+    named = [entry["file_name"] for entry in whole.values()
+             if isinstance(entry, dict) and isinstance(entry.get("file_name"), str)]
+    if named:  # LLaMA-Factory's data/dataset_info.json
+        raise DataError(path, None, None, "a list of datasets (LLaMA-Factory's dataset_info.json), not samples: give "
+                                          f"the data file of the dataset to train on, e.g. {named[0]} beside it")
     lists = [key for key, value in whole.items() if isinstance(value, list)]
     hint = f'; the samples look like they are under {lists[0]!r}: write that list alone' if lists else ""
     raise DataError(path, None, None, "one JSON object, not a list of samples or JSON Lines" + hint)

@@ -225,6 +225,10 @@ def test_image_like_keys_are_not_silently_ignored(tiny, tmp_path, image_file, ke
     (b"[]", "no samples: the JSON list is empty"),
     (b'{\n  "data": [\n  ]\n}\n', "one JSON object, not a list of samples or JSON Lines; the samples look like they "
                                    "are under 'data'"),
+    (b'{\n  "cat_photos": {"file_name": "cats.json", "formatting": "sharegpt",\n  "columns": {"messages": '
+     b'"messages", "images": "images"}}\n}\n',
+     "a list of datasets (LLaMA-Factory's dataset_info.json), not samples: give the data file of the dataset to "
+     "train on, e.g. cats.json beside it"),
     ("[{\"id\": \"caf\u00e9\"}]".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 12); save the file as UTF-8"),
     (b"id,question\n1,hi\n", "neither a JSON list of samples ([...]) nor JSON Lines"),
 ])
