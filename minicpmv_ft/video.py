@@ -156,7 +156,7 @@ def decode_frames(path: str, indices: list[int]):
         with av.open(path) as container:
             for number, frame in enumerate(container.decode(container.streams.video[0])):
                 if number in wanted:
-                    frames[number] = frame.to_image().convert("RGB")
+                    frames[number] = frame.to_image(threads=1).convert("RGB")
                 if number >= indices[-1]:
                     break
     except (av.error.FFmpegError, OSError) as exc:

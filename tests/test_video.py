@@ -22,6 +22,29 @@ def test_a_written_video_reads_back_with_its_count_rate_size_and_frames(tmp_path
     assert np.allclose(means, [0, 100, 200], atol=2)  # frame k is grey 10 k (a lossy codec: within 2)
 
 
+def test_frames_decode_in_a_process_forked_after_this_one_decoded(tmp_path):
+    """DataLoader workers are forked from a process that may have decoded frames before (the data
+    check, an earlier run in the same process): the frame converter's thread pool, kept by PyAV
+    between calls, was inherited half-alive, and a forked worker's first frame hung forever in
+    libswscale (a video training run stopped with no error)."""
+    import multiprocessing
+    import queue
+
+    make_video(tmp_path / "v.mp4", frames=20, fps=10, size=(48, 32))
+    expected = [np.asarray(frame) for frame in decode_frames(str(tmp_path / "v.mp4"), [0, 5, 10])]
+    results = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(
+        target=lambda: results.put([np.asarray(frame) for frame in decode_frames(str(tmp_path / "v.mp4"), [0, 5, 10])]))
+    child.start()
+    try:
+        decoded = results.get(timeout=60)  # before join: the child exits once its frames are sent
+    except queue.Empty:
+        decoded = None
+    child.kill()
+    assert decoded is not None, "decoding in the forked process hung"
+    assert len(decoded) == 3 and all(np.array_equal(a, b) for a, b in zip(decoded, expected))
+
+
 def test_stride_sampling_of_2_6_and_4_0():
     assert VERSIONS["4.0"].video == STRIDE and STRIDE.max_slice_nums == 2
     assert plan_frames(VideoInfo(25, 10.0, (64, 48)), STRIDE) == FramePlan([0, 10, 20], [[-1], [-1], [-1]])
