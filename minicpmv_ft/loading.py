@@ -59,9 +59,11 @@ def model_class(version: ModelVersion):
 
 
 def load_model(path: str, version: ModelVersion, dtype=None, cast: bool = True, **kwargs):
-    """The checkpoint with its version's load fixes applied; cast=False leaves dtype casting to
-    someone else (ZeRO-3, 4-bit quantisation)."""
+    """The checkpoint with its version's load fixes applied, in `dtype` (None: the checkpoint's
+    own, as its config says); cast=False leaves dtype casting to someone else (ZeRO-3, 4-bit
+    quantisation)."""
     model = model_class(version).from_pretrained(path, trust_remote_code=True, dtype=dtype or "auto", **kwargs)
+    dtype = dtype or model.dtype  # a fix that casts (2.0's) casts to what the weights loaded as
     for fix in version.after_load:
         model = fix(model, dtype if cast else None)
     return model

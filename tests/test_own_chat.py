@@ -78,6 +78,24 @@ def test_2_0_llm_has_no_generate_and_our_loading_gives_it_one(tiny_model_dir, tm
     assert sampled and model.chat(image, QUESTION, None, tokenizer, sampling=True, max_new_tokens=6)[0] == sampled
 
 
+def test_a_half_precision_2_0_checkpoint_loads_whole_in_its_own_precision(tiny_model_dir, tmp_path):
+    """load_for_inference without a dtype (docs/results.md's way) loads a bf16 result (the
+    launchers' --bf16) as bf16; 2.0's resampler keeps a float32 position embedding unless cast, and
+    the cast was skipped ("mat1 and mat2 must have the same dtype" in the published resampler)."""
+    source = AutoModel.from_pretrained(tiny_model_dir("2.0"), trust_remote_code=True)
+    source.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (tiny_model_dir("2.0") / name).exists():
+            (tmp_path / "bf16" / name).write_bytes((tiny_model_dir("2.0") / name).read_bytes())
+    for path in tiny_model_dir("2.0").glob("*.py"):
+        (tmp_path / "bf16" / path.name).write_bytes(path.read_bytes())
+    tokenizer, model, _, _ = load_for_inference(str(tmp_path / "bf16"))
+    dtypes = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+    assert dtypes == {torch.bfloat16}
+    image = Image.open(make_image(tmp_path / "q.png", (300, 200))).convert("RGB")
+    assert model.chat(image, QUESTION, None, tokenizer, sampling=False, max_new_tokens=3)[0]
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, sample_data, tmp_path_factory):  # noqa: F811
     """version -> (full model folder, adapter folder), both trained with --max_slice_nums 2."""
