@@ -75,6 +75,19 @@ def test_sharegpt_and_messages_equal_ours(tiny, tmp_path, images):
     assert_same_items(items(tiny, tmp_path, llava + openai + ours)[3:6], want)  # auto: each sample by its keys
 
 
+def test_an_image_asked_about_again_in_a_later_turn_trains_as_ours(tiny, tmp_path, images):
+    """LLaMA-Factory's mllm_demo layout: a marker at the start of the first question and at the end
+    of a later one, the same file listed once per marker."""
+    ours = native(("user", "<image_00>Who are they?"), ("assistant", "Two players."),
+                  ("user", "What are they doing?<image_01>"), ("assistant", "Celebrating."),
+                  image={"<image_00>": "a.png", "<image_01>": "a.png"})
+    theirs = messages(("user", "<image>Who are they?"), ("assistant", "Two players."),
+                      ("user", "What are they doing?<image>"), ("assistant", "Celebrating."), images=["a.png", "a.png"])
+    got, want = items(tiny, tmp_path, [theirs]), items(tiny, tmp_path, [ours])
+    assert_same_items(got, want)
+    assert len(got[0]["pixel_values"]) >= 2  # both images' views
+
+
 @pytest.mark.parametrize("record,data_format,reason", [
     (sharegpt(("user", "<image> and <image>"), ("assistant", "x"), images=["a.png", "b.png", "a.png"]), "auto",
      "sharegpt sample: 3 images but 2 <image> markers; each image needs one <image> in the text"),
