@@ -24,6 +24,7 @@ def test_a_pattern_naming_a_module_with_3d_weights_that_are_not_experts_stays_a_
 
 
 
+@pytest.mark.long
 def test_a_target_pattern_is_checked_in_a_fresh_process(tiny_model_dir):
     """The check builds the model from its config before any weights load; for 2.5 and 2.6 the
     published code imports only after the load fixes (NameError: List), which ran only on the
