@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import re
 import typing
@@ -54,6 +55,19 @@ class ModelArguments:
             raise ValueError(f"--model_name_or_path {path}: no such folder (and not a hub id like openbmb/MiniCPM-V-4_5)")
         if not os.path.isdir(path) and os.path.isdir(path.split("/")[0]):  # "output/modle": a mistyped folder
             raise ValueError(f"--model_name_or_path {path}: no such folder ({path.split('/')[0]}/ is a folder here)")
+
+
+def check_numbers(arguments, at_least_zero=()):
+    """ValueError for a float option that is NaN or infinite, or one of `at_least_zero` below 0,
+    before anything loads: NaN passes every comparison after this (a NaN rate trains a NaN model
+    and exits 0; a NaN --max_grad_norm turns clipping off)."""
+    for option in dataclasses.fields(arguments):
+        value = getattr(arguments, option.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{option.name} {value}: give a finite number")
+    for name in at_least_zero:
+        if getattr(arguments, name) < 0:
+            raise ValueError(f"--{name} must be 0 or more, got {getattr(arguments, name)}")
 
 
 @dataclass
@@ -103,6 +117,7 @@ class DataArguments:
                 "reasoning"})
 
     def __post_init__(self):
+        check_numbers(self)
         if self.data_format not in FORMATS:
             raise ValueError(f"--data_format {self.data_format!r}: choose one of {', '.join(FORMATS)}")
         if self.image_folder is not None and not os.path.isdir(self.image_folder):
@@ -192,6 +207,7 @@ class TrainingArguments(transformers.TrainingArguments):
                 "its adapters off), data, adapter_off (LoRA) or copy (a frozen copy of the model in memory)"})
 
     def __post_init__(self):
+        check_numbers(self, at_least_zero=("learning_rate", "weight_decay", "max_grad_norm"))
         if self.warmup_ratio and "warmup_ratio" not in NATIVE_TRAINING_ARGUMENTS and not self.warmup_steps:
             self.warmup_steps = self.warmup_ratio  # transformers 5: a float below 1 is the ratio
         if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:

@@ -109,3 +109,20 @@ def test_check_data_samples_videos_with_the_video_flags(tiny_model_dir, tmp_path
                                 *flags]) == 0
         frames[" ".join(flags)] = json.loads((tmp_path / "r.json").read_text())["files"][0]["videos"]["frames"]["max"]
     assert frames == {"": 5, "--video_max_frames 2": 2, "--video_fps 0.5": 3}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--vision_lr", "nan"], "--vision_lr nan: give a finite number"),
+    (["--resampler_lr", "inf"], "--resampler_lr inf: give a finite number"),
+    (["--dpo_beta", "nan"], "--dpo_beta nan: give a finite number"),
+    (["--dpo_sft_weight", "nan"], "--dpo_sft_weight nan: give a finite number"),
+    (["--max_grad_norm", "nan"], "--max_grad_norm nan: give a finite number"),
+    (["--learning_rate", "nan"], "--learning_rate nan: give a finite number"),
+    (["--learning_rate", "-1"], "--learning_rate must be 0 or more, got -1.0"),
+    (["--weight_decay", "-1"], "--weight_decay must be 0 or more, got -1.0"),
+    (["--video_fps", "inf"], "--video_fps inf: give a finite number"),
+])
+def test_a_number_that_is_not_finite_or_below_zero_is_refused_before_anything_loads(tmp_path, flags, message):
+    """Issue 29.1 (first step): NaN passed every later check and trained a NaN model with exit 0."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse(tmp_path, *flags)
