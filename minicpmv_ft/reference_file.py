@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 
+from .preference_data import log_prob
 from .run_record import file_fingerprint
 
 FORMAT = 1
@@ -71,12 +72,22 @@ def read(path: str, expected: dict) -> dict[int, tuple[float, float]]:
                             if changed[0] == "settings" else "")
                          + "; delete it and run reference_logps.py again for this run's model and data")
     logps = {}
-    for line in lines[1:]:
+    for number, line in enumerate(lines[1:], start=2):
         try:
             entry = json.loads(line)
-            logps[int(entry["pair"])] = (float(entry["logps"][0]), float(entry["logps"][1]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+            index, values = int(entry["pair"]), list(entry["logps"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             break  # a line cut by a stopped pass: it and what follows are computed again
+        if len(values) != 2:
+            break
+        fix = "; delete the file and run reference_logps.py again"
+        if index in logps:
+            raise ValueError(f"{path}, line {number}: pair {index} a second time{fix}")
+        try:
+            logps[index] = tuple(log_prob(value, f"{path}, line {number}: pair {index}'s {side} log-prob")
+                                 for value, side in zip(values, ("chosen", "rejected")))
+        except ValueError as error:
+            raise ValueError(f"{error}{fix}") from None
     return logps
 
 

@@ -5,6 +5,7 @@ answer's full logits, the log-probs are the SFT loss's, and each pair's images g
 vision tower once."""
 import copy
 import json
+import re
 import math
 
 import pytest
@@ -343,3 +344,25 @@ def test_full_dpo_with_a_frozen_copy_saves_a_model_that_chats(tiny_model_dir, sa
     chat.main(["--model", str(tmp_path / "out"), "--image", str(sample_data / pairs[0]["image"]), "--question",
                pairs[0]["question"], "--max_new_tokens", "6"])
     assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("line,reason", [
+    ('{"pair": 1, "logps": [NaN, -2.0]}', "line 3: pair 1's chosen log-prob is nan: a log-probability is a finite "
+                                          "number at most 0"),
+    ('{"pair": 1, "logps": [-1.0, 50]}', "line 3: pair 1's rejected log-prob is 50"),
+    ('{"pair": 1, "logps": [true, -2.0]}', "line 3: pair 1's chosen log-prob is True"),
+    ('{"pair": 0, "logps": [-1.0, -2.0]}', "line 3: pair 0 a second time"),
+])
+def test_a_reference_file_line_with_a_value_no_log_prob_can_have_is_an_error(tmp_path, line, reason):
+    """Issue 29.1 and 29.3: NaN, a log-prob above 0 or true/false in a line were trained on, and a
+    second line for a pair silently replaced the first; a cut last line is still computed again."""
+    from minicpmv_ft import reference_file
+
+    expected = {"reference_logps": 1, "model": "m", "data": "d", "settings": {}, "pairs": 2}
+    path = tmp_path / "pairs.reference_logps.jsonl"
+    header, first = json.dumps(expected), '{"pair": 0, "logps": [-3.0, -4.0]}'
+    path.write_text("\n".join([header, first, line]) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}, {reason}") + ".*delete the file and run reference_logps"):
+        reference_file.read(str(path), expected)
+    path.write_text("\n".join([header, first, '{"pair": 1, "lo']) + "\n")
+    assert reference_file.read(str(path), expected) == {0: (-3.0, -4.0)}
