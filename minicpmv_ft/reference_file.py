@@ -71,7 +71,7 @@ def read(path: str, expected: dict) -> dict[int, tuple[float, float]]:
                          + (f": {_settings_change(found.get('settings') or {}, expected['settings'])}"
                             if changed[0] == "settings" else "")
                          + "; delete it and run reference_logps.py again for this run's model and data")
-    logps = {}
+    logps, fix = {}, "; delete the file and run reference_logps.py again"
     for number, line in enumerate(lines[1:], start=2):
         try:
             entry = json.loads(line)
@@ -80,7 +80,6 @@ def read(path: str, expected: dict) -> dict[int, tuple[float, float]]:
             break  # a line cut by a stopped pass: it and what follows are computed again
         if len(values) != 2:
             break
-        fix = "; delete the file and run reference_logps.py again"
         if index in logps:
             raise ValueError(f"{path}, line {number}: pair {index} a second time{fix}")
         try:
