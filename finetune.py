@@ -131,8 +131,9 @@ def use_reference_files(model_folder, data_args, datasets, identity):
     data: into the pair datasets, as if the data carried them (the data files' fingerprints from
     the run's identity)."""
     for dataset, path, key in zip(datasets, (data_args.data_path, data_args.eval_data_path), ("data", "eval_data")):
-        if dataset is not None and reference_file.attach(dataset, path, reference_file.header(
-                model_folder, path, data_args, len(dataset.references), identity[key])):
+        if dataset is not None and os.path.exists(reference_file.reference_path(path)):  # the header reads the media
+            reference_file.attach(dataset, path, reference_file.header(model_folder, path, data_args, dataset,
+                                                                       identity[key]))
             logger.info("%s: reference log-probs from %s", path, reference_file.reference_path(path))
 
 

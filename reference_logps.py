@@ -53,7 +53,7 @@ def compute(model_args, data_args, pass_args) -> dict[str, int]:
         if dataset is None:
             continue
         target = reference_file.reference_path(path)
-        expected = reference_file.header(folder, path, data_args, len(dataset.references))
+        expected = reference_file.header(folder, path, data_args, dataset)
         done = reference_file.read(target, expected)
         todo = [i for i, index in enumerate(dataset.kept) if index not in done]
         logger.info("%s: %d of %d pairs to compute", target, len(todo), len(dataset))

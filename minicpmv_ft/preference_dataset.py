@@ -116,6 +116,15 @@ class PreferenceDataset(Dataset):
         """The id of the pair at `index` of the data file (its index when it has none)."""
         return self.sides[2 * index].get("id", index)
 
+    def media_paths(self) -> list[str]:
+        """The image and video files of the pairs kept, in order, each once."""
+        paths = {}
+        for index in self.kept:
+            for side in self.sides[2 * index:2 * index + 2]:
+                sample = self.encoder.parse(side, index, self.source, self.folder)
+                paths.update(dict.fromkeys(sample.image_paths + sample.video_paths))
+        return list(paths)
+
     def __len__(self):
         return len(self.kept)
 

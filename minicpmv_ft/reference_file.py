@@ -2,11 +2,11 @@
 the starting model, computed once before training and written next to the data.
 
     pairs.json -> pairs.reference_logps.jsonl
-    {"reference_logps": 1, "model": ..., "data": ..., "settings": {...}, "pairs": 6}   the header
-    {"pair": 0, "logps": [chosen, rejected]}                                          a line per pair
+    {"reference_logps": 2, "model": ..., "data": ..., "media": ..., "settings": {...}, "pairs": 6}   the header
+    {"pair": 0, "logps": [chosen, rejected]}                                                          a line per pair
 
-The header says what the numbers belong to: the model's files, the data file's content and the
-options that change how a pair is encoded. A training run (--method dpo) uses the file when its
+The header says what the numbers belong to: the model's files, the data file's content, the
+images' and videos' contents and the options that change how a pair is encoded. A training run (--method dpo) uses the file when its
 header matches its own and every pair it trains on has a line; a file made for another model,
 data or encoding is refused, never used. A pass that stopped keeps its lines (written as each
 batch finishes): run again, it computes the rest.
@@ -20,7 +20,8 @@ import os
 from .preference_data import log_prob
 from .run_record import file_fingerprint
 
-FORMAT = 1
+FORMAT = 2  # 2: the header holds the media's fingerprint
+MEDIA_BYTES = 1 << 16  # read from each end of a media file; most images are read whole
 SUFFIX = ".reference_logps.jsonl"
 # the data options that change a pair's ids or pixels (a resume of the pass, and training, must match)
 ENCODING_OPTIONS = ("data_format", "image_folder", "max_slice_nums", "model_max_length", "video_fps",
@@ -44,12 +45,30 @@ def model_fingerprint(folder: str) -> str:
     return digest.hexdigest()
 
 
-def header(model_folder: str, data_path: str, data_args, pairs: int, data_fingerprint: str | None = None) -> dict:
-    """What a reference file's numbers belong to; `data_fingerprint`: the data file's, where the
-    caller has it (a training run's identity holds it), so a large file is not hashed twice."""
+def media_fingerprint(paths) -> str:
+    """Of the image and video files the pairs show, in order: each one's path, size and the bytes
+    of its start and end (a replaced image differs there; reading whole videos would take longer
+    than the check is worth)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        size = os.path.getsize(path)
+        digest.update(f"{path} {size}\n".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(MEDIA_BYTES))
+            if size > 2 * MEDIA_BYTES:
+                handle.seek(size - MEDIA_BYTES)
+            digest.update(handle.read(MEDIA_BYTES))
+    return digest.hexdigest()
+
+
+def header(model_folder: str, data_path: str, data_args, dataset, data_fingerprint: str | None = None) -> dict:
+    """What the reference file of `dataset` (a PreferenceDataset of `data_path`) belongs to;
+    `data_fingerprint`: the data file's, where the caller has it (a training run's identity
+    holds it), so a large file is not hashed twice."""
     return {"reference_logps": FORMAT, "model": model_fingerprint(model_folder),
             "data": data_fingerprint or file_fingerprint(data_path),
-            "settings": {name: getattr(data_args, name) for name in ENCODING_OPTIONS}, "pairs": pairs}
+            "media": media_fingerprint(dataset.media_paths()),
+            "settings": {name: getattr(data_args, name) for name in ENCODING_OPTIONS}, "pairs": len(dataset.references)}
 
 
 def read(path: str, expected: dict) -> dict[int, tuple[float, float]]:
@@ -63,10 +82,13 @@ def read(path: str, expected: dict) -> dict[int, tuple[float, float]]:
         found = json.loads(lines[0]) if lines else {}
     except json.JSONDecodeError:
         found = {}
-    changed = [key for key in ("reference_logps", "model", "data", "settings") if found.get(key) != expected[key]]
+    changed = [key for key in ("reference_logps", "model", "data", "media", "settings")
+               if found.get(key) != expected[key]]
     if changed:
         what = {"reference_logps": "another file format", "model": "another model (its files differ)",
-                "data": "another version of the data file", "settings": "other encoding options"}
+                "data": "another version of the data file",
+                "media": "other images or videos (one was changed, added or removed since)",
+                "settings": "other encoding options"}
         raise ValueError(f"{path} holds reference log-probs computed for {what[changed[0]]}"
                          + (f": {_settings_change(found.get('settings') or {}, expected['settings'])}"
                             if changed[0] == "settings" else "")
@@ -116,11 +138,9 @@ def append(handle, logps: dict):
 
 def attach(dataset, data_path: str, expected: dict) -> int:
     """Puts the reference file's log-probs of `data_path` into `dataset.references` (a
-    PreferenceDataset); the pairs taken, 0 where there is no file. ValueError for a file made
+    PreferenceDataset) from its file, which exists; the pairs taken. ValueError for a file made
     for something else, or one that lacks a pair the dataset trains on."""
     path = reference_path(data_path)
-    if not os.path.exists(path):
-        return 0
     found = read(path, expected)
     missing = [index for index in dataset.kept if index not in found]
     if missing:

@@ -243,6 +243,27 @@ def test_the_reference_pass_resumes_is_used_by_training_and_is_refused_for_other
         finetune.train(train + ["--output_dir", str(tmp_path / "out4")])
 
 
+def test_a_reference_file_is_refused_once_an_image_it_was_computed_on_changes(tiny_model_dir, sample_data, tmp_path):
+    """Issue 29.3: an image replaced after the reference pass was trained against stale log-probs."""
+    import shutil
+
+    import finetune
+    import reference_logps
+    from conftest import cpu_flags
+
+    pairs = json.loads((sample_data / "pairs.json").read_text())[:2]
+    shutil.copytree(sample_data / "images", tmp_path / "images")
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    options = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(tmp_path / "pairs.json"),
+               "--max_slice_nums", "1"]
+    reference_logps.main(options)
+    shutil.copy(tmp_path / pairs[0]["image"], tmp_path / pairs[1]["image"])
+    train = options + ["--method", "dpo"] + cpu_flags(tmp_path / "out", 1, 1e-3) + ["--max_steps", "1"]
+    with pytest.raises(ValueError, match="computed for other images or videos \\(one was changed, added or removed "
+                                         "since\\); delete it and run reference_logps.py again"):
+        finetune.train(train)
+
+
 @pytest.mark.parametrize("flags,message", [
     ({"dpo_beta": 0.2}, "--dpo_beta is an option of --method dpo; this run is --method sft"),
     ({"method": "ppo"}, "--method 'ppo': choose sft or dpo"),
@@ -358,7 +379,8 @@ def test_a_reference_file_line_with_a_value_no_log_prob_can_have_is_an_error(tmp
     second line for a pair silently replaced the first; a cut last line is still computed again."""
     from minicpmv_ft import reference_file
 
-    expected = {"reference_logps": 1, "model": "m", "data": "d", "settings": {}, "pairs": 2}
+    expected = {"reference_logps": reference_file.FORMAT, "model": "m", "data": "d", "media": "i", "settings": {},
+                "pairs": 2}
     path = tmp_path / "pairs.reference_logps.jsonl"
     header, first = json.dumps(expected), '{"pair": 0, "logps": [-3.0, -4.0]}'
     path.write_text("\n".join([header, first, line]) + "\n")
