@@ -320,7 +320,8 @@ def run_training(model_args, data_args, train_args, callbacks=None):
     source_dir = local_dir(model_args.model_name_or_path)  # the checkpoint's files: fingerprinted, copied into outputs
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     if train_args.use_lora:
-        check_lora_targets(config, version, train_args.lora_target_modules, train_args.lora_dropout)
+        check_lora_targets(config, version, train_args.lora_target_modules, train_args.lora_dropout,
+                           train_args.lora_modules_to_save)
     if data_args.keep_earlier_reasoning and not version.chat.thinking:
         raise ValueError(f"--keep_earlier_reasoning: MiniCPM-V {version.name} has no thinking blocks to keep; "
                          "drop the flag")

@@ -8,6 +8,7 @@ pattern naming such a module adapts those tensors instead (PEFT's target_paramet
 expert)."""
 from __future__ import annotations
 
+import difflib
 import re
 
 from torch import nn
@@ -51,13 +52,17 @@ def peft_targets(model, pattern: str) -> dict:
     return {"target_modules": matching_modules(model, pattern), "target_parameters": experts}
 
 
-def check_lora_targets(config, version, pattern: str | None, dropout: float):
+def check_lora_targets(config, version, pattern: str | None, dropout: float, modules_to_save=()):
     """Raises ValueError naming the pattern when it adapts nothing, or fused experts with a
     dropout (PEFT's LoRA on parameters takes none, and LoraConfig has one dropout for every
-    adapted layer); PEFT would stop after the weights loaded, with a traceback."""
-    if pattern is None:
+    adapted layer), PEFT would stop after the weights loaded, with a traceback; or naming a
+    `modules_to_save` entry that is no module's (PEFT would train without it, silently)."""
+    if pattern is None and not modules_to_save:
         return
     model = meta_model(config, version)
+    check_modules_to_save(model, modules_to_save)
+    if pattern is None:
+        return
     experts = matching_expert_weights(model, pattern)
     if experts and dropout:
         raise ValueError(f"--lora_target_modules {pattern!r} adapts the fused experts ({len(experts)} tensors, e.g. "
@@ -69,3 +74,14 @@ def check_lora_targets(config, version, pattern: str | None, dropout: float):
     raise ValueError(f"--lora_target_modules {pattern!r} matches no linear layer of this model (matched against "
                      f"full module names, e.g. {example[0] if example else 'llm.model.layers.0.self_attn.q_proj'}); "
                      f"the default is {version.lora_target_regex!r}")
+
+
+def check_modules_to_save(model, names):
+    """Each name must end some module's full name, as PEFT matches modules_to_save (a plain
+    suffix); ValueError naming the first that ends none, with the nearest module name."""
+    modules = [name for name, _ in model.named_modules() if name]
+    for name in names:
+        if not any(module.endswith(name) for module in modules):
+            near = difflib.get_close_matches(name, sorted({module.rsplit(".", 1)[-1] for module in modules}), n=1)
+            raise ValueError(f"--lora_modules_to_save {name!r} names no module of this model (a name matches the "
+                             "modules whose full name ends with it)" + (f"; did you mean {near[0]!r}?" if near else ""))

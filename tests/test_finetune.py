@@ -230,6 +230,9 @@ def test_nothing_to_train_on_fails_before_weights_load(tiny_model_dir, sample_da
      r"--lora_target_modules 'nomatch' matches no linear layer of this model \(matched against full module names, "
      r"e.g. llm.model.layers.0.self_attn.q_proj\); the default is "),
     (["--keep_earlier_reasoning", "true"], "--keep_earlier_reasoning: MiniCPM-V 2.6 has no thinking blocks to keep"),
+    (["--use_lora", "true", "--lora_modules_to_save", "embed_token"],  # issue 29.4: PEFT ignored it silently
+     r"--lora_modules_to_save 'embed_token' names no module of this model \(a name matches the modules whose full "
+     r"name ends with it\); did you mean 'embed_tokens'\?"),
 ])
 def test_flags_that_need_the_model_fail_before_weights_load(tiny_model_dir, sample_data, tmp_path, monkeypatch, flags,
                                                              message):
