@@ -34,6 +34,7 @@ from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir
 from minicpmv_ft.lora_targets import check_lora_targets, peft_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
+from minicpmv_ft.output_paths import check_output_folder, data_folder
 from minicpmv_ft.packing import PackedDataset, check_packable
 from minicpmv_ft.preference_dataset import PreferenceDataset
 from minicpmv_ft.preference_reference import COPY, REFERENCE_SOURCES, resolve_reference
@@ -235,6 +236,10 @@ def train(argv=None, callbacks=None):
     model_args, data_args, train_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if train_args.should_log else logging.WARNING)
+    check_output_folder("--output_dir", train_args.output_dir, {
+        "the model's folder (--model_name_or_path)": local_dir(model_args.model_name_or_path),
+        "the folder of --data_path": data_folder(data_args.data_path),
+        "the folder of --eval_data_path": data_folder(data_args.eval_data_path), "--image_folder": data_args.image_folder})
     with output_dir_lock(train_args.output_dir):
         return run_training(model_args, data_args, train_args, callbacks)
 

@@ -12,13 +12,17 @@ import argparse
 import os
 
 from minicpmv_ft.checkpoints import complete_saved_model
-from minicpmv_ft.loading import AdapterBaseError, adapter_max_slice_nums, is_adapter, load_for_inference, local_dir
+from minicpmv_ft.loading import (AdapterBaseError, adapter_base, adapter_max_slice_nums, is_adapter, load_for_inference,
+                                 local_dir)
+from minicpmv_ft.output_paths import check_output_folder
 from minicpmv_ft.quiet import quiet_third_party
 
 
 def merge(adapter: str, out: str, base: str | None = None, dtype=None) -> str:
     if not is_adapter(adapter):
         raise ValueError(f"{adapter} has no adapter_config.json: not a LoRA adapter folder")
+    check_output_folder("--out", out, {"the base model's folder": local_dir(adapter_base(adapter, base)),
+                                       "the adapter's folder (--adapter)": adapter})
     tokenizer, model, _, base_path = load_for_inference(adapter, base, dtype, merge=True)
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import string
 import sys
@@ -27,6 +28,7 @@ from minicpmv_ft.encoding import read_image
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import (AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference,
                                  version_for_inference)
+from minicpmv_ft.output_paths import OutputPathError, check_output_file
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.samples import MARKERS, DataError, load_records, parse_sample
 from minicpmv_ft.video import VideoError, read_video_info
@@ -194,6 +196,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     quiet_third_party()
     try:  # the samples are checked before the weights load
+        check_output_file("--out", args.out, {"the --data file": args.data})
         samples, failed = read_samples(args.data, version_for_inference(args.model, args.base), args.image_folder,
                                        args.data_format)
         for error in failed[:20]:
@@ -201,10 +204,11 @@ def main(argv=None) -> int:
         if len(failed) > 20:
             print(f"SKIPPED {len(failed) - 20} more samples", file=sys.stderr)
         tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
-    except (AdapterBaseError, DataError) as error:
+    except (AdapterBaseError, DataError, OutputPathError) as error:
         parser.exit(2, f"predict.py: {error}\n")
     samples = samples[: args.max_samples]
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as out:
         predictions, references, failed_now = predict(
             model, tokenizer, version, samples, out, args.max_new_tokens, args.thinking,
