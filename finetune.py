@@ -278,7 +278,10 @@ def log_resume(checkpoint: str, max_steps: int, length_changes=(), scheduler: st
     if length_changes:
         logger.info("the run's length changed: %s; the learning-rate schedule (%s) is laid over the new length "
                     "and continues from step %d of it", "; ".join(length_changes), scheduler, step + 1)
-    if 0 < max_steps <= step:
+    if 0 < max_steps < step:
+        raise ValueError(f"{checkpoint} is past --max_steps {max_steps}: resume from a checkpoint at or before step "
+                         f"{max_steps}, or give --max_steps {step} or more")
+    if max_steps == step:
         logger.warning("%s is already at --max_steps %d: nothing is left to train; the final model is saved "
                        "again from it", checkpoint, max_steps)
 

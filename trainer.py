@@ -238,6 +238,23 @@ class MiniCPMVTrainer(Trainer):
             split_param_groups(optimizer, self.model, self.module_lrs)
         return optimizer
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """The Trainer's, then the rate of the step the run continues at set from the schedule
+        as laid over this run's length: the optimizer's restored rate is the checkpoint run's
+        next one (0 at the end of a linear or cosine schedule), and the Trainer would train the
+        first resumed step at it before the re-laid scheduler steps."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            continue_schedule(self.lr_scheduler)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """None once --max_steps is reached: a resume at or past it would otherwise train one
+        more step (the Trainer checks the length after each step, not before the first)."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
     def compare_trainer_and_checkpoint_args(self, training_args, trainer_state):
         """The Trainer's check on resume, with a ratio (--eval_steps 0.1, as the launchers pass it)
         compared as the steps it stands for in the checkpoint's run: the Trainer compared 0.1 with
@@ -275,6 +292,18 @@ class MiniCPMVTrainer(Trainer):
         if self.args.should_save:
             complete_saved_model(None if _is_peft(self.model) else self.source_model_dir, output_dir,
                                  self.max_slice_nums)
+
+
+def continue_schedule(scheduler):
+    """Sets the optimizer's rates (and the scheduler's last ones, which the Trainer logs) to the
+    schedule's value at its restored step. Only a LambdaLR (every schedule of the Trainer but
+    reduce_lr_on_plateau) can be asked for its value at a step."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    rates = [base * rate(scheduler.last_epoch) for base, rate in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates
 
 
 def split_param_groups(optimizer, model, module_lrs: dict):

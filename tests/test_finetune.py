@@ -1,11 +1,12 @@
 """finetune.py end to end on the tiny models: loss falls, outputs reload with the same logits."""
 import json
 import logging
+import math
 
 import pytest
 import torch
 import transformers
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, TrainerCallback
 
 from conftest import REGISTRY, VERSIONS, cpu_flags
 
@@ -685,6 +686,57 @@ def test_resume_never_continues_another_run_in_the_same_folder(tiny_model_dir, s
         finetune.train(base + flags + ["--max_steps", "3", "--learning_rate", "1e-3", "--resume_from_checkpoint", "last"])
 
 
+class RatesUsed(TrainerCallback):
+    """The learning rate each step's optimizer update uses (the first group's), by step number."""
+
+    def __init__(self):
+        self.used = {}
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.used[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+
+def test_a_finished_run_resumed_at_its_length_trains_nothing_and_a_shorter_length_is_refused(
+        tiny_model_dir, sample_data, tmp_path, caplog):
+    """Issue 29.2: resuming a finished run trained one more step (the Trainer checks --max_steps
+    after a step), which with a constant schedule changed the final model; a shorter
+    --max_steps did the same while the log said nothing was left."""
+    from safetensors.torch import load_file
+
+    base = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "train.json"),
+            "--max_steps", "3"] + cpu_flags(tmp_path, 1, 1e-3) + ["--save_strategy", "steps", "--save_steps", "3",
+                                                                  "--lr_scheduler_type", "constant", "--logging_steps",
+                                                                  "1", "--use_lora", "true"]
+    finetune.train(base)
+    finished = load_file(tmp_path / "adapter_model.safetensors")
+    caplog.set_level(logging.INFO)
+    rates = RatesUsed()
+    again = finetune.train(base + ["--resume_from_checkpoint", "last"], callbacks=[rates])
+    assert "is already at --max_steps 3: nothing is left to train; the final model is saved again from it" in caplog.text
+    assert rates.used == {} and again.state.global_step == 3
+    assert [e["step"] for e in again.state.log_history if "loss" in e] == [1, 2, 3]
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert saved.keys() == finished.keys() and all(torch.equal(saved[k], finished[k]) for k in saved)
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'checkpoint-3'} is past --max_steps 2: resume from a "
+                                         "checkpoint at or before step 2, or give --max_steps 3 or more"):
+        finetune.train(base[:5] + ["2"] + base[6:] + ["--resume_from_checkpoint", "last"])
+
+
+@pytest.mark.parametrize("version", ["4.6"])
+def test_a_resume_continues_the_relaid_schedule_and_stops_at_its_length_in_the_native_environment(
+        tiny_model_dir, sample_data, tmp_path, version):
+    """Issue 29.2 under transformers 5, whose training loop is another (the hooks are the same)."""
+    base = ["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(sample_data / "train.json"),
+            "--use_lora", "true"] + cpu_flags(tmp_path, 1, 1e-3) + ["--save_strategy", "steps", "--save_steps", "2",
+                                                                   "--logging_steps", "1"]
+    finetune.train(base + ["--max_steps", "2"])
+    for steps, used in ((4, {3: 5e-4, 4: 2.5e-4}), (4, {})):  # linear over 4 steps; then nothing left
+        rates = RatesUsed()
+        resumed = finetune.train(base + ["--max_steps", str(steps), "--resume_from_checkpoint", "last"],
+                                 callbacks=[rates])
+        assert rates.used == pytest.approx(used) and resumed.state.global_step == 4
+
+
 def test_a_finished_run_trains_longer_when_resumed_with_more_steps_or_epochs(tiny_model_dir, sample_data, tmp_path,
                                                                            caplog):
     """Issue 18.7: raising --max_steps or --num_train_epochs on a resume was refused as "a run
@@ -695,12 +747,18 @@ def test_a_finished_run_trains_longer_when_resumed_with_more_steps_or_epochs(tin
             "--per_device_train_batch_size", "2", "--logging_steps", "1", "--lr_scheduler_type", "cosine"]
     finetune.train(base + ["--max_steps", "2"])
     caplog.set_level(logging.INFO)
-    longer = finetune.train(base + ["--max_steps", "4", "--resume_from_checkpoint", "last"])
+    rates = RatesUsed()
+    longer = finetune.train(base + ["--max_steps", "4", "--resume_from_checkpoint", "last"], callbacks=[rates])
     assert f"resuming from {tmp_path / 'checkpoint-2'}: 2 steps done, training continues at step 3" in caplog.text
     assert ("the run's length changed: max_steps 2 (now 4); the learning-rate schedule (cosine) is laid over the new "
             "length and continues from step 3 of it") in caplog.text
     assert longer.state.global_step == 4 and json.loads((tmp_path / "run.json").read_text())["finished"]
     assert [e["step"] for e in longer.state.log_history if "loss" in e] == [1, 2, 3, 4]
+    # issue 29.2: step 3 trained at the old schedule's last rate (0: a cosine over 2 steps ends there);
+    # the new schedule's, cosine over 4 steps at step 3, is 1e-3 * (1 + cos(pi * 2 / 4)) / 2
+    assert rates.used == pytest.approx({3: 5e-4, 4: 1e-3 * (1 + math.cos(math.pi * 3 / 4)) / 2})
+    assert {e["step"]: e["learning_rate"] for e in longer.state.log_history if "loss" in e and e["step"] > 2} \
+        == pytest.approx(rates.used)
     # by epochs: 14 samples, batches of 2 -> 7 steps an epoch
     epochs = finetune.train(base + ["--num_train_epochs", "1", "--resume_from_checkpoint", "last", "--max_steps", "-1"])
     assert epochs.state.global_step == 7
