@@ -26,13 +26,14 @@ from minicpmv_ft.batching import REMOTE_MEDIA, collate, pack, packed_collate
 from minicpmv_ft.encoding import DEFAULT_MODEL_MAX_LENGTH, SampleEncoder, check_records
 from minicpmv_ft.node_check import checked_once_per_node, shared_on_node
 from minicpmv_ft.samples import DataError, Sample, load_records
+from minicpmv_ft.skipped_items import SkipsFailingItems
 from minicpmv_ft.versions import detect_version
 from minicpmv_ft.view_cache import held_bytes
 
 logger = logging.getLogger(__name__)
 
 
-class SupervisedDataset(Dataset):
+class SupervisedDataset(SkipsFailingItems, Dataset):
     """Items as SampleEncoder.item() makes them, for the samples that passed the check.
 
     `version` is the detected checkpoint version (finetune.py detects it once per run); when
@@ -68,7 +69,7 @@ class SupervisedDataset(Dataset):
         self.dropped = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "dropped"]
         self.failed = [(r.index, r.sample_id, r.reason) for r in self.reports if r.status == "failed"]
         self.skip_bad_samples = skip_bad_samples
-        self.failed_in_training = set()  # served indices whose media failed while training (this process)
+        self.failed_in_training = {}  # served index -> why its media failed while training (this process)
         if self.failed and not skip_bad_samples:
             index, sample_id, reason = self.failed[0]
             more = f" (and {len(self.failed) - 1} more failing samples: run check_data.py for all of them)" \
@@ -106,30 +107,8 @@ class SupervisedDataset(Dataset):
         """The i-th served sample, parsed from its record (as the check parsed it)."""
         return self.encoder.parse(self.records[self.kept[i]], self.kept[i], self.source, self.folder)
 
-    def __getitem__(self, i):
-        """The i-th item; with --skip_bad_samples one whose media fail only now (a video cut short
-        inside an intact container, which the default check does not decode) is counted and the
-        next readable sample is served in its place."""
-        if not self.skip_bad_samples:
-            return self.encoder.item(self.sample(i))
-        for j in ((i + k) % len(self) for k in range(len(self))):
-            item = self.usable_item(j)
-            if item is not None:
-                return item
-        raise DataError(self.source, None, None, "no sample could be read while training")
-
-    def usable_item(self, j):
-        """The j-th item, or None after it failed (--skip_bad_samples: logged once per process with
-        the count so far)."""
-        if j in self.failed_in_training:
-            return None
-        try:
-            return self.encoder.item(self.sample(j))
-        except DataError as error:
-            self.failed_in_training.add(j)
-            logger.warning("%s; failed while training, skipped (--skip_bad_samples): %d such samples so far in "
-                           "this process", error, len(self.failed_in_training))
-            return None
+    def build_item(self, i):
+        return self.encoder.item(self.sample(i))
 
 
 def make_encoder(tokenizer, config, version, max_slice_nums=None, model_max_length=DEFAULT_MODEL_MAX_LENGTH, keep_earlier_reasoning=False,

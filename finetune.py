@@ -295,6 +295,11 @@ def train_and_save(trainer, resume, identity, stop_on_signal) -> bool:
     """Trains and saves the final model, then runs the final evaluation (a failure there keeps
     the saved model); False when a signal stopped training at a checkpoint."""
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.data_error is not None:
+        step = trainer.state.global_step
+        kept = (f"checkpoint-{step} holds the {step} step{'s' * (step > 1)} done: fix the file, or add --skip_bad_samples, and continue "
+                "with --resume_from_checkpoint last") if step else "no step was done"
+        raise ValueError(f"{trainer.data_error}; training stopped there, {kept}")
     finished = stop_on_signal.stopped_at is None
     if finished:
         trainer.save_model(trainer.args.output_dir)  # on every rank: ZeRO-3 gathers weights collectively

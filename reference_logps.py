@@ -19,7 +19,6 @@ import tempfile
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, Subset
 from transformers import HfArgumentParser
 
 from dpo_trainer import PreferenceSettings, PreferenceTrainer
@@ -29,6 +28,7 @@ from minicpmv_ft.arguments import DataArguments, ModelArguments, TrainingArgumen
 from minicpmv_ft.launch import REPORTED_ERROR_EXIT
 from minicpmv_ft.loading import load_model, load_tokenizer_and_version, local_dir
 from minicpmv_ft.quiet import quiet_third_party
+from minicpmv_ft.samples import DataError
 
 logger = logging.getLogger("reference_logps")
 
@@ -54,7 +54,7 @@ def compute(model_args, data_args, pass_args) -> dict[str, int]:
             continue
         target = reference_file.reference_path(path)
         expected = reference_file.header(folder, path, data_args, dataset)
-        done = reference_file.read(target, expected)
+        done, _ = reference_file.read(target, expected)  # a pair that failed is tried again
         todo = [i for i, index in enumerate(dataset.kept) if index not in done]
         logger.info("%s: %d of %d pairs to compute", target, len(todo), len(dataset))
         computed[target] = len(todo)
@@ -67,14 +67,32 @@ def compute(model_args, data_args, pass_args) -> dict[str, int]:
                                   if model_args.attn_implementation else {}))
             trainer = pass_trainer(model, version, tokenizer, pass_args, scratch.name)
         with reference_file.start(target, expected, done) as handle:
-            batches = DataLoader(Subset(dataset, todo), batch_size=pass_args.batch_size, collate_fn=dataset.collator)
-            for start, batch in zip(range(0, len(todo), pass_args.batch_size), batches):
-                logps = trainer.answer_logps(model, trainer._prepare_inputs(batch)).tolist()
-                served = todo[start:start + pass_args.batch_size]
+            for start in range(0, len(todo), pass_args.batch_size):
+                served, items, failed = readable_pairs(dataset, todo[start:start + pass_args.batch_size])
+                logps = trainer.answer_logps(model, trainer._prepare_inputs(dataset.collator(items))).tolist() \
+                    if items else []
                 reference_file.append(handle, {dataset.kept[i]: (logps[k], logps[k + len(served)])
-                                               for k, i in enumerate(served)})
+                                               for k, i in enumerate(served)}, failed)
     scratch.cleanup()
     return computed
+
+
+def readable_pairs(dataset, indices) -> tuple[list, list, dict]:
+    """(served indices, their items, pair index -> reason for those that failed to load): a
+    failing pair stops the pass (its DataError) unless the data options skip bad samples; then
+    its line says so, and training skips it too."""
+    served, items, failed = [], [], {}
+    for i in indices:
+        try:
+            items.append(dataset.build_item(i))
+            served.append(i)
+        except DataError as error:
+            if not dataset.skip_bad_samples:
+                raise DataError(error.source, error.index, error.sample_id, f"{error.reason}; the pairs before it have "
+                                "their lines: fix the file, or add --skip_bad_samples, and run again") from None
+            logger.warning("%s; skipped (--skip_bad_samples): training skips it too", error)
+            failed[dataset.kept[i]] = error.reason
+    return served, items, failed
 
 
 def pass_trainer(model, version, tokenizer, pass_args, output_dir: str) -> PreferenceTrainer:

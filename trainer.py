@@ -10,18 +10,22 @@ split into micro-batches, gradient accumulation or processes.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager, nullcontext
 
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
-from minicpmv_ft.checkpoints import complete_saved_model
+from minicpmv_ft.checkpoints import COMPLETE_MARKER, complete_saved_model
+from minicpmv_ft.data_error_stop import failing_sample, first_failure
 from minicpmv_ft.packing import block_causal_mask
 from minicpmv_ft.router_loss import router_loss_of
+from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import ModelVersion, submodule
 
 @contextmanager
@@ -126,6 +130,7 @@ class MiniCPMVTrainer(Trainer):
         # values of the micro-batches since the last log
         self.router_loss = router_loss_of(submodule(self.model, version.llm_module))
         self.router_losses = []
+        self.data_error = None  # a sample that failed to load while training: the run stopped there
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
@@ -248,12 +253,34 @@ class MiniCPMVTrainer(Trainer):
             continue_schedule(self.lr_scheduler)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """None once --max_steps is reached: a resume at or past it would otherwise train one
-        more step (the Trainer checks the length after each step, not before the first)."""
+        """The next update's batches; none once --max_steps is reached (a resume at or past it
+        would otherwise train one more step: the Trainer checks the length after each step), or
+        when a sample fails to load on any rank: then training stops with a checkpoint of the
+        steps done (minicpmv_ft/data_error_stop.py) and `data_error` holds the failure."""
         if 0 < self.state.max_steps <= self.state.global_step:
             self.control.should_training_stop = True
             return [], None
-        return super().get_batch_samples(epoch_iterator, num_batches, device)
+        # the Trainer's fetch, with the failure agreed on before its count of the batches' items,
+        # which gathers across ranks
+        batches, failure = [], None
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+            except (DataError, RuntimeError) as error:
+                failure = failing_sample(error)
+                if failure is None:
+                    raise
+                break
+        self.data_error = first_failure(failure, self.args.device)
+        if self.data_error is None:
+            return batches, self._get_num_items_in_batch(batches, device)
+        self.control.should_training_stop = True
+        # saved at the epoch's end, where the loop goes next; not again where a checkpoint has this step
+        saved = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}", COMPLETE_MARKER)
+        self.control.should_save = self.state.global_step > 0 and not os.path.exists(saved)
+        return [], None
 
     def compare_trainer_and_checkpoint_args(self, training_args, trainer_state):
         """The Trainer's check on resume, with a ratio (--eval_steps 0.1, as the launchers pass it)

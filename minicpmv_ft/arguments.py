@@ -89,8 +89,9 @@ class DataArguments:
         "help": "tokens per sample, images included; longer samples are truncated, or dropped (and "
                 "counted) when the cut would split an image or leave no trained token"})
     skip_bad_samples: bool = field(default=False, metadata={
-        "help": "train without the samples that fail the data check (they are counted in the log); "
-                "default: any failing sample stops the run before training"})
+        "help": "train without the samples that fail the data check or fail to load while training (they are "
+                "counted in the log); default: a failing sample stops the run, before training or with a "
+                "checkpoint of the steps done"})
     verify_images: bool = field(default=False, metadata={
         "help": "decode every image (and the frames of every video) in full before training (check_data.py "
                 "--verify_images likewise); default: read each image's header and check the file ends whole"})
@@ -361,7 +362,7 @@ RESULT_ARGUMENTS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
     "label_smoothing_factor", "neftune_noise_alpha",
     "model_name_or_path",
-    "data_format", "image_folder", "max_slice_nums", "model_max_length", "skip_bad_samples", "video_fps",
+    "data_format", "image_folder", "max_slice_nums", "model_max_length", "video_fps",
     "video_max_frames", "video_max_group", "video_max_slice_nums", "keep_earlier_reasoning",
     "tune_vision", "tune_llm", "use_lora", "q_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
     "lora_modules_to_save", "packing", "vision_lr", "resampler_lr", "warmup_ratio", "group_by_length",
@@ -374,6 +375,9 @@ RUN_NEUTRAL_ARGUMENTS = (
     "llm_type", "attn_implementation", "verify_images", "image_cache_dir", "remove_unused_columns", "label_names",
     "prediction_loss_only", "loss_chunk_tokens", "loss_kernel", "report_to", "dataloader_num_workers",
     "dataloader_persistent_workers", "overwrite_output_dir", "gradient_checkpointing_kwargs",
+    # what a sample failing to load does (stop the run, or skip it with a count): a run stopped by
+    # one continues with it added
+    "skip_bad_samples",
 )
 
 

@@ -25,6 +25,7 @@ from .encoding import DEFAULT_MODEL_MAX_LENGTH, SampleReport, check_records
 from .node_check import checked_once_per_node, shared_on_node
 from .preference_data import to_pair
 from .samples import DataError, read_records
+from .skipped_items import SkipsFailingItems
 from .versions import detect_version
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def pair_reports(sides: list, reports: list, model_max_length: int) -> list[Samp
     return combined
 
 
-class PreferenceDataset(Dataset):
+class PreferenceDataset(SkipsFailingItems, Dataset):
     """Takes SupervisedDataset's options; `reports` are the sides' (chosen, rejected, pair by
     pair), `dropped` and `failed` name pairs."""
 
@@ -99,6 +100,8 @@ class PreferenceDataset(Dataset):
         self.kept = [report.index for report in self.pair_reports if report.usable]  # pair indices, in order
         self.dropped = [(r.index, r.sample_id, r.reason) for r in self.pair_reports if r.status == "dropped"]
         self.failed = [(r.index, r.sample_id, r.reason) for r in self.pair_reports if r.status == "failed"]
+        self.skip_bad_samples = skip_bad_samples
+        self.failed_in_training = {}  # served index -> why a side's media failed while training (this process)
         if self.failed and not skip_bad_samples:
             raise DataError(self.source, *self.failed[0])
         self.lengths = [report.tokens for report in self.pair_reports if report.usable]
@@ -116,6 +119,20 @@ class PreferenceDataset(Dataset):
         """The id of the pair at `index` of the data file (its index when it has none)."""
         return self.sides[2 * index].get("id", index)
 
+    def leave_out(self, indices: list, reasons: dict, found_by: str):
+        """Stops serving the pairs at `indices` (data file indices; `reasons`: index -> why),
+        counted and logged as skipped failing pairs."""
+        if not indices:
+            return
+        gone = set(indices)
+        self.lengths = [length for index, length in zip(self.kept, self.lengths) if index not in gone]
+        self.kept = [index for index in self.kept if index not in gone]
+        self.failed += [(index, self.pair_id(index), reasons[index]) for index in indices]
+        logger.warning("%s: %d pairs %s, skipped (--skip_bad_samples), e.g. pair %d (id %r): %s", self.source,
+                       len(indices), found_by, indices[0], self.pair_id(indices[0]), reasons[indices[0]])
+        if not self.kept:
+            raise DataError(self.source, None, None, "no pair left to train on")
+
     def media_paths(self) -> list[str]:
         """The image and video files of the pairs kept, in order, each once."""
         paths = {}
@@ -128,7 +145,7 @@ class PreferenceDataset(Dataset):
     def __len__(self):
         return len(self.kept)
 
-    def __getitem__(self, i) -> dict:
+    def build_item(self, i) -> dict:
         index = self.kept[i]
         items = {side: self.encoder.item(self.encoder.parse(self.sides[2 * index + k], index, self.source,
                                                              self.folder)) for k, side in enumerate(SIDES)}

@@ -4,6 +4,7 @@ the starting model, computed once before training and written next to the data.
     pairs.json -> pairs.reference_logps.jsonl
     {"reference_logps": 2, "model": ..., "data": ..., "media": ..., "settings": {...}, "pairs": 6}   the header
     {"pair": 0, "logps": [chosen, rejected]}                                                          a line per pair
+    {"pair": 3, "failed": "cannot read image ..."}              a pair whose media failed (--skip_bad_samples)
 
 The header says what the numbers belong to: the model's files, the data file's content, the
 images' and videos' contents and the options that change how a pair is encoded. A training run (--method dpo) uses the file when its
@@ -19,6 +20,7 @@ import os
 
 from .preference_data import log_prob
 from .run_record import file_fingerprint
+from .samples import DataError
 
 FORMAT = 2  # 2: the header holds the media's fingerprint
 MEDIA_BYTES = 1 << 16  # read from each end of a media file; most images are read whole
@@ -71,11 +73,12 @@ def header(model_folder: str, data_path: str, data_args, dataset, data_fingerpri
             "settings": {name: getattr(data_args, name) for name in ENCODING_OPTIONS}, "pairs": len(dataset.references)}
 
 
-def read(path: str, expected: dict) -> dict[int, tuple[float, float]]:
-    """pair index -> (chosen, rejected) of the file at `path` ({} when there is none);
-    ValueError when it was made for another model, data or encoding than `expected`."""
+def read(path: str, expected: dict) -> tuple[dict[int, tuple[float, float]], dict[int, str]]:
+    """(pair index -> (chosen, rejected), pair index -> why it failed) of the file at `path`
+    (empty when there is none); ValueError when it was made for another model, data or encoding
+    than `expected`."""
     if not os.path.exists(path):
-        return {}
+        return {}, {}
     with open(path) as handle:
         lines = [line for line in handle if line.strip()]
     try:
@@ -93,23 +96,27 @@ def read(path: str, expected: dict) -> dict[int, tuple[float, float]]:
                          + (f": {_settings_change(found.get('settings') or {}, expected['settings'])}"
                             if changed[0] == "settings" else "")
                          + "; delete it and run reference_logps.py again for this run's model and data")
-    logps, fix = {}, "; delete the file and run reference_logps.py again"
+    logps, failed, fix = {}, {}, "; delete the file and run reference_logps.py again"
     for number, line in enumerate(lines[1:], start=2):
         try:
             entry = json.loads(line)
-            index, values = int(entry["pair"]), list(entry["logps"])
+            index = int(entry["pair"])
+            if isinstance(entry.get("failed"), str) and index not in logps:
+                failed[index] = entry["failed"]
+                continue
+            values = list(entry["logps"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             break  # a line cut by a stopped pass: it and what follows are computed again
         if len(values) != 2:
             break
-        if index in logps:
+        if index in logps or index in failed:
             raise ValueError(f"{path}, line {number}: pair {index} a second time{fix}")
         try:
             logps[index] = tuple(log_prob(value, f"{path}, line {number}: pair {index}'s {side} log-prob")
                                  for value, side in zip(values, ("chosen", "rejected")))
         except ValueError as error:
             raise ValueError(f"{error}{fix}") from None
-    return logps
+    return logps, failed
 
 
 def _settings_change(found: dict, expected: dict) -> str:
@@ -129,9 +136,11 @@ def start(path: str, expected: dict, done: dict):
     return handle
 
 
-def append(handle, logps: dict):
+def append(handle, logps: dict, failed: dict | None = None):
     for index, (chosen, rejected) in logps.items():
         handle.write(json.dumps({"pair": index, "logps": [chosen, rejected]}) + "\n")
+    for index, reason in (failed or {}).items():
+        handle.write(json.dumps({"pair": index, "failed": reason}) + "\n")
     handle.flush()
     os.fsync(handle.fileno())
 
@@ -141,7 +150,13 @@ def attach(dataset, data_path: str, expected: dict) -> int:
     PreferenceDataset) from its file, which exists; the pairs taken. ValueError for a file made
     for something else, or one that lacks a pair the dataset trains on."""
     path = reference_path(data_path)
-    found = read(path, expected)
+    found, failed = read(path, expected)
+    failing = [index for index in dataset.kept if index in failed]
+    if failing and not dataset.skip_bad_samples:
+        raise DataError(dataset.source, failing[0], dataset.pair_id(failing[0]),
+                        f"{failed[failing[0]]} (found by the reference pass, {path}): fix the file and run "
+                        "reference_logps.py again, or add --skip_bad_samples")
+    dataset.leave_out(failing, failed, "failed in the reference pass")
     missing = [index for index in dataset.kept if index not in found]
     if missing:
         raise ValueError(f"{path}: the reference pass stopped after {len(found)} of {len(dataset.kept)} pairs (pair "

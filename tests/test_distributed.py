@@ -211,6 +211,32 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tmp_path, forked
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_sample_failing_on_one_rank_stops_every_rank_at_one_step_with_a_checkpoint(tiny_model_dir, tmp_path, forked):
+    """Issue 29.6 on two processes: the rank whose sample fails and the other agree before the
+    step, save one complete ZeRO-2 checkpoint together and stop with the sample's line."""
+    from conftest import make_image
+
+    samples = []
+    for k in range(8):
+        make_image(tmp_path / f"{k}.png", (300, 300), seed=k)
+        samples.append({"id": f"s{k}", "image": f"{k}.png", "conversations": [
+            {"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": f"Shape {k}."}]})
+    whole = bytearray((tmp_path / "5.png").read_bytes())
+    whole[2000:2400] = bytes(400)  # inside the pixel data: the default check passes it
+    (tmp_path / "5.png").write_bytes(bytes(whole))
+    (tmp_path / "d.json").write_text(json.dumps(samples))
+    flags = ["--max_steps", "4", "--save_strategy", "no", "--per_device_train_batch_size", "1", "--learning_rate",
+             "1e-3", "--dataloader_num_workers", "0", "--deepspeed", ROOT / "ds_config_zero2.json"]
+    stopped = run(common(tiny_model_dir("2.6"), tmp_path / "d.json", tmp_path / "out") + flags, nproc=2, check=False,
+                  forked=forked)
+    assert stopped.returncode != 0
+    line = next(line for line in stopped.stderr.splitlines() if "training stopped there, checkpoint-" in line)
+    assert "sample 5 (id 's5'): cannot read image" in line
+    step = int(line.split("checkpoint-")[1].split(" ")[0])
+    assert [p.name for p in (tmp_path / "out").glob("checkpoint-*")] == [f"checkpoint-{step}"]
+    assert (tmp_path / "out" / f"checkpoint-{step}" / "checkpoint_complete.json").exists()
+
+
 # Two processes run under DeepSpeed: transformers' plain-DDP resume maps the optimizer state to
 # args.device, which on CPU is "cpu:N", a location torch.load cannot restore (GPUs are unaffected).
 @pytest.mark.parametrize("nproc,extra", [(1, []), (2, ["--deepspeed", ROOT / "ds_config_zero2.json"])],

@@ -387,4 +387,4 @@ def test_a_reference_file_line_with_a_value_no_log_prob_can_have_is_an_error(tmp
     with pytest.raises(ValueError, match=re.escape(f"{path}, {reason}") + ".*delete the file and run reference_logps"):
         reference_file.read(str(path), expected)
     path.write_text("\n".join([header, first, '{"pair": 1, "lo']) + "\n")
-    assert reference_file.read(str(path), expected) == {0: (-3.0, -4.0)}
+    assert reference_file.read(str(path), expected) == ({0: (-3.0, -4.0)}, {})
