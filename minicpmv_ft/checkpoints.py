@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import time
+import zipfile
 
 import torch
 from transformers import TrainerCallback
@@ -123,7 +124,20 @@ class MarkCompleteCheckpoints(TrainerCallback):
         if args.should_save:
             path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             with open(os.path.join(path, COMPLETE_MARKER), "w") as handle:
-                json.dump({"global_step": state.global_step, "time": time.time(), "run": self.run_hash}, handle)
+                json.dump({"global_step": state.global_step, "time": time.time(), "run": self.run_hash,
+                           "files": file_sizes(path)}, handle)
+
+
+def file_sizes(checkpoint: str) -> dict[str, int]:
+    """Every file of a checkpoint (DeepSpeed's shards in their folder too) -> its size, as the
+    completion marker records them: a file cut later (a full disk, a copy that stopped) differs."""
+    sizes = {}
+    for folder, _, names in os.walk(checkpoint):
+        for name in names:
+            path = os.path.join(folder, name)
+            if name != COMPLETE_MARKER and os.path.isfile(path):
+                sizes[os.path.relpath(path, checkpoint)] = os.path.getsize(path)
+    return sizes
 
 
 def marker_run(checkpoint: str) -> str | None:
@@ -143,7 +157,18 @@ def damage(checkpoint: str) -> str | None:
         return f"incomplete (no {COMPLETE_MARKER}; the run stopped while writing it)"
     from safetensors import safe_open
 
-    for name in sorted(os.listdir(checkpoint)):
+    try:
+        with open(os.path.join(checkpoint, COMPLETE_MARKER)) as handle:
+            recorded = json.load(handle).get("files") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{COMPLETE_MARKER} cannot be read ({type(exc).__name__}: {exc})"
+    sizes = file_sizes(checkpoint)
+    for name, size in sorted(recorded.items()):
+        if name not in sizes:
+            return f"{name} is missing"
+        if sizes[name] != size:
+            return f"{name} has {sizes[name]} bytes, {size} when it was written (cut?)"
+    for name in sorted(sizes):
         path = os.path.join(checkpoint, name)
         try:
             if name.endswith(".safetensors"):
@@ -152,6 +177,8 @@ def damage(checkpoint: str) -> str | None:
             elif name.endswith(".json"):
                 with open(path) as handle:
                     json.load(handle)
+            elif name.endswith((".pt", ".pth", ".bin")):  # torch.save's zip archive: its directory is at the end
+                zipfile.ZipFile(path).close()
         except Exception as exc:  # any read failure makes the checkpoint unusable; say which file
             return f"{name} cannot be read ({type(exc).__name__}: {exc})"
     return None

@@ -709,6 +709,8 @@ def test_a_finished_run_resumed_at_its_length_trains_nothing_and_a_shorter_lengt
                                                                   "1", "--use_lora", "true"]
     finetune.train(base)
     finished = load_file(tmp_path / "adapter_model.safetensors")
+    marker = json.loads((tmp_path / "checkpoint-3" / "checkpoint_complete.json").read_text())
+    assert marker["files"]["optimizer.pt"] == (tmp_path / "checkpoint-3" / "optimizer.pt").stat().st_size  # 29.7
     caplog.set_level(logging.INFO)
     rates = RatesUsed()
     again = finetune.train(base + ["--resume_from_checkpoint", "last"], callbacks=[rates])
