@@ -56,7 +56,7 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-$(python -c 'import torch; print(max(torch.cuda.d
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(python -c "import os; print(max(1, len(os.sched_getaffinity(0)) // $GPUS_PER_NODE))")}
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-localhost}
+MASTER_ADDR=${MASTER_ADDR:-}   # one node: this machine; several: node 0's address, required
 # One node: a free port unless MASTER_PORT is set (two runs on a machine never collide).
 # Several nodes: every node must be given the same MASTER_ADDR and MASTER_PORT.
 MASTER_PORT=${MASTER_PORT:-$([ "$NNODES" = 1 ] && echo auto || echo 6001)}

@@ -21,11 +21,14 @@ the port a first node should listen on is taken.
 """
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
+import threading
 
 import psutil
+from torch.distributed import DistError
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun
 
@@ -101,6 +104,26 @@ def free_port(host: str = "") -> int:
         return probe.getsockname()[1]
 
 
+def with_node_rendezvous(argv: list, environ=os.environ) -> list:
+    """argv with node 0's address settled: an empty --master_addr is this machine on one node and
+    refused (SystemExit, one line) on several, where each node would wait for the others at its
+    own address; several nodes wait NODES_JOIN_TIMEOUT seconds (default 300) for each other."""
+    nodes, address = int(option(argv, "--nnodes", "1")), option(argv, "--master_addr", "")
+    if not address:
+        if nodes > 1:
+            raise SystemExit(f"launch: NNODES={nodes} needs MASTER_ADDR, the address of node 0 that every node can "
+                             "reach, and the same MASTER_ADDR, MASTER_PORT and NNODES on every node")
+        argv = replace_option(argv, "--master_addr", "localhost")
+    if nodes > 1 and option(argv, "--rdzv_conf") is None:
+        argv = ["--rdzv_conf", f"timeout={environ.get('NODES_JOIN_TIMEOUT', '300')}", *argv]
+    return argv
+
+
+def replace_option(argv: list, name: str, value: str) -> list:
+    where = argv.index(name) + 1
+    return argv[:where] + [value] + argv[where + 1:]
+
+
 def with_master_port(argv: list) -> list:
     """argv with `--master_port auto` replaced by a port free on this machine (one node); a port
     chosen by the user that node 0 cannot listen on raises SystemExit with one line."""
@@ -110,9 +133,7 @@ def with_master_port(argv: list) -> list:
     if port == "auto":
         if int(option(argv, "--nnodes", "1")) != 1:
             raise SystemExit("launch: several nodes need one MASTER_PORT that all of them use; set MASTER_PORT")
-        port = str(free_port())
-        where = argv.index("--master_port") + 1
-        return argv[:where] + [port] + argv[where + 1:]
+        return replace_option(argv, "--master_port", str(free_port()))
     if option(argv, "--node_rank", "0") == "0":
         with socket.socket() as probe:
             # as torchrun's store binds: a port left in TIME_WAIT by a run that just ended is free
@@ -139,13 +160,37 @@ class WorkersStoppedAsAsked(logging.Filter):
         return self.forwarder.received is None or "failed (exitcode:" not in record.getMessage()
 
 
+def exit_on_signal_while_joining():
+    """A signal while no worker runs yet ends the launcher at once: torchrun waits for the other
+    nodes inside TCPStore's C++ code, where Python's handlers do not run until it returns. The
+    C-level handler writes the signal's number to the wakeup fd at once; a thread reads it."""
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def watch(writer=writer):  # holds the writing end open for as long as the thread reads
+        while received := reader.recv(1):
+            if not psutil.Process().children():
+                say(f"{signal.Signals(received[0]).name} while waiting for the other nodes; nothing was started")
+                os._exit(128 + received[0])
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv=None):
-    argv = with_master_port(list(sys.argv[1:] if argv is None else argv))
+    argv = with_master_port(with_node_rendezvous(list(sys.argv[1:] if argv is None else argv)))
     forwarder = Forwarder()
     forwarder.install()
+    exit_on_signal_while_joining()
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(WorkersStoppedAsAsked(forwarder))
     try:
         torchrun(["--signals_to_handle", "SIGQUIT", *argv])
+    except DistError as error:  # the nodes did not all join in time (a wrong MASTER_ADDR or port, a node missing)
+        raise SystemExit(f"launch: the {option(argv, '--nnodes', '1')} nodes did not all join at "
+                         f"{option(argv, '--master_addr')}:{option(argv, '--master_port')} "
+                         f"({str(error).strip().splitlines()[0]}); start every node with the same MASTER_ADDR "
+                         "(node 0's address), MASTER_PORT and NNODES, within NODES_JOIN_TIMEOUT seconds (default "
+                         "300) of each other") from None
     except ChildFailedError as failure:
         if forwarder.received is None and reported_by_workers(failure):
             return REPORTED_ERROR_EXIT  # the first worker printed the problem in one line

@@ -230,6 +230,38 @@ def test_master_port_auto_is_a_free_port_on_one_node_and_a_taken_port_is_one_lin
         assert with_master_port(chosen[:3] + ["1"] + chosen[4:])  # another node does not listen on it
 
 
+def test_several_nodes_without_master_addr_are_refused_and_a_node_left_alone_stops_in_one_line(tiny_model_dir,
+                                                                                             sample_data):
+    """Issue 29.8: NNODES=2 without MASTER_ADDR printed nothing, waited over 12 minutes for the
+    other node at localhost and ignored SIGTERM and Ctrl-C (torchrun waits inside C++)."""
+    env = {"MODEL": str(tiny_model_dir("2.6")), "DATA": str(sample_data / "train.json"), "NNODES": "2",
+           "MASTER_ADDR": None}
+    refused = launch("finetune_ds.sh", env)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "launch: NNODES=2 needs MASTER_ADDR, the address of node 0 that every node can reach, and the same "
+        "MASTER_ADDR, MASTER_PORT and NNODES on every node")
+    from minicpmv_ft.launch import free_port
+
+    port = str(free_port())
+    alone = {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODES_JOIN_TIMEOUT": "2"}
+    started = time.monotonic()
+    waited = launch("finetune_ds.sh", {**alone, "NODE_RANK": "0"})
+    assert waited.returncode == 1 and time.monotonic() - started < 60
+    assert waited.stderr.strip().splitlines()[-1].startswith(
+        f"launch: the 2 nodes did not all join at 127.0.0.1:{port} (")
+    assert "Traceback" not in waited.stderr
+    # a signal while waiting (longer now) ends it at once
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+    process = subprocess.Popen(["sh", str(ROOT / "finetune_ds.sh")], stderr=subprocess.PIPE, text=True, env={
+        k: v for k, v in {**os.environ, "PATH": path, "GPUS_PER_NODE": "1", "DS_CONFIG": "", **alone,
+                          "NODES_JOIN_TIMEOUT": "120", "NODE_RANK": "1"}.items() if v is not None})
+    time.sleep(8)  # past the launcher's start, into the wait
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 143 and err.strip().splitlines()[-1] == (
+        "launch: SIGTERM while waiting for the other nodes; nothing was started")
+
+
 # ZeRO-3, whose checkpoints hold every rank's shards and whose model is gathered from them to
 # save; ZeRO-2's multi-process checkpoints and resumes: test_distributed.py (45 s a run here)
 @pytest.mark.parametrize("config", ["ds_config_zero3.json"])
