@@ -17,6 +17,7 @@ Exit code 0 only when no sample failed (dropped samples are reported, not failur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -26,10 +27,9 @@ import typing
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from transformers import HfArgumentParser
 
 from dataset import make_encoder
-from minicpmv_ft.arguments import DataArguments, ModelArguments, video_scheme
+from minicpmv_ft.arguments import ArgumentParser, DataArguments, ModelArguments, TrainingArguments, video_scheme
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records
 from minicpmv_ft.loading import load_tokenizer_and_version
@@ -51,9 +51,29 @@ class CheckArguments:
 def parse_args(argv=None):
     """finetune.py's own model and data arguments (one declaration: minicpmv_ft/arguments.py), so
     the check sees every sample as training will, and this tool's own."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, CheckArguments), description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    return parser.parse_args_into_dataclasses(argv)
+    parser = ArgumentParser((ModelArguments, DataArguments, CheckArguments), description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    *parsed, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    ignored = training_options(rest, parser)
+    if ignored:  # a training command pasted whole: its training options do not change the check
+        print(f"check_data: ignoring the training options {' '.join(ignored)} (they do not change how samples are "
+              "checked)", file=sys.stderr)
+    return parsed
+
+
+def training_options(rest: list, parser) -> list:
+    """The `--name [value]` options of finetune.py's training arguments in `rest`; anything else
+    is a usage error (one line, from `parser`)."""
+    known = {f"--{option.name}" for option in dataclasses.fields(TrainingArguments)}
+    ignored = []
+    for argument in rest:
+        if argument.startswith("--") and argument.split("=", 1)[0] in known:
+            ignored.append(argument)
+        elif ignored and not argument.startswith("--"):
+            ignored.append(argument)  # the value of the option before it
+        else:
+            parser.error(f"unrecognized arguments: {argument}")
+    return ignored
 
 
 def percentile(sorted_values, fraction):
@@ -198,15 +218,24 @@ def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None
     return [encoder.parse(records[i], i, source, folder) for i in usable], summarise(source, encoder, reports)
 
 
-def main(argv=None) -> int:
+def setup(argv):
+    """(data options, this tool's options, the encoder training would use) for the command line."""
     model_args, data_args, args = parse_args(argv)
     quiet_third_party()
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     scheme = video_scheme(version, data_args)
     if scheme is not None:
         version = replace(version, video=scheme)
-    encoder = make_encoder(tokenizer, config, version, data_args.max_slice_nums, data_args.model_max_length,
-                           data_args.keep_earlier_reasoning)
+    return data_args, args, make_encoder(tokenizer, config, version, data_args.max_slice_nums,
+                                         data_args.model_max_length, data_args.keep_earlier_reasoning)
+
+
+def main(argv=None) -> int:
+    try:
+        data_args, args, encoder = setup(argv)
+    except (ValueError, OSError) as error:  # the options or the model folder: one line, as finetune.py says it
+        print(f"check_data.py: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
     reports, failed, unusable = [], 0, []
     for path in filter(None, (data_args.data_path, data_args.eval_data_path)):
         try:

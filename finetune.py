@@ -18,14 +18,13 @@ from collections import Counter
 
 import torch
 import transformers
-from transformers import HfArgumentParser
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset
 from dpo_trainer import PreferenceSettings, PreferenceTrainer
 from minicpmv_ft import reference_file
-from minicpmv_ft.arguments import (DataArguments, ModelArguments, TrainingArguments, check_workers, run_identity,
-                                   video_scheme, zero_stage)
+from minicpmv_ft.arguments import (ArgumentParser, DataArguments, ModelArguments, TrainingArguments, check_workers,
+                                   run_identity, video_scheme, zero_stage)
 from minicpmv_ft.checkpoints import (CheckpointWriteError, MarkCompleteCheckpoints, StopOnSignal, checkpoint_step,
                                      explain_write_failures, resolve_resume, wants_resume)
 from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
@@ -53,7 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def parse_arguments(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     _init_cpu_deepspeed(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = ArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(argv)
     return model_args, data_args, train_args
 

@@ -19,12 +19,11 @@ import tempfile
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser
 
 from dpo_trainer import PreferenceSettings, PreferenceTrainer
 from finetune import is_reported_error, load_datasets
 from minicpmv_ft import reference_file
-from minicpmv_ft.arguments import DataArguments, ModelArguments, TrainingArguments, check_workers
+from minicpmv_ft.arguments import ArgumentParser, DataArguments, ModelArguments, TrainingArguments, check_workers
 from minicpmv_ft.launch import REPORTED_ERROR_EXIT
 from minicpmv_ft.loading import load_model, load_tokenizer_and_version, local_dir
 from minicpmv_ft.quiet import quiet_third_party
@@ -109,7 +108,7 @@ def pass_trainer(model, version, tokenizer, pass_args, output_dir: str) -> Prefe
 def main(argv=None):
     quiet_third_party()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser((ModelArguments, DataArguments, PassArguments))
+    parser = ArgumentParser((ModelArguments, DataArguments, PassArguments))
     try:
         model_args, data_args, pass_args = parser.parse_args_into_dataclasses(argv)
         computed = compute(model_args, data_args, pass_args)

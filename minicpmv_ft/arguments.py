@@ -21,8 +21,9 @@ import transformers
 
 from .data_formats import FORMATS
 from .encoding import DEFAULT_MODEL_MAX_LENGTH
-from .loading import looks_like_hub_id
+from .loading import check_model_path
 from .node_check import node_cores
+from .option_packages import check_optimizer, check_reporters
 from .preference_loss import DEFAULT_BETA, check_settings
 from .preference_reference import check_reference_choice
 from .run_record import file_fingerprint
@@ -50,11 +51,15 @@ class ModelArguments:
                 not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None):
             raise ValueError("--attn_implementation flash_attention_2 needs a CUDA GPU and flash-attn "
                              "(pip install flash-attn); sdpa works everywhere")
-        path = self.model_name_or_path
-        if not looks_like_hub_id(path) and not os.path.isdir(path):
-            raise ValueError(f"--model_name_or_path {path}: no such folder (and not a hub id like openbmb/MiniCPM-V-4_5)")
-        if not os.path.isdir(path) and os.path.isdir(path.split("/")[0]):  # "output/modle": a mistyped folder
-            raise ValueError(f"--model_name_or_path {path}: no such folder ({path.split('/')[0]}/ is a folder here)")
+        check_model_path(self.model_name_or_path, "--model_name_or_path", adapter_ok=False)
+
+
+class ArgumentParser(transformers.HfArgumentParser):
+    """HfArgumentParser whose usage errors are one line (argparse prints the whole usage, 150
+    lines for finetune.py's options, above the error)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
 
 
 def check_numbers(arguments, at_least_zero=()):
@@ -209,6 +214,14 @@ class TrainingArguments(transformers.TrainingArguments):
 
     def __post_init__(self):
         check_numbers(self, at_least_zero=("learning_rate", "weight_decay", "max_grad_norm"))
+        if not 0 <= self.warmup_ratio <= 1:  # transformers 5 would take 2 as 2 warm-up steps
+            raise ValueError(f"--warmup_ratio is the share of the steps that warm up, 0-1; got {self.warmup_ratio}")
+        if isinstance(self.deepspeed, str) and self.deepspeed.endswith(".json") and not os.path.isfile(self.deepspeed):
+            raise ValueError(f"--deepspeed {self.deepspeed}: no such file (this project's: ds_config_zero2.json, "
+                             "ds_config_zero3.json)")
+        if self.save_strategy == "steps" and self.save_steps == 0:
+            raise ValueError("--save_steps 0 would save no checkpoint until the end; give a number of steps, or "
+                             "--save_strategy no")
         if self.warmup_ratio and "warmup_ratio" not in NATIVE_TRAINING_ARGUMENTS and not self.warmup_steps:
             self.warmup_steps = self.warmup_ratio  # transformers 5: a float below 1 is the ratio
         if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -222,7 +235,13 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError(f"--vision_lr / --resampler_lr need the Trainer's optimizer, but {self.deepspeed} has "
                              "an \"optimizer\" block (DeepSpeed would build its own, with one learning rate); "
                              "remove the block or the per-module rates")
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as error:  # the Trainer's own checks of its options: one line, as ours
+            raise ValueError(str(error)) from None
+        check_reporters(self.report_to)
+        if "optimizer" not in deepspeed_config(self):
+            check_optimizer(self)
         for flag in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
                      "loss_chunk_tokens"):
             if getattr(self, flag) < 1:

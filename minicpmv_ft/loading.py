@@ -29,6 +29,29 @@ def looks_like_hub_id(name: str) -> bool:
     return not os.path.isabs(name) and not name.startswith((".", "~")) and name.count("/") == 1
 
 
+def check_model_path(path: str, option: str, adapter_ok: bool) -> None:
+    """ValueError naming `option` when `path` is no checkpoint: not a folder and not a hub id, a
+    mistyped folder ("output/modle"), a file, a folder without config.json (an adapter's, where
+    `adapter_ok` is False)."""
+    if os.path.isfile(path):
+        raise ValueError(f"{option} {path} is a file; give the model's folder (or a hub id like openbmb/MiniCPM-V-4_5)")
+    if not os.path.isdir(path):
+        if not looks_like_hub_id(path):
+            raise ValueError(f"{option} {path}: no such folder (and not a hub id like openbmb/MiniCPM-V-4_5)")
+        if os.path.isdir(path.split("/")[0]):  # "output/modle": a mistyped folder
+            raise ValueError(f"{option} {path}: no such folder ({path.split('/')[0]}/ is a folder here)")
+        return
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return
+    if is_adapter(path):
+        if adapter_ok:
+            return
+        raise ValueError(f"{option} {path} is a LoRA adapter; train on its base model, or merge it first "
+                         "(merge_lora.py) and train on the merged folder")
+    raise ValueError(f"{option} {path} has no config.json: not a model checkpoint (give the folder of a downloaded "
+                     "or trained one, or a hub id like openbmb/MiniCPM-V-4_5)")
+
+
 def adapter_base(adapter_dir: str, base: str | None = None) -> str:
     """The base model folder or hub id of a LoRA adapter: `base` if given, else the recorded one."""
     with open(os.path.join(adapter_dir, "adapter_config.json")) as handle:
@@ -95,7 +118,9 @@ def adapter_max_slice_nums(model_dir: str) -> int | None:
 
 
 def version_for_inference(model_dir: str, base: str | None = None) -> ModelVersion:
-    """The version of a checkpoint or LoRA adapter, from its tokenizer and config alone."""
+    """The version of a checkpoint or LoRA adapter, from its tokenizer and config alone (the
+    first thing chat.py and predict.py ask of --model: a path that is no model is one line)."""
+    check_model_path(model_dir, "--model", adapter_ok=True)
     base_path = adapter_base(model_dir, base) if is_adapter(model_dir) else None
     return load_tokenizer_and_version(base_path or model_dir)[2]
 

@@ -32,6 +32,7 @@ def test_every_option_of_ours_says_whether_it_changes_the_result():
 
 def parse(tmp_path, *extra):
     (tmp_path / "d.json").write_text("[]")
+    (tmp_path / "config.json").write_text("{}")  # the arguments ask only that the model folder has one
     return finetune.parse_arguments(["--model_name_or_path", str(tmp_path), "--data_path", str(tmp_path / "d.json"),
                                      "--output_dir", str(tmp_path / "out"), "--use_cpu", "true",
                                      "--report_to", "none", *extra])
@@ -126,3 +127,28 @@ def test_a_number_that_is_not_finite_or_below_zero_is_refused_before_anything_lo
     """Issue 29.1 (first step): NaN passed every later check and trained a NaN model with exit 0."""
     with pytest.raises(ValueError, match=re.escape(message)):
         parse(tmp_path, *flags)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--report_to", "wandb"], "--report_to wandb: its package is not installed in this environment (pip install "
+                               "wandb); installed: tensorboard"),
+    (["--report_to", "tensorbord"], "--report_to tensorbord: not a logger the Trainer knows (one of none, azure_ml,"),
+    (["--optim", "adamw_bnb_8bit"], "--optim adamw_bnb_8bit: "),
+    (["--warmup_ratio", "2"], "--warmup_ratio is the share of the steps that warm up, 0-1; got 2.0"),
+    (["--deepspeed", "ds_config_zero4.json"], "--deepspeed ds_config_zero4.json: no such file (this project's: "
+                                              "ds_config_zero2.json, ds_config_zero3.json)"),
+    (["--save_steps", "0"], "--save_steps 0 would save no checkpoint until the end; give a number of steps, or "
+                            "--save_strategy no"),
+])
+def test_an_option_the_trainer_would_fail_on_after_loading_is_one_line_before(tmp_path, capsys, flags, message):
+    """Issue 29: --report_to wandb and --optim adamw_bnb_8bit without their packages failed after
+    the weights loaded; --warmup_ratio 2 and a missing --deepspeed file were tracebacks of the
+    Trainer's checks; --save_steps 0 saved nothing until the end, silently."""
+    import finetune
+
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(["--model_name_or_path", "openbmb/MiniCPM-V-4_5", "--data_path", str(tmp_path / "d.json"),
+                       "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", *flags])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

@@ -1,0 +1,67 @@
+"""Issue 29, "tracebacks instead of one line": each case ends in one line naming what is wrong,
+with exit status 2, before anything loads."""
+import json
+
+import pytest
+
+import chat
+import check_data
+import finetune
+
+
+def model_paths(tmp_path, sample_data):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    return {
+        "data folder": (sample_data, "has no config.json: not a model checkpoint (give the folder of a downloaded or "
+                                     "trained one, or a hub id like openbmb/MiniCPM-V-4_5)"),
+        "file": (sample_data / "train.json", "is a file; give the model's folder (or a hub id like "
+                                             "openbmb/MiniCPM-V-4_5)"),
+        "typo": (tmp_path / "modle", "no such folder (and not a hub id like openbmb/MiniCPM-V-4_5)"),
+        "adapter": (tmp_path / "adapter", "is a LoRA adapter; train on its base model, or merge it first "
+                                          "(merge_lora.py) and train on the merged folder"),
+    }
+
+
+@pytest.mark.parametrize("case", ["data folder", "file", "typo", "adapter"])
+def test_a_path_that_is_no_model_is_one_line_in_finetune_check_data_and_chat(tmp_path, sample_data, capsys, case):
+    path, reason = model_paths(tmp_path, sample_data)[case]
+    data = ["--data_path", str(sample_data / "train.json")]
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(["--model_name_or_path", str(path), *data, "--output_dir", str(tmp_path / "o"), "--use_cpu",
+                       "true"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == f"finetune: --model_name_or_path {path}{' ' if case != 'typo' else ': '}{reason}"
+    assert check_data.main(["--model_name_or_path", str(path), *data]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"check_data.py: --model_name_or_path {path}{' ' if case != 'typo' else ': '}{reason}"
+    if case == "adapter":  # chat.py takes adapters (this one records no base)
+        return
+    with pytest.raises(SystemExit) as stop:
+        chat.main(["--model", str(path), "--question", "Hi?"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == f"chat.py: --model {path}{' ' if case != 'typo' else ': '}{reason}"
+
+
+def test_check_data_takes_a_pasted_training_command_and_refuses_unknown_flags_in_one_line(tiny_model_dir,
+                                                                                       sample_data, capsys):
+    base = ["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path", str(sample_data / "pairs.json"),
+            "--num_workers", "1"]
+    assert check_data.main(base + ["--method", "dpo", "--learning_rate", "1e-5", "--bf16", "true"]) == 0
+    captured = capsys.readouterr()
+    assert "check_data: ignoring the training options --method dpo --learning_rate 1e-5 --bf16 true (they do not " \
+           "change how samples are checked)" in captured.err
+    assert "OK: every pair trains as written" in captured.out
+    with pytest.raises(SystemExit) as stop:
+        check_data.main(base + ["--lerning_rate", "1e-5"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("unrecognized arguments: --lerning_rate (--help lists the options)")
+
+
+def test_a_usage_error_is_one_line_not_the_whole_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(["--model_name_or_path", "openbmb/MiniCPM-V-4_5", "--data_path", "d.json", "--output_dir",
+                       str(tmp_path), "--lr_scheduler_type", "cosin"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "argument --lr_scheduler_type/--lr-scheduler-type: invalid choice: 'cosin'" in err
