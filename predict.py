@@ -203,6 +203,8 @@ def main(argv=None) -> int:
             print(f"SKIPPED {error}", file=sys.stderr)
         if len(failed) > 20:
             print(f"SKIPPED {len(failed) - 20} more samples", file=sys.stderr)
+        if not samples:
+            raise DataError(args.data, None, None, f"none of its {len(failed)} samples can be asked (each listed above)")
         tokenizer, model, version, _ = load_for_inference(args.model, args.base, default_dtype())
     except (AdapterBaseError, DataError, OutputPathError) as error:
         parser.exit(2, f"predict.py: {error}\n")
@@ -219,7 +221,7 @@ def main(argv=None) -> int:
     print(f"{args.data}: {result['samples']} samples predicted ({len(failed)} could not be asked and were "
           f"skipped{', each listed above' if failed else ''}): exact match {result['exact_match']:.1f}%, token F1 {result['token_f1']:.1f}%{bleu_text}; "
           f"predictions in {args.out}")
-    return 0
+    return 0 if result["samples"] else 1  # nothing predicted is no score
 
 
 if __name__ == "__main__":

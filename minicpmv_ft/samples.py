@@ -129,6 +129,12 @@ def _parquet_records(path: str) -> list:
     return records
 
 
+# Python's JSON reader recurses once per level of nesting and stops near 1000 levels
+TOO_DEEP = "JSON nested deeper than the reader goes (about 1000 levels); a sample is a shallow object"
+# a \ud800-\udfff escape not paired as UTF-16: json reads it into a string no tokenizer can encode
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def read_records(data, base_dir):
     """(records as the file holds them, source name, folder relative paths start from): JSON,
     JSON Lines or Parquet (parquet_data.py). The one place every command's data paths are
@@ -159,6 +165,8 @@ def read_records(data, base_dir):
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(path, None, None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise DataError(path, None, None, TOO_DEEP) from None
         if not records:
             raise DataError(path, None, None, "no samples: the JSON list is empty")
         return records, path, folder
@@ -173,6 +181,8 @@ def read_records(data, base_dir):
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise DataError(path, None, None, f"invalid JSON Lines record at line {line_no}: {exc.msg}") from None
+        except RecursionError:
+            raise DataError(path, None, None, f"line {line_no}: {TOO_DEEP}") from None
     return records, path, folder
 
 
@@ -241,6 +251,11 @@ def _turns(record: dict, index: int, source: str, sample_id, system_allowed: boo
             raise fail(f"turn {t} ({role}) has empty or non-text content")
         if reasoning is not None and (role != "assistant" or not isinstance(reasoning, str)):
             raise fail(f"turn {t} ({role}): reasoning_content must be text on an assistant turn")
+        for text in (content, reasoning or ""):
+            lone = LONE_SURROGATE.search(text)
+            if lone:
+                raise fail(f"turn {t} ({role}) holds a lone surrogate (\\u{ord(lone.group()):04x} at character "
+                           f"{lone.start()}), which is not Unicode text: fix that escape in the file")
         if role == "assistant" and MARKERS.search(content):
             raise fail(f"turn {t} (assistant) has an image marker: images belong to user or system turns")
         problem = grounding_problem(content)

@@ -65,3 +65,27 @@ def test_a_usage_error_is_one_line_not_the_whole_usage(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "argument --lr_scheduler_type/--lr-scheduler-type: invalid choice: 'cosin'" in err
+
+
+def test_a_lone_surrogate_is_a_failing_sample_and_json_nested_too_deep_a_failing_file(tiny_model_dir, tmp_path,
+                                                                                      capsys):
+    """A \\ud800 escape was a TypeError from the tokenizer (check_data, finetune, predict); JSON nested
+    100,000 levels a RecursionError."""
+    import predict
+
+    (tmp_path / "d.json").write_text('[{"id": "s", "conversations": [{"role": "user", "content": "Hi \\ud800 there"}, '
+                                     '{"role": "assistant", "content": "Ok."}]}]')
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    model = ["--model_name_or_path", str(tiny_model_dir("2.6"))]
+    assert check_data.main(model + ["--data_path", str(tmp_path / "d.json"), "--num_workers", "1"]) == 1
+    assert f"FAILED {tmp_path / 'd.json'}, sample 0 (id 's'): turn 0 (user) holds a lone surrogate (\\ud800 at " \
+           "character 3), which is not Unicode text: fix that escape in the file" in capsys.readouterr().out
+    assert check_data.main(model + ["--data_path", str(tmp_path / "deep.json"), "--num_workers", "1"]) == 1
+    assert f"FAILED {tmp_path / 'deep.json'}: JSON nested deeper than the reader goes (about 1000 levels)" \
+           in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:  # predict.py: every sample skipped is an error, before the weights load
+        predict.main(["--model", str(tiny_model_dir("2.6")), "--data", str(tmp_path / "d.json"), "--out",
+                      str(tmp_path / "p.jsonl")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"predict.py: {tmp_path / 'd.json'}: none of its 1 samples can be asked (each listed above)"
