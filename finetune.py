@@ -35,6 +35,7 @@ from minicpmv_ft.lora_targets import check_lora_targets, peft_targets
 from minicpmv_ft.loss_plot import PLOT_FILE, plot_loss
 from minicpmv_ft.output_paths import check_output_folder, data_folder
 from minicpmv_ft.packing import PackedDataset, check_packable
+from minicpmv_ft.pickled_weights import check_pickled_weights
 from minicpmv_ft.preference_dataset import PreferenceDataset
 from minicpmv_ft.preference_reference import COPY, REFERENCE_SOURCES, resolve_reference
 from minicpmv_ft.quiet import quiet_third_party
@@ -330,6 +331,7 @@ def run_training(model_args, data_args, train_args, callbacks=None):
                    getattr(train_args.lr_scheduler_type, "value", train_args.lr_scheduler_type))
     tokenizer, config, version = load_tokenizer_and_version(model_args.model_name_or_path, model_args.llm_type)
     source_dir = local_dir(model_args.model_name_or_path)  # the checkpoint's files: fingerprinted, copied into outputs
+    check_pickled_weights(source_dir)
     check_version_supported(version, config, train_args, int(os.environ.get("WORLD_SIZE", "1")))
     if train_args.use_lora:
         check_lora_targets(config, version, train_args.lora_target_modules, train_args.lora_dropout,

@@ -112,6 +112,10 @@ def main(argv=None):
     try:
         model_args, data_args, pass_args = parser.parse_args_into_dataclasses(argv)
         computed = compute(model_args, data_args, pass_args)
+    except KeyboardInterrupt:  # each finished batch's lines are on disk
+        print("reference_logps: stopped by Ctrl-C; the pairs written so far are kept: run the same command again to "
+              "compute the rest", file=sys.stderr, flush=True)
+        sys.exit(130)
     except Exception as error:
         if not is_reported_error(error):
             raise

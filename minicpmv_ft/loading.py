@@ -10,6 +10,7 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer
 
 from .checkpoints import ADAPTER_SETTINGS_FILE
+from .pickled_weights import check_pickled_weights
 from .versions import ModelVersion, detect_version, set_max_slice_nums
 from .versions.environments import check_environment
 
@@ -136,6 +137,8 @@ def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merg
     config equals the base folder's processor, so there it is chat()'s argument
     (adapter_max_slice_nums)."""
     base_path = adapter_base(model_dir, base) if is_adapter(model_dir) else None
+    for folder in (model_dir, base_path):
+        check_pickled_weights(local_dir(folder) if folder else None)
     tokenizer, _, version = load_tokenizer_and_version(base_path or model_dir)
     tokenizer = version.family.inference_inputs(tokenizer, base_path or model_dir)
     model = load_model(base_path or model_dir, version, dtype)

@@ -79,8 +79,14 @@ def read(path: str, expected: dict) -> tuple[dict[int, tuple[float, float]], dic
     than `expected`."""
     if not os.path.exists(path):
         return {}, {}
-    with open(path) as handle:
-        lines = [line for line in handle if line.strip()]
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, where the reference pass writes its file; move it away")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line for line in handle if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a reference file (not UTF-8 text); delete it and run reference_logps.py "
+                         "again") from None
     try:
         found = json.loads(lines[0]) if lines else {}
     except json.JSONDecodeError:

@@ -89,3 +89,88 @@ def test_a_lone_surrogate_is_a_failing_sample_and_json_nested_too_deep_a_failing
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"predict.py: {tmp_path / 'd.json'}: none of its 1 samples can be asked (each listed above)"
+
+
+@pytest.mark.parametrize("what", ["folder", "binary"])
+def test_a_folder_or_a_binary_file_at_the_reference_files_path_is_one_line_naming_it(tmp_path, what):
+    from minicpmv_ft import reference_file
+
+    path = tmp_path / "pairs.reference_logps.jsonl"
+    if what == "folder":
+        path.mkdir()
+        message = f"{path} is a folder, where the reference pass writes its file; move it away"
+    else:
+        path.write_bytes(bytes(range(256)))
+        message = f"{path} is not a reference file (not UTF-8 text); delete it and run reference_logps.py again"
+    with pytest.raises(ValueError) as error:
+        reference_file.read(str(path), {})
+    assert str(error.value) == message
+
+
+def test_ctrl_c_during_the_reference_pass_keeps_its_lines_and_says_so(tiny_model_dir, sample_data, tmp_path,
+                                                                      monkeypatch, capsys):
+    import shutil
+
+    import reference_logps
+    from minicpmv_ft import reference_file
+
+    shutil.copy(sample_data / "pairs.json", tmp_path / "pairs.json")
+    appended = reference_file.append
+
+    def interrupt_after_the_first_batch(handle, *args):
+        appended(handle, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reference_file, "append", interrupt_after_the_first_batch)
+    with pytest.raises(SystemExit) as stop:
+        reference_logps.main(["--model_name_or_path", str(tiny_model_dir("2.6")), "--data_path",
+                              str(tmp_path / "pairs.json"), "--image_folder", str(sample_data), "--batch_size", "2",
+                              "--max_slice_nums", "1"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "reference_logps: stopped by Ctrl-C; the pairs written so far are kept: run the same command again to "
+        "compute the rest")
+    assert len((tmp_path / "pairs.reference_logps.jsonl").read_text().splitlines()) == 3  # the header and 2 pairs
+
+
+class RunsCode:
+    """Unpickling this calls print: what a crafted weights file would do with worse code."""
+
+    def __reduce__(self):
+        return print, ("ran code from the weights file",)
+
+
+@pytest.mark.parametrize("where", ["model", "adapter"])
+def test_a_pickled_weights_file_that_names_code_is_one_line_naming_it(tiny_model_dir, sample_data, tmp_path, capsys,
+                                                                      where):
+    """Nothing ran before either (torch's weights_only loader refused it), but the traceback
+    suggested weights_only=False; now the file is named with what to do instead."""
+    import shutil
+
+    import torch
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir("2.6"), model)
+    if where == "model":
+        (model / "model.safetensors").unlink()
+        crafted = model / "pytorch_model.bin"
+    else:
+        crafted = tmp_path / "adapter" / "adapter_model.bin"
+        crafted.parent.mkdir()
+        (crafted.parent / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model)}))
+    torch.save({"weight": torch.zeros(2), "hook": RunsCode()}, crafted)
+    with pytest.raises(SystemExit) as stop:
+        chat.main(["--model", str(crafted.parent), "--question", "Hi?"])
+    assert stop.value.code == 2
+    err = capsys.readouterr()
+    assert "ran code" not in err.out
+    assert err.err.strip().startswith(f"chat.py: {crafted} holds more than tensors (")
+    assert err.err.strip().endswith("it contains, so it is not loaded. Use a checkpoint whose weights are "
+                                    "safetensors, or re-save these where they came from with "
+                                    "save_pretrained(..., safe_serialization=True)")
+    if where == "model":
+        with pytest.raises(SystemExit) as stop:
+            finetune.main(["--model_name_or_path", str(model), "--data_path", str(sample_data / "train.json"),
+                           "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().startswith(f"finetune: {crafted} holds more than tensors (")
