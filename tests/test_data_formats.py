@@ -178,6 +178,11 @@ def test_convert_csv_and_a_folder_of_captioned_images(tiny, tmp_path, images):
                                                         {"role": "assistant", "content": "A small shape."}]}]
     tok, model = tiny("2.6")
     assert len(SupervisedDataset(str(tmp_path / "captions.json"), tok, model.config)) == 1
+    # issue 29: a.png and a.JPG both took a.txt's caption, under one id
+    make_image(tmp_path / "a.JPG", (8, 8))
+    done = convert("--from", "folder", tmp_path, "--out", tmp_path / "again.json")
+    assert f"{tmp_path / 'a.JPG'}: a.JPG and a.png share the caption file a.txt and one id; rename all but one" \
+        in done.stderr and done.returncode == 1 and not (tmp_path / "again.json").exists()  # nothing else to convert
 
 
 def test_convert_rebases_videos_and_reports_what_it_cannot_convert(tmp_path):

@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -110,8 +111,14 @@ def read_table(path: str, delimiter: str, folder: str):
 def from_folder(path: str, question: str):
     converted, problems = [], []
     images = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    stems = Counter(image.with_suffix("") for image in images)
     for index, image in enumerate(images):
         caption_file = image.with_suffix(".txt")
+        if stems[image.with_suffix("")] > 1:  # b.png and b.jpg: b.txt describes one of them, and the id is one
+            others = sorted(other.name for other in images if other.with_suffix("") == image.with_suffix(""))
+            problems.append((index, f"{image}: {' and '.join(others)} share the caption file {caption_file.name} and "
+                                    "one id; rename all but one"))
+            continue
         try:
             caption = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
         except UnicodeDecodeError as error:
