@@ -148,16 +148,20 @@ def with_master_port(argv: list) -> list:
     return argv
 
 
-class WorkersStoppedAsAsked(logging.Filter):
-    """Drops torchrun's "failed (exitcode: 130) local_rank: ..." once the workers were asked to
-    stop: they saved and exited 128+signal as they should; this launcher says so in one line."""
+class WorkersThatSaidWhy(logging.Filter):
+    """Drops torchrun's "failed (exitcode: N) local_rank: ..." where the workers already said why
+    in one line: they were asked to stop (they saved and exited 128+signal; this launcher says so)
+    or exited REPORTED_ERROR_EXIT after printing the problem."""
 
     def __init__(self, forwarder: Forwarder):
         super().__init__()
         self.forwarder = forwarder
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.forwarder.received is None or "failed (exitcode:" not in record.getMessage()
+        message = record.getMessage()
+        if "failed (exitcode:" not in message:
+            return True
+        return self.forwarder.received is None and f"(exitcode: {REPORTED_ERROR_EXIT})" not in message
 
 
 def exit_on_signal_while_joining():
@@ -182,7 +186,7 @@ def main(argv=None):
     forwarder = Forwarder()
     forwarder.install()
     exit_on_signal_while_joining()
-    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(WorkersStoppedAsAsked(forwarder))
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(WorkersThatSaidWhy(forwarder))
     try:
         torchrun(["--signals_to_handle", "SIGQUIT", *argv])
     except DistError as error:  # the nodes did not all join in time (a wrong MASTER_ADDR or port, a node missing)

@@ -204,6 +204,7 @@ def test_a_data_error_is_one_line_and_exit_2_through_the_launcher(tiny_model_dir
     line = f"finetune: {tmp_path / 'bad.json'}, sample 0 (id 'lost'): image not found: {tmp_path / 'nope.png'}"
     assert result.stderr.count(line) == 1  # printed by the first process only
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+    assert "failed (exitcode: 2)" not in result.stderr  # issue 29: torchrun's line after ours
 
 
 @pytest.mark.parametrize("nnodes", ["1", "2"])
