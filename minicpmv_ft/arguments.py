@@ -219,6 +219,10 @@ class TrainingArguments(transformers.TrainingArguments):
         if isinstance(self.deepspeed, str) and self.deepspeed.endswith(".json") and not os.path.isfile(self.deepspeed):
             raise ValueError(f"--deepspeed {self.deepspeed}: no such file (this project's: ds_config_zero2.json, "
                              "ds_config_zero3.json)")
+        if (self.bf16 or self.fp16) and not self.use_cpu and not torch.cuda.is_available():
+            raise ValueError(f"no CUDA GPU found, and --{'bf16' if self.bf16 else 'fp16'} true (the launchers' default) "
+                             "needs one; on a CPU, add --use_cpu true --bf16 false (docs/training.md, \"On a CPU or "
+                             "a laptop\")")
         if self.save_strategy == "steps" and self.save_steps == 0:
             raise ValueError("--save_steps 0 would save no checkpoint until the end; give a number of steps, or "
                              "--save_strategy no")

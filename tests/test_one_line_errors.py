@@ -174,3 +174,16 @@ def test_a_pickled_weights_file_that_names_code_is_one_line_naming_it(tiny_model
                            "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
         assert stop.value.code == 2
         assert capsys.readouterr().err.strip().startswith(f"finetune: {crafted} holds more than tensors (")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the machine has a GPU")
+def test_the_launchers_bf16_default_on_a_machine_without_a_gpu_is_one_line_pointing_to_the_cpu_recipe(tmp_path,
+                                                                                                     capsys):
+    """README step 3 without a GPU was a 60-line bf16 traceback and torchrun's banner."""
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(["--model_name_or_path", "openbmb/MiniCPM-V-4_5", "--data_path", "d.json", "--output_dir",
+                       str(tmp_path), "--bf16", "true"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "finetune: no CUDA GPU found, and --bf16 true (the launchers' default) needs one; on a CPU, add --use_cpu "
+        "true --bf16 false (docs/training.md, \"On a CPU or a laptop\")")
