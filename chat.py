@@ -132,7 +132,11 @@ def main(argv=None):
     parser.add_argument("--max_slice_nums", type=int, default=None,
                         help="most slices per image; default: what the model was trained (or saved) with")
     parser.add_argument("--thinking", action="store_true",
-                        help="thinking models (4.5): reason before answering (default off, as their generation config)")
+                        help=f"thinking models ({names_where(lambda v: v.chat.thinking)}): reason before answering "
+                             "(default off, as their generation config)")
+    parser.add_argument("--sampling", action="store_true",
+                        help="sample the answer as the checkpoint's chat(sampling=True) does (the README's model.chat() "
+                             "snippet); default: its deterministic decoding (beam search; native checkpoints: greedy)")
     args = parser.parse_args(argv)
     quiet_third_party()
     if not args.interactive and not args.question:
@@ -147,10 +151,12 @@ def main(argv=None):
         parser.exit(2, f"chat.py: {exc}\n")
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     questions = iter(sys.stdin.readline, "") if args.interactive else [args.question]
+    decoding, how = version.family.decoding(args.sampling)
+    print(f"chat.py: decoding: {how}" + ("" if args.sampling else "; --sampling samples instead"), file=sys.stderr)
     try:
         converse(model, tokenizer, version, images, questions, max_new_tokens=args.max_new_tokens,
                  thinking=args.thinking, max_slice_nums=args.max_slice_nums or adapter_max_slice_nums(args.model),
-                 extra=extra)
+                 extra={**(extra or {}), **decoding})
     except ValueError as exc:
         parser.exit(2, f"chat.py: {exc}\n")
 

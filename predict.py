@@ -23,6 +23,7 @@ from collections import Counter
 import torch
 
 from chat import answer, answer_batch, split_system, video_frames
+from minicpmv_ft.chat_formats import Qwen3ThinkingChat
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.encoding import read_image
 from minicpmv_ft.images import open_rgb
@@ -31,6 +32,7 @@ from minicpmv_ft.loading import (AdapterBaseError, adapter_max_slice_nums, defau
 from minicpmv_ft.output_paths import OutputPathError, check_output_file
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.samples import MARKERS, DataError, load_records, parse_sample
+from minicpmv_ft.versions import names_where
 from minicpmv_ft.video import VideoError, read_video_info
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -39,6 +41,12 @@ ARTICLES = re.compile(r"\b(a|an|the)\b")
 def normalise(text: str) -> str:
     text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
     return " ".join(ARTICLES.sub(" ", text).split())
+
+
+def answer_of(text: str) -> str:
+    """The answer of a text, after any thinking block: a thinking sample's reference keeps its
+    reasoning, a prediction has one with --thinking, and the scores compare answers with answers."""
+    return Qwen3ThinkingChat.split_reasoning(text)[1]
 
 
 def exact_match(prediction: str, reference: str) -> bool:
@@ -125,11 +133,13 @@ def predict(model, tokenizer, version, samples, out, max_new_tokens=256, thinkin
             answered = answered_samples(model, tokenizer, version, batch, max_new_tokens, thinking, max_slice_nums,
                                         failed)
             for sample, (_, question, reference), prediction in answered:
-                predictions.append(prediction)
-                references.append(reference)
+                predictions.append(answer_of(prediction))
+                references.append(answer_of(reference))
                 out.write(json.dumps({"id": sample.sample_id, "question": question, "reference": reference,
-                                      "prediction": prediction, "exact_match": exact_match(prediction, reference),
-                                      "f1": round(token_f1(prediction, reference), 4)}, ensure_ascii=False) + "\n")
+                                      "prediction": prediction,
+                                      "exact_match": exact_match(predictions[-1], references[-1]),
+                                      "f1": round(token_f1(predictions[-1], references[-1]), 4)},
+                                     ensure_ascii=False) + "\n")
             out.flush()  # what was predicted stays written, whatever happens later
             bar.update(len(batch))
     return predictions, references, failed
@@ -192,7 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=256, help="longest answer, in tokens")
     parser.add_argument("--max_slice_nums", type=int, default=None,
                         help="most slices per image; default: what the model was trained (or saved) with")
-    parser.add_argument("--thinking", action="store_true", help="thinking models (4.5): reason before answering")
+    parser.add_argument("--thinking", action="store_true",
+                        help=f"thinking models ({names_where(lambda v: v.chat.thinking)}): reason before answering")
     args = parser.parse_args(argv)
     quiet_third_party()
     try:  # the samples are checked before the weights load
@@ -210,6 +221,8 @@ def main(argv=None) -> int:
         parser.exit(2, f"predict.py: {error}\n")
     samples = samples[: args.max_samples]
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"predict.py: decoding: {version.family.decoding(False)[1]}, so the scores repeat; thinking "
+          f"{'on' if args.thinking else 'off'}", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as out:
         predictions, references, failed_now = predict(
@@ -220,7 +233,7 @@ def main(argv=None) -> int:
     bleu_text = f", BLEU {result['bleu']:.1f}" if result["bleu"] is not None else " (BLEU: pip install sacrebleu)"
     print(f"{args.data}: {result['samples']} samples predicted ({len(failed)} could not be asked and were "
           f"skipped{', each listed above' if failed else ''}): exact match {result['exact_match']:.1f}%, token F1 {result['token_f1']:.1f}%{bleu_text}; "
-          f"predictions in {args.out}")
+          f"predictions in {args.out}; the scores compare the answers, after any thinking block")
     return 0 if result["samples"] else 1  # nothing predicted is no score
 
 

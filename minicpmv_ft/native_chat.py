@@ -49,10 +49,11 @@ def video_kwargs(processor, clips: list[VideoClip], scheme: VideoScheme) -> dict
 
 def generate_answers(model, processor, conversations: list[list[dict]], max_new_tokens: int = 256,
                      thinking: bool = False, max_slice_nums: int | None = None,
-                     video: VideoScheme | None = None) -> list[str]:
+                     video: VideoScheme | None = None, generate_options: dict | None = None) -> list[str]:
     """One answer per conversation ([{"role", "content"}], images and videos inside the content,
     as chat.chat_messages makes them), all in one left-padded generate() call; `video`: how the
-    version samples videos (its registry entry)."""
+    version samples videos (its registry entry); `generate_options`: generate()'s own (do_sample:
+    family.decoding), greedy by default."""
     texts = [processor.apply_chat_template([{"role": m["role"], "content": content_items(m["content"])} for m in msgs],
                                            tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
              for msgs in conversations]
@@ -62,6 +63,7 @@ def generate_answers(model, processor, conversations: list[list[dict]], max_new_
         options.update(video_kwargs(processor, clips, video))
     inputs = processor(text=texts, images=images or None, return_tensors="pt", padding=True, **options).to(model.device)
     with torch.no_grad():
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                   **{"do_sample": False, **(generate_options or {})})
     return [text.strip() for text in processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:],
                                                             skip_special_tokens=True)]

@@ -128,3 +128,42 @@ def test_chat_image_that_is_missing_or_broken_is_one_line(tiny_model_dir, tmp_pa
             chat.main(["--model", str(tiny_model_dir("2.6")), "--image", str(path), "--question", "What?"])
         lines = capsys.readouterr().err.strip().splitlines()
         assert stopped.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"chat.py: --image {path}: {reason}")
+
+
+@pytest.mark.parametrize("version", ["2.6", "4.6"])
+def test_chat_says_how_it_decodes_and_samples_on_request(tiny_model_dir, sample_data, monkeypatch, capsys, version):
+    """Issue 29: chat.py and predict.py decoded with beam search without saying so, while the
+    README's model.chat() snippet samples."""
+    asked = []
+    monkeypatch.setattr(chat, "converse", lambda *args, **kwargs: asked.append(kwargs["extra"]))
+    base = ["--model", str(tiny_model_dir(version)), "--image", str(sample_data / "images" / "red_circle.png"),
+            "--question", "What?"]
+    chat.main(base)
+    chat.main(base + ["--sampling"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("chat.py: decoding: ")]
+    option = "sampling" if version == "2.6" else "do_sample"
+    assert [extra[option] for extra in asked] == [False, True]
+    assert lines == ({"2.6": ["chat.py: decoding: beam search, as chat(sampling=False) decodes (deterministic); "
+                              "--sampling samples instead", "chat.py: decoding: sampling, as chat(sampling=True) samples"],
+                      "4.6": ["chat.py: decoding: greedy (deterministic); --sampling samples instead",
+                              "chat.py: decoding: sampling with the checkpoint's generation_config"]}[version])
+
+
+def test_a_thinking_reference_is_scored_by_its_answer(monkeypatch):
+    """Issue 29: predict.py kept a thinking sample's <think> block in the reference and asked with
+    thinking off, so every such sample scored F1 0."""
+    import io
+
+    reference = "<think>\nIt is round and red.\n</think>\n\nA red circle."
+    assert predict.answer_of(reference) == "A red circle." and predict.answer_of("A red circle.") == "A red circle."
+    monkeypatch.setattr(predict, "answered_samples", lambda model, tokenizer, version, batch, *rest: [
+        (sample, ([], "What?", reference), answer) for sample, answer in zip(batch, ["A red circle.",
+                                                                                   "<think>\nhm\n</think>\n\nA red circle."])])
+    out = io.StringIO()
+    from types import SimpleNamespace
+
+    samples = [SimpleNamespace(sample_id=k) for k in range(2)]
+    predictions, references, _ = predict.predict(None, None, None, samples, out, progress=False)
+    assert predictions == references == ["A red circle.", "A red circle."]
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(row["reference"], row["exact_match"], row["f1"]) for row in rows] == [(reference, True, 1.0)] * 2

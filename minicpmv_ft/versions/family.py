@@ -69,6 +69,11 @@ class Family:
         as the checkpoint's inference takes a video; VideoError when it cannot be read."""
         raise NotImplementedError
 
+    def decoding(self, sampling: bool) -> tuple[dict, str]:
+        """(answers() options, how the answer is decoded, in words): the checkpoint's deterministic
+        decoding, or sampling as its own inference samples."""
+        raise NotImplementedError
+
     def __repr__(self):
         return self.name
 
@@ -121,6 +126,10 @@ class RemoteCode(Family):
         from ..remote_chat import video_frames
 
         return video_frames(version, path)
+
+    def decoding(self, sampling):
+        return {"sampling": sampling}, ("sampling, as chat(sampling=True) samples" if sampling else
+                                        "beam search, as chat(sampling=False) decodes (deterministic)")
 
 
 class Native(Family):
@@ -186,12 +195,16 @@ class Native(Family):
         from ..native_chat import generate_answers
 
         return generate_answers(model, tokenizer, conversations, max_new_tokens, thinking, max_slice_nums,
-                                version.video)
+                                version.video, extra)
 
     def video_input(self, version, path):
         from ..native_chat import video_clip
 
         return [video_clip(path)], None
+
+    def decoding(self, sampling):
+        return {"do_sample": sampling}, ("sampling with the checkpoint's generation_config" if sampling else
+                                         "greedy (deterministic)")
 
 
 REMOTE_CODE = RemoteCode()
