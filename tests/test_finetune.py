@@ -352,6 +352,25 @@ def test_loss_curves_hold_every_logged_train_and_eval_loss():
     assert loss_curves(history) == {"train": ([1, 2, 3], [3.0, 2.0, 1.0]), "eval": ([2, 3], [2.5, 1.5])}
 
 
+def test_a_preference_runs_plot_has_a_panel_of_its_margins_and_accuracies(tmp_path):
+    """Issue 29: the DPO run's plot had no margins or accuracies (they were logged)."""
+    from PIL import Image
+
+    from minicpmv_ft.loss_plot import PREFERENCE, curves_of, plot_loss
+
+    sft = [{"loss": 3.0, "step": 1}, {"loss": 2.0, "step": 2}]
+    dpo = [{"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.0, "step": 1},
+           {"loss": 0.5, "rewards/margins": 0.4, "rewards/accuracies": 1.0, "step": 2},
+           {"eval_loss": 0.6, "eval_rewards/margins": 0.2, "eval_rewards/accuracies": 0.5, "step": 2}]
+    assert curves_of(dpo, PREFERENCE) == {"train margin": ([1, 2], [0.0, 0.4]), "eval margin": ([2], [0.2]),
+                                          "train accuracy": ([1, 2], [0.0, 1.0]), "eval accuracy": ([2], [0.5])}
+    heights = []
+    for name, history in (("sft", sft), ("dpo", dpo)):
+        assert plot_loss(history, str(tmp_path / f"{name}.png"))
+        heights.append(Image.open(tmp_path / f"{name}.png").size[1])
+    assert heights == [500, 1000]  # a second panel
+
+
 def test_a_reported_problem_is_one_line_and_debug_shows_the_traceback(tiny_model_dir, tmp_path, capsys):
     bad = [{"id": "lost", "image": "nope.png", "conversations": [{"role": "user", "content": "<image>"},
                                                                  {"role": "assistant", "content": "x"}]}]
