@@ -38,3 +38,27 @@ def test_a_variable_overrides_the_files_and_other_commands_sections_are_left_alo
 def test_a_setting_uv_would_not_follow_means_pip_installs(listed):
     with pytest.raises(NoEquivalent):
         uv_options(listed)
+
+
+def test_every_requirement_is_bounded_and_pinned_by_its_constraints_file():
+    """Issue 29: peft>=0.17 was unbounded while PEFT 1.0 drops the transformers the remote-code
+    environment needs. Each requirement is bounded below its next major release (or pinned), and
+    its environment's constraints file (pip freeze of the tested environment, which the
+    requirements file names) pins it."""
+    import re
+
+    from conftest import ROOT
+
+    for requirements in ("requirements.txt", "requirements-transformers5.txt"):
+        lines = [line.strip() for line in (ROOT / requirements).read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        constraint_files = [line[3:] for line in lines if line.startswith("-c ")]
+        assert len(constraint_files) == 1, requirements
+        pinned = dict(line.lower().split("==") for line in (ROOT / constraint_files[0]).read_text().splitlines()
+                      if "==" in line)
+        for line in lines:
+            if line.startswith("-"):
+                continue
+            name = re.match(r"[A-Za-z0-9_.-]+", line).group().lower()
+            assert "<" in line or "==" in line, f"{requirements}: {line} has no upper bound"
+            assert name in pinned, f"{constraint_files[0]} does not pin {name}"

@@ -5,7 +5,8 @@
 VENV="${VENV:-.venv}"
 REQUIREMENTS="${REQUIREMENTS:-requirements.txt}"
 STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
+# the requirements and the constraints files they name (-c): a change to either re-installs
+WANT="$(cat "$REQUIREMENTS" $(sed -n 's/^-c //p' "$REQUIREMENTS" | sed "s|^|$(dirname "$REQUIREMENTS")/|") | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "setting up $VENV from $REQUIREMENTS ..."
     python3 -m venv "$VENV"
