@@ -142,6 +142,9 @@ class DataArguments:
 
 
 NATIVE_TRAINING_ARGUMENTS = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+# transformers 5's names for options the launchers pass by their 4.57 names (old, new)
+RENAMED_IN_TRANSFORMERS_5 = (("gradient_checkpointing", "activation_checkpointing"),
+                             ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"))
 
 
 @dataclass
@@ -226,6 +229,10 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.save_strategy == "steps" and self.save_steps == 0:
             raise ValueError("--save_steps 0 would save no checkpoint until the end; give a number of steps, or "
                              "--save_strategy no")
+        for old, new in RENAMED_IN_TRANSFORMERS_5:  # the launchers' --gradient_checkpointing, without its FutureWarning
+            if new in NATIVE_TRAINING_ARGUMENTS and getattr(self, new) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
+                setattr(self, old, None)  # the Trainer mirrors the new name into it
         if self.warmup_ratio and "warmup_ratio" not in NATIVE_TRAINING_ARGUMENTS and not self.warmup_steps:
             self.warmup_steps = self.warmup_ratio  # transformers 5: a float below 1 is the ratio
         if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:

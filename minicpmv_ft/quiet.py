@@ -19,6 +19,12 @@ FALSE_ALARMS = (
     # 2.0's MiniCPM LLM defines prepare_inputs_for_generation without GenerationMixin; the 2.0
     # load fix gives it generate() (minicpmv_ft/versions/load_fixes.py).
     ("transformers.modeling_utils", "has generative capabilities, as `prepare_inputs_for_generation`"),
+    # A checkpoint whose folder has no tokenizer.json (4.5 as some tools save it) gets its fast
+    # tokenizer (MiniCPMVTokenizerFast, its tokenizer_config's) built from the slow class that
+    # class declares (Qwen2Tokenizer); transformers compares the two names and warns, up to 3
+    # times a command. The tokenizer is the checkpoint's own.
+    ("transformers.tokenization_utils_base", "is 'MiniCPMVTokenizerFast'. \nThe class this function is called from is "
+                                             "'Qwen2Tokenizer'"),
 )
 
 
@@ -37,6 +43,13 @@ def quiet_third_party():
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+    # The checkpoints' remote code logs at INFO what it does on every config it builds (2.5+:
+    # "vision_config is None, using default vision config", each time transformers builds a
+    # default config to compare with, 5-27 times a run); our commands log at INFO.
+    logging.getLogger("transformers_modules").setLevel(logging.WARNING)
+    # The published image_processing_minicpmv.py registers its class by the argument transformers
+    # 4.57 deprecates: a FutureWarning each time the module loads, about code in the checkpoint.
+    warnings.filterwarnings("ignore", message="The image_processor_class argument is deprecated", category=FutureWarning)
     # DeepSpeed's ZeRO gathers call this torch function, deprecated in torch 2.14; nothing a user can change.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
                             category=FutureWarning)

@@ -1,6 +1,9 @@
 """Config fields the NaViT-based MiniCPM-V versions (2.5+) share: slice_config and vision_config."""
 from transformers import PretrainedConfig
 from transformers.models.idefics2.configuration_idefics2 import Idefics2VisionConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 class MiniCPMVSliceConfig(PretrainedConfig):
@@ -23,5 +26,7 @@ def set_vision_fields(config, query_num, image_size, drop_vision_last_layer, bat
     if isinstance(vision_config, PretrainedConfig):
         config.vision_config = vision_config
     else:
+        if vision_config is None:  # as the published configs log it, at every default config built
+            logger.info("vision_config is None, using default vision config")
         config.vision_config = Idefics2VisionConfig(**(vision_config or {}))
     config.patch_size = 14

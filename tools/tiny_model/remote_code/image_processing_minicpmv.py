@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoImageProcessor
 from transformers.image_processing_utils import BaseImageProcessor
 
 
@@ -104,3 +105,8 @@ class MiniCPMVImageProcessor(BaseImageProcessor):
         return MiniCPMVImageSlicer(self.image_feature_size, self.patch_size, max_slice_nums or self.max_slice_nums,
                                    self.scale_resolution, per_slice=True,
                                    use_image_id=self.use_image_id if use_image_id is None else bool(use_image_id))
+
+
+# registered as the published files do, by the argument transformers 4.57 deprecates (a
+# FutureWarning when the module loads)
+AutoImageProcessor.register("MiniCPMVImageProcessor", MiniCPMVImageProcessor)
