@@ -311,7 +311,7 @@ def train_and_save(trainer, resume, identity, stop_on_signal) -> bool:
     if trainer.args.should_save and plot_loss(trainer.state.log_history,
                                               os.path.join(trainer.args.output_dir, PLOT_FILE)):
         logger.info("loss curves: %s", os.path.join(trainer.args.output_dir, PLOT_FILE))
-    if not finished:
+    if not finished and trainer.args.should_log:  # the first process says it for all
         logger.warning("interrupted by signal %d: checkpoint-%d is the last complete checkpoint; continue with "
                        "--resume_from_checkpoint last", stop_on_signal.received, stop_on_signal.stopped_at)
     return finished

@@ -314,7 +314,8 @@ class StopOnSignal(TrainerCallback):
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
-            logger.warning("signal %d: saving checkpoint-%d and stopping", self.received, state.global_step)
+            if args.should_log:  # every process stops; the first one says so
+                logger.warning("signal %d: saving checkpoint-%d and stopping", self.received, state.global_step)
 
     def restore(self):
         """Back to the previous handlers; called after the final save, so a signal during it

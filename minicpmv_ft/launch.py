@@ -151,7 +151,9 @@ def with_master_port(argv: list) -> list:
 class WorkersThatSaidWhy(logging.Filter):
     """Drops torchrun's "failed (exitcode: N) local_rank: ..." where the workers already said why
     in one line: they were asked to stop (they saved and exited 128+signal; this launcher says so)
-    or exited REPORTED_ERROR_EXIT after printing the problem."""
+    or exited REPORTED_ERROR_EXIT after printing the problem. Also its "Sending process N closing
+    signal SIGTERM", once per other worker when one ended: after a reported problem it is noise,
+    after a crash the failure report names the rank and its error."""
 
     def __init__(self, forwarder: Forwarder):
         super().__init__()
@@ -159,6 +161,8 @@ class WorkersThatSaidWhy(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if "closing signal" in message:
+            return False
         if "failed (exitcode:" not in message:
             return True
         return self.forwarder.received is None and f"(exitcode: {REPORTED_ERROR_EXIT})" not in message
