@@ -161,3 +161,19 @@ def test_vocab_size_option(tmp_path):
         make_tiny_model.build("2.5", tmp_path / "small", vocab_size=10)
     with pytest.raises(SystemExit, match="unknown version '3.0'; choose one of 2.0, 2.5, 2.6, 4.0, 4.5"):
         make_tiny_model.build("3.0", tmp_path / "none")
+
+
+def test_a_version_asked_of_the_wrong_environment_is_one_line_and_makes_no_folder(tmp_path):
+    """Issue 29: make_tiny_model.py --version 4.7 under transformers 4.57 was a raw ImportError that
+    left an empty folder."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from minicpmv_ft.versions.environments import in_native_environment
+
+    other = "2.6" if in_native_environment() else "4.7"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "make_tiny_model.py"), "--version", other, "--out",
+                           str(tmp_path / "tiny")], capture_output=True, text=True)
+    assert done.returncode == 2 and not (tmp_path / "tiny").exists()
+    assert done.stderr.startswith(f"make_tiny_model.py: MiniCPM-V {other} runs in ") and "Traceback" not in done.stderr

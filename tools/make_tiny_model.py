@@ -26,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the project's package: the registry's load fixes
 
+from minicpmv_ft.versions.environments import WrongEnvironment, check_version_environment  # noqa: E402
 from tiny_model.qwen3_template import qwen3_thinking_template  # noqa: E402
 REMOTE_CODE = HERE / "tiny_model" / "remote_code"
 SHARED_FILES = ["modeling_minicpmv.py", "modeling_minicpm.py", "modeling_navit_siglip.py",
@@ -411,6 +412,10 @@ def main(argv=None):
     version = args.version or LLM_TYPE_ALIASES[args.llm_type]
     if args.moe and not any(base == version for base, _ in VARIANTS.values()):
         parser.error(f"--moe: MiniCPM-V {version} has no mixture-of-experts checkpoint")
+    try:
+        check_version_environment(version)
+    except WrongEnvironment as error:  # before the output folder is made
+        parser.exit(2, f"make_tiny_model.py: {error}\n")
     out = build(version + "-moe" if args.moe else version, args.out, args.vocab_size, args.seed)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"wrote tiny MiniCPM-V {version} model to {out} ({size:.1f} MiB)")

@@ -18,11 +18,13 @@ import sys
 from dataclasses import dataclass
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 @dataclass(frozen=True)
 class Environment:
     requirements: str
     venv: str
-    transformers_at_least: str
     # config.json model_type -> the checkpoints it is (for messages); their registry versions
     # (tests/test_versions.py checks both against the registry)
     model_types: dict[str, str]
@@ -32,10 +34,17 @@ class Environment:
     def setup_command(self) -> str:
         return f"VENV={self.venv} REQUIREMENTS={self.requirements} bash tools/setup_venv.sh"
 
+    @property
+    def transformers_at_least(self) -> str:
+        """The lower bound of `transformers>=X,...` in its requirements file (the one source)."""
+        with open(os.path.join(ROOT, self.requirements)) as handle:
+            line = next(line for line in handle if line.startswith("transformers>="))
+        return line.split(">=", 1)[1].split(",")[0].strip()
 
-DEFAULT = Environment("requirements.txt", ".venv", "4.57", {"minicpmv": "MiniCPM-V 2.0-4.5 (remote code)"},
+
+DEFAULT = Environment("requirements.txt", ".venv", {"minicpmv": "MiniCPM-V 2.0-4.5 (remote code)"},
                       ("2.0", "2.5", "2.6", "4.0", "4.5"))
-TRANSFORMERS_5 = Environment("requirements-transformers5.txt", ".venv-transformers5", "5.7",
+TRANSFORMERS_5 = Environment("requirements-transformers5.txt", ".venv-transformers5",
                              {"minicpmv4_6": "MiniCPM-V 4.6 (openbmb/MiniCPM-V-4.6, -Thinking)",
                               "minicpmv4_7": "MiniCPM-V 4.7 (openbmb/MiniCPM-V-4.7-1B, -35B-A3B)"}, ("4.6", "4.7"))
 ENVIRONMENTS = (DEFAULT, TRANSFORMERS_5)
@@ -67,6 +76,18 @@ def in_native_environment() -> bool:
 
 class WrongEnvironment(ValueError):
     """The checkpoint needs the other environment; the message says how to set it up."""
+
+
+def check_version_environment(name: str):
+    """WrongEnvironment when this environment is not the one registry version `name` runs in
+    (tools/make_tiny_model.py, before it makes anything)."""
+    import transformers
+
+    needed = for_version(name)
+    if (needed is DEFAULT) == in_native_environment():
+        raise WrongEnvironment(f"MiniCPM-V {name} runs in {needed.venv} (transformers >= {needed.transformers_at_least}, "
+                               f"{needed.requirements}); this python has transformers {transformers.__version__}. Run "
+                               f"{needed.venv}/bin/python, set up with `{needed.setup_command}`")
 
 
 def check_environment(path: str):
