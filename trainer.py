@@ -305,7 +305,9 @@ class MiniCPMVTrainer(Trainer):
             for group in groups:
                 if "module" in group:
                     ratio = group.get("initial_lr", group["lr"]) / base.get("initial_lr", base["lr"])
-                    logs[f"learning_rate_{group['module']}"] = logs["learning_rate"] * ratio
+                    # by role: the module names differ between the environments (vpm, model.vision_tower)
+                    role = "vision" if group["module"] == self.version.vision_module else "resampler"
+                    logs[f"learning_rate_{role}"] = logs["learning_rate"] * ratio
         super().log(logs, *args, **kwargs)
 
     def _align_special_tokens(self):

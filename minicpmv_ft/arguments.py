@@ -181,7 +181,7 @@ class TrainingArguments(transformers.TrainingArguments):
                 "linear cross-entropy; CUDA and pip install liger-kernel)"})
     vision_lr: typing.Optional[float] = field(default=None, metadata={
         "help": "learning rate of the vision tower (default: --learning_rate): a param group of its own on the "
-                "same schedule, logged as learning_rate_vpm, restored on resume (not with a DeepSpeed optimizer block)"})
+                "same schedule, logged as learning_rate_vision, restored on resume (not with a DeepSpeed optimizer block)"})
     resampler_lr: typing.Optional[float] = field(default=None, metadata={
         "help": "learning rate of the resampler (default: --learning_rate), as --vision_lr; logged as "
                 "learning_rate_resampler"})

@@ -148,6 +148,7 @@ def test_qlora_preparation_keeps_the_embedding_output_writable(tiny, tiny_model_
 ])
 def test_bad_flags_fail_before_loading(tmp_path, flags, message):
     (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "config.json").write_text("{}")  # a model folder, as far as the arguments look
     flags = [str(tmp_path / "file.txt") if f == "FILE" else f for f in flags]
     argv = ["--model_name_or_path", str(tmp_path), "--data_path", "x.json",
             "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"] + flags
@@ -425,7 +426,7 @@ def test_vision_and_resampler_learning_rates_have_their_own_param_groups(tiny_mo
     assert lrs == {"vpm": {1e-4}, "resampler": {2e-4}, "llm": {1e-3}}
     logged = [e for e in trainer.state.log_history if "loss" in e]
     assert logged[-1]["learning_rate"] == 1e-3
-    assert logged[-1]["learning_rate_vpm"] == 1e-4 and logged[-1]["learning_rate_resampler"] == 2e-4
+    assert logged[-1]["learning_rate_vision"] == 1e-4 and logged[-1]["learning_rate_resampler"] == 2e-4
     # the checkpoint's optimizer state keeps the groups, so a resume continues with them
     state = torch.load(tmp_path / "checkpoint-2" / "optimizer.pt", weights_only=True)
     assert sorted(group["lr"] for group in state["param_groups"]) == sorted(
@@ -437,7 +438,7 @@ def test_vision_and_resampler_learning_rates_have_their_own_param_groups(tiny_mo
     logged = [e for e in cosine.state.log_history if "loss" in e]
     assert len(logged) == 2 and logged[0]["learning_rate"] > logged[1]["learning_rate"] > 0
     for entry in logged:
-        assert entry["learning_rate_vpm"] == pytest.approx(entry["learning_rate"] / 10, rel=1e-9)
+        assert entry["learning_rate_vision"] == pytest.approx(entry["learning_rate"] / 10, rel=1e-9)
         assert entry["learning_rate_resampler"] == pytest.approx(entry["learning_rate"] / 5, rel=1e-9)
 
 
