@@ -18,7 +18,7 @@ from collections import Counter
 
 import torch
 import transformers
-from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.integrations import TensorBoardCallback, is_deepspeed_zero3_enabled
 
 from dataset import SupervisedDataset
 from dpo_trainer import PreferenceSettings, PreferenceTrainer
@@ -286,6 +286,20 @@ def log_resume(checkpoint: str, max_steps: int, length_changes=(), scheduler: st
                        "again from it", checkpoint, max_steps)
 
 
+def one_tensorboard_run(trainer, identity):
+    """TensorBoard's folder runs/<the run's hash> (its length left out), unless the user chose one:
+    a resumed or lengthened run goes on in the same TensorBoard run, not in a second one named
+    after the time it started."""
+    if getattr(trainer.args, "tensorboard_folder_chosen", True):
+        return
+    folder = os.path.join(trainer.args.output_dir, "runs", identity_hash(identity))
+    if hasattr(trainer.args, "logging_dir"):  # transformers 4.57: the callback reads the argument
+        trainer.args.logging_dir = folder
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):  # transformers 5: its own attribute
+            callback.logging_dir = folder
+
+
 def evaluated_last_step(trainer) -> bool:
     step = trainer.state.global_step
     return any("eval_loss" in entry and entry.get("step") == step for entry in trainer.state.log_history)
@@ -373,6 +387,7 @@ def run_training(model_args, data_args, train_args, callbacks=None):
         callbacks=[MarkCompleteCheckpoints(identity), stop_on_signal] + list(callbacks or []),
         source_model_dir=source_dir, max_slice_nums=data_args.max_slice_nums,
         module_lrs=module_lrs(version, train_args), **method)
+    one_tensorboard_run(trainer, identity)
     try:
         with explain_write_failures(train_args.output_dir, identity_hash(identity)):  # a full disk says so
             interrupted = not train_and_save(trainer, resume, identity, stop_on_signal)

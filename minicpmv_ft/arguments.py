@@ -217,6 +217,9 @@ class TrainingArguments(transformers.TrainingArguments):
 
     def __post_init__(self):
         check_numbers(self, at_least_zero=("learning_rate", "weight_decay", "max_grad_norm"))
+        # a TensorBoard folder the user named (transformers 4.57's --logging_dir, 5's environment
+        # variable) is kept; else the run gets one of its own (finetune.one_tensorboard_run)
+        self.tensorboard_folder_chosen = bool(getattr(self, "logging_dir", None) or os.getenv("TENSORBOARD_LOGGING_DIR"))
         if not 0 <= self.warmup_ratio <= 1:  # transformers 5 would take 2 as 2 warm-up steps
             raise ValueError(f"--warmup_ratio is the share of the steps that warm up, 0-1; got {self.warmup_ratio}")
         if isinstance(self.deepspeed, str) and self.deepspeed.endswith(".json") and not os.path.isfile(self.deepspeed):

@@ -839,3 +839,15 @@ def test_second_run_into_a_busy_output_dir_stops_naming_the_first(tiny_model_dir
                                              rf"\(pid {os.getpid()} on .*, started .*\)"):
             finetune.train(args)
     assert finetune.train(args).state.global_step == 1  # free again once the first run ended
+
+
+@pytest.mark.parametrize("version", ["2.6", "4.6"])  # transformers 4.57 and 5 choose the folder differently
+def test_a_resumed_run_goes_on_in_one_tensorboard_run(tiny_model_dir, sample_data, tmp_path, version):
+    """Issue 29: a resumed run split into two TensorBoard runs (a folder per start time)."""
+    base = ["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(sample_data / "train.json"),
+            "--use_lora", "true"] + cpu_flags(tmp_path, 1, 1e-3) + ["--save_strategy", "steps", "--save_steps", "2",
+                                                                    "--report_to", "tensorboard", "--logging_steps", "1"]
+    finetune.train(base + ["--max_steps", "2"])
+    finetune.train(base + ["--max_steps", "3", "--resume_from_checkpoint", "last"])
+    runs = sorted(path.name for path in (tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and len(list((tmp_path / "runs" / runs[0]).glob("events.out.tfevents.*"))) == 2
