@@ -35,7 +35,7 @@ from minicpmv_ft.encoding import SampleEncoder, check_records
 from minicpmv_ft.loading import load_tokenizer_and_version
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.preference_data import pair_format
-from minicpmv_ft.preference_dataset import pair_reports, side_records
+from minicpmv_ft.preference_dataset import SIDES, pair_reports, side_records
 from minicpmv_ft.samples import DataError, read_records, sft_records
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
@@ -164,8 +164,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def render_trained(encoder: SampleEncoder, sample) -> str:
-    """A sample's text with trained tokens between [[ and ]]; query blocks shortened."""
+def render_trained(encoder: SampleEncoder, sample, what: str | None = None) -> str:
+    """A sample's text with trained tokens between [[ and ]]; query blocks and video placeholders
+    shortened; `what` names it in the header (default "sample N")."""
     tok = encoder.tokenizer
     encoded = encoder.encode_from_headers(sample)
     pieces, group, trained = [], [], False
@@ -173,7 +174,7 @@ def render_trained(encoder: SampleEncoder, sample) -> str:
     def flush():
         if group:
             text = tok.decode(group, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            text = _shorten_unks(text, encoder.query_token)
+            text = shorten_repeats(text)
             pieces.append(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text)
             group.clear()
 
@@ -187,21 +188,22 @@ def render_trained(encoder: SampleEncoder, sample) -> str:
             trained = is_trained
         group.append(token)
     flush()
-    header = f"--- sample {sample.index} (id {sample.sample_id!r}): {len(encoded.input_ids)} tokens, " \
+    header = f"--- {what or f'sample {sample.index}'} (id {sample.sample_id!r}): {len(encoded.input_ids)} tokens, " \
              f"{sum(label != IGNORE_INDEX for label in encoded.labels)} trained"
     return header + "\n" + "".join(pieces)
 
 
-def _shorten_unks(text: str, unk: str) -> str:
-    """'<unk><unk><unk>' -> '<unk>x3': a query block reads as one item."""
-    return re.sub(f"(?:{re.escape(unk)}){{2,}}", lambda m: f"{unk}x{len(m.group(0)) // len(unk)}", text)
+def shorten_repeats(text: str) -> str:
+    """'<unk><unk><unk>' -> '<unk>x3': a run of one special token (a query block, a video's
+    placeholders) reads as one item."""
+    return re.sub(r"(<[^<>\s]+>)\1{2,}", lambda m: f"{m.group(1)}x{len(m.group(0)) // len(m.group(1))}", text)
 
 
 def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None, data_format="auto",
                verify_images=False, show=0):
-    """(the first `show` usable samples, the summary of every record of the file). A file of
-    preference pairs is checked pair by pair: both sides as training encodes them, a pair's
-    tokens its longer side's; `show` shows both sides of the first pairs."""
+    """([(what to call it, sample)] of the first `show` usable samples, the summary of every record
+    of the file). A file of preference pairs is checked pair by pair: both sides as training
+    encodes them, a pair's tokens its longer side's; `show` shows both sides of the first pairs."""
     raw, source, folder = read_records(path, image_folder)
     if raw and pair_format(raw[0]) is not None:
         sides, _ = side_records(raw, data_format)
@@ -209,13 +211,14 @@ def check_file(path, encoder: SampleEncoder, num_workers: int, image_folder=None
                                      num_workers=num_workers, progress=True)
         reports = pair_reports(sides, side_reports, encoder.model_max_length)
         usable = [report.index for report in reports if report.usable][:show]
-        shown = [encoder.parse(sides[2 * i + k], i, source, folder) for i in usable for k in (0, 1)]
+        shown = [(f"pair {i}, {side}", encoder.parse(sides[2 * i + k], i, source, folder)) for i in usable
+                 for k, side in enumerate(SIDES)]
         return shown, {**summarise(source, encoder, reports), "unit": "pairs"}
     records = sft_records(raw, source, data_format)
     reports = check_records(encoder, records, source, folder, verify_images=verify_images, num_workers=num_workers,
                             progress=True)
     usable = [report.index for report in reports if report.usable][:show]
-    return [encoder.parse(records[i], i, source, folder) for i in usable], summarise(source, encoder, reports)
+    return [(None, encoder.parse(records[i], i, source, folder)) for i in usable], summarise(source, encoder, reports)
 
 
 def setup(argv):
@@ -251,8 +254,8 @@ def main(argv=None) -> int:
         if report["counts"]["ok"] == 0:
             print(f"FAILED {path}: no sample left to train on")
             unusable.append(path)
-        for sample in shown:
-            print(render_trained(encoder, sample))
+        for what, sample in shown:
+            print(render_trained(encoder, sample, what))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"files": reports, "failed": failed, "unusable_files": unusable}, handle, indent=1, default=str)

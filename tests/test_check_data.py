@@ -1,5 +1,6 @@
 """check_data.py reports every bad sample exactly, the length statistics, and marks trained spans."""
 import json
+import re
 
 import pytest
 
@@ -209,3 +210,23 @@ def load(path):
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=True), AutoConfig.from_pretrained(path,
                                                                                                   trust_remote_code=True)
+
+
+@pytest.mark.parametrize("version", ["2.6", "4.6"])
+def test_show_names_each_side_of_a_pair_and_collapses_a_videos_placeholders(tiny_model_dir, sample_data, tmp_path,
+                                                                           capsys, version):
+    """Issue 29: --show called both sides of a pair "sample 0" and printed a video's placeholder
+    tokens one by one."""
+    from conftest import make_video
+
+    check_data.main(["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(sample_data / "pairs.json"),
+                     "--show", "1", "--num_workers", "1"])
+    headers = [line.split(" (id")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("--- ")]
+    assert headers == ["--- pair 0, chosen", "--- pair 0, rejected"]
+    make_video(tmp_path / "clip.mp4", frames=12)
+    (tmp_path / "v.json").write_text(json.dumps([{"id": "v", "video": "clip.mp4", "conversations": conv(
+        ("user", "<video>\nWhat?"), ("assistant", "Grey."))}]))
+    check_data.main(["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(tmp_path / "v.json"),
+                     "--show", "1", "--num_workers", "1"])
+    shown = capsys.readouterr().out.split("--- sample 0 (id 'v')")[1]
+    assert re.search(r"(<[^<>\s]+>)\1\1", shown) is None and re.search(r">x\d+", shown)
