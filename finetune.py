@@ -197,6 +197,7 @@ def log_settings(model, version, train_set, eval_set, data_args, train_args):
     logger.info("MiniCPM-V %s (%s), %s, max_slice_nums=%d, scale_resolution=%d, image ids=%s, model_max_length=%d",
                 version.name, version.checkpoints, tokens, settings.max_slice_nums, settings.scale_resolution,
                 settings.use_image_id, data_args.model_max_length)
+    logger.info("processes: %s", process_layout(train_args))
     logger.info("data loading: %d worker processes%s, pin_memory=%s, image cache: %s",
                 train_args.dataloader_num_workers, " (persistent)" * train_args.dataloader_persistent_workers,
                 train_args.dataloader_pin_memory, data_args.image_cache_dir or "off")
@@ -204,6 +205,18 @@ def log_settings(model, version, train_set, eval_set, data_args, train_args):
         if ds is not None:
             logger.info("%s data: %d %s used, %d dropped, %d failing %s skipped", name, len(ds), ds.unit,
                         len(ds.dropped), len(ds.failed), ds.unit)
+
+
+def process_layout(train_args) -> str:
+    """How the run is spread, in words: "2 (2 per node, 1 node), DeepSpeed ZeRO-2, bf16"."""
+    world, per_node = train_args.world_size, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    nodes = max(1, world // max(per_node, 1))
+    engine = (f"DeepSpeed ZeRO-{zero_stage(train_args)}" if train_args.deepspeed
+              else "DDP" if world > 1 else "no data parallelism")
+    precision = "bf16" if train_args.bf16 else "fp16" if train_args.fp16 else "fp32"
+    device = "CPU" if train_args.use_cpu or not torch.cuda.is_available() else "GPU"
+    return (f"{world} ({per_node} per node, {nodes} node{'s' * (nodes > 1)}), {engine}, {precision} on "
+            f"{device}{'s' * (world > 1)}")
 
 
 def warn_left_out(datasets):
