@@ -77,7 +77,8 @@ def check_numbers(arguments, at_least_zero=()):
 
 @dataclass
 class DataArguments:
-    data_path: str = field(metadata={"help": "training data: JSON list or JSON Lines file (docs/data.md)"})
+    data_path: str = field(metadata={"help": "training data: a JSON list, JSON Lines or Parquet file (images as bytes "
+                                             "inside, as Hugging Face datasets keep them); docs/data.md"})
     eval_data_path: typing.Optional[str] = field(default=None, metadata={
         "help": "evaluation data, same format: its loss is logged at the end of training, and every "
                 "--eval_steps with --eval_strategy steps"})
