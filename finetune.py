@@ -252,7 +252,8 @@ def train(argv=None, callbacks=None):
     check_output_folder("--output_dir", train_args.output_dir, {
         "the model's folder (--model_name_or_path)": local_dir(model_args.model_name_or_path),
         "the folder of --data_path": data_folder(data_args.data_path),
-        "the folder of --eval_data_path": data_folder(data_args.eval_data_path), "--image_folder": data_args.image_folder})
+        "the folder of --eval_data_path": data_folder(data_args.eval_data_path),
+        "--image_folder": data_args.image_folder})
     with output_dir_lock(train_args.output_dir):
         return run_training(model_args, data_args, train_args, callbacks)
 
@@ -324,8 +325,8 @@ def train_and_save(trainer, resume, identity, stop_on_signal) -> bool:
     trainer.train(resume_from_checkpoint=resume)
     if trainer.data_error is not None:
         step = trainer.state.global_step
-        kept = (f"checkpoint-{step} holds the {step} step{'s' * (step > 1)} done: fix the file, or add --skip_bad_samples, and continue "
-                "with --resume_from_checkpoint last") if step else "no step was done"
+        kept = (f"checkpoint-{step} holds the {step} step{'s' * (step > 1)} done: fix the file, or add "
+                "--skip_bad_samples, and continue with --resume_from_checkpoint last") if step else "no step was done"
         raise ValueError(f"{trainer.data_error}; training stopped there, {kept}")
     finished = stop_on_signal.stopped_at is None
     if finished:

@@ -26,7 +26,8 @@ def check_output_folder(option: str, output: str, folders: dict[str, str | None]
 def check_output_file(option: str, output: str, inputs: dict[str, str | None]) -> None:
     """`output` (a file the command writes) must be no input file and not a folder."""
     if os.path.isdir(output):
-        raise OutputPathError(f"{option} {output} is a folder; give a file name (e.g. {os.path.join(output, 'predictions.jsonl')})")
+        example = os.path.join(output, "predictions.jsonl")
+        raise OutputPathError(f"{option} {output} is a folder; give a file name (e.g. {example})")
     for what, path in inputs.items():
         if path and os.path.exists(output) and _same(output, path):
             raise OutputPathError(f"{option} {output} is {what}: writing it would erase it; choose another file")

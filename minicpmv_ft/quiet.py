@@ -49,7 +49,8 @@ def quiet_third_party():
     logging.getLogger("transformers_modules").setLevel(logging.WARNING)
     # The published image_processing_minicpmv.py registers its class by the argument transformers
     # 4.57 deprecates: a FutureWarning each time the module loads, about code in the checkpoint.
-    warnings.filterwarnings("ignore", message="The image_processor_class argument is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="The image_processor_class argument is deprecated",
+                            category=FutureWarning)
     # DeepSpeed's ZeRO gathers call this torch function, deprecated in torch 2.14; nothing a user can change.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
                             category=FutureWarning)

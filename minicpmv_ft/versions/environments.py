@@ -85,9 +85,10 @@ def check_version_environment(name: str):
 
     needed = for_version(name)
     if (needed is DEFAULT) == in_native_environment():
-        raise WrongEnvironment(f"MiniCPM-V {name} runs in {needed.venv} (transformers >= {needed.transformers_at_least}, "
-                               f"{needed.requirements}); this python has transformers {transformers.__version__}. Run "
-                               f"{needed.venv}/bin/python, set up with `{needed.setup_command}`")
+        raise WrongEnvironment(f"MiniCPM-V {name} runs in {needed.venv} (transformers >= "
+                               f"{needed.transformers_at_least}, {needed.requirements}); this python has transformers "
+                               f"{transformers.__version__}. Run {needed.venv}/bin/python, set up with "
+                               f"`{needed.setup_command}`")
 
 
 def check_environment(path: str):
