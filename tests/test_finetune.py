@@ -199,6 +199,7 @@ def test_a_full_disk_when_the_run_starts_is_one_line(tmp_path, monkeypatch):
 
 def test_output_dir_under_a_file_fails_before_loading(tmp_path):
     (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "config.json").write_text("{}")  # a model folder, as far as the arguments look
     with pytest.raises(ValueError, match=r"--output_dir .*file.txt/out: .*file.txt is not a writable folder"):
         finetune.parse_arguments(["--model_name_or_path", str(tmp_path), "--data_path", "x.json",
                                   "--output_dir", str(tmp_path / "file.txt" / "out"), "--use_cpu", "true"])
@@ -495,6 +496,7 @@ def test_data_loading_defaults_and_the_image_cache_in_a_run(tiny_model_dir, samp
     from minicpmv_ft import arguments
 
     monkeypatch.setattr(arguments, "check_workers", lambda: 3)  # this process's share of the cores
+    (tmp_path / "config.json").write_text("{}")  # a model folder, as far as the arguments look
     _, _, args = finetune.parse_arguments(["--model_name_or_path", str(tmp_path), "--data_path", "x.json",
                                            "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
     assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (2, True)

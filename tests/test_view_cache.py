@@ -147,6 +147,7 @@ def test_cache_folder_problems_are_one_line_before_loading(tmp_path, monkeypatch
     import finetune
 
     (tmp_path / "file").write_text("x")
+    (tmp_path / "config.json").write_text("{}")  # a model folder, as far as the arguments look
     argv = ["--model_name_or_path", str(tmp_path), "--data_path", "x.json", "--output_dir", str(tmp_path / "o"),
             "--use_cpu", "true"]
     with pytest.raises(ValueError, match=rf"^--image_cache_dir {tmp_path / 'file'} is a file, not a folder$"):
