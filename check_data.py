@@ -32,11 +32,12 @@ from dataset import make_encoder
 from minicpmv_ft.arguments import ArgumentParser, DataArguments, ModelArguments, TrainingArguments, video_scheme
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.encoding import SampleEncoder, check_records
+from minicpmv_ft.errors import DataError
 from minicpmv_ft.loading import load_tokenizer_and_version
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.preference_data import pair_format
 from minicpmv_ft.preference_dataset import SIDES, pair_reports, side_records
-from minicpmv_ft.samples import DataError, read_records, sft_records
+from minicpmv_ft.samples import read_records, sft_records
 
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 

@@ -24,8 +24,9 @@ from torch.utils.data import Dataset
 
 from minicpmv_ft.batching import REMOTE_MEDIA, collate, pack, packed_collate
 from minicpmv_ft.encoding import DEFAULT_MODEL_MAX_LENGTH, SampleEncoder, check_records
+from minicpmv_ft.errors import DataError
 from minicpmv_ft.node_check import checked_once_per_node, shared_on_node
-from minicpmv_ft.samples import DataError, Sample, load_records
+from minicpmv_ft.samples import Sample, load_records
 from minicpmv_ft.skipped_items import SkipsFailingItems
 from minicpmv_ft.versions import detect_version
 from minicpmv_ft.view_cache import held_bytes

@@ -28,6 +28,7 @@ from minicpmv_ft.arguments import (ArgumentParser, DataArguments, ModelArguments
 from minicpmv_ft.checkpoints import (CheckpointWriteError, MarkCompleteCheckpoints, StopOnSignal, checkpoint_step,
                                      explain_write_failures, resolve_resume, wants_resume)
 from minicpmv_ft.deepspeed_resume import check_deepspeed_checkpoint
+from minicpmv_ft.errors import DataError
 from minicpmv_ft.launch import REPORTED_ERROR_EXIT
 from minicpmv_ft.loading import load_model as load_checkpoint
 from minicpmv_ft.loading import load_tokenizer_and_version, local_dir
@@ -41,7 +42,6 @@ from minicpmv_ft.preference_reference import COPY, REFERENCE_SOURCES, resolve_re
 from minicpmv_ft.quiet import quiet_third_party
 from minicpmv_ft.run_record import (check_new_run, identity_hash, length_changes, output_dir_lock, run_hashes,
                                    write_run)
-from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import set_max_slice_nums, submodule
 from minicpmv_ft.zero3_leaves import mark_zero3_leaves
 from trainer import MiniCPMVTrainer

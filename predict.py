@@ -26,12 +26,13 @@ from chat import answer, answer_batch, split_system, video_frames
 from minicpmv_ft.chat_formats import Qwen3ThinkingChat
 from minicpmv_ft.data_formats import FORMATS
 from minicpmv_ft.encoding import read_image
+from minicpmv_ft.errors import DataError
 from minicpmv_ft.images import open_rgb
 from minicpmv_ft.loading import (AdapterBaseError, adapter_max_slice_nums, default_dtype, load_for_inference,
                                  version_for_inference)
 from minicpmv_ft.output_paths import OutputPathError, check_output_file
 from minicpmv_ft.quiet import quiet_third_party
-from minicpmv_ft.samples import MARKERS, DataError, load_records, parse_sample
+from minicpmv_ft.samples import MARKERS, load_records, parse_sample
 from minicpmv_ft.versions import names_where
 from minicpmv_ft.video import VideoError, read_video_info
 

@@ -24,10 +24,10 @@ from dpo_trainer import PreferenceSettings, PreferenceTrainer
 from finetune import is_reported_error, load_datasets
 from minicpmv_ft import reference_file
 from minicpmv_ft.arguments import ArgumentParser, DataArguments, ModelArguments, TrainingArguments, check_workers
+from minicpmv_ft.errors import DataError
 from minicpmv_ft.launch import REPORTED_ERROR_EXIT
 from minicpmv_ft.loading import load_model, load_tokenizer_and_version, local_dir
 from minicpmv_ft.quiet import quiet_third_party
-from minicpmv_ft.samples import DataError
 
 logger = logging.getLogger("reference_logps")
 

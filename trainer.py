@@ -23,9 +23,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from minicpmv_ft.chat_tokens import IGNORE_INDEX
 from minicpmv_ft.checkpoints import COMPLETE_MARKER, complete_saved_model
 from minicpmv_ft.data_error_stop import failing_sample, first_failure
+from minicpmv_ft.errors import DataError
 from minicpmv_ft.packing import block_causal_mask
 from minicpmv_ft.router_loss import router_loss_of
-from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions import ModelVersion, submodule
 
 @contextmanager

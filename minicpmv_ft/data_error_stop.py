@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .samples import DataError
+from .errors import DataError
 
 # torch re-raises an exception from a DataLoader worker that it cannot rebuild from one message
 # (DataError takes four arguments) as RuntimeError("Caught DataError in DataLoader worker ...")

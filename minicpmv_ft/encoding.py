@@ -16,8 +16,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .chat_tokens import (IGNORE_INDEX, ChatEncoder, image_placeholder, placeholder_tokens, tokenize_many_with_starts,
                           tokenize_with_starts, video_placeholder)
+from .errors import DataError
 from .images import frame_count, to_rgb
-from .samples import DataError, Sample, parse_sample
+from .samples import Sample, parse_sample
 from .slicing import layout_shape, model_input, plan_slices, slice_image, view_bytes, view_pixels
 from .versions import ImageSettings, ModelVersion, names_where
 from .video import FramePlan, VideoError, decode_frames, plan_frames, read_video_info

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 
-from .samples import DataError
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 ROWS_PER_BATCH = 256  # rows decoded at once: their image bytes are in memory until written

@@ -22,9 +22,10 @@ from torch.utils.data import Dataset
 from .batching import collate
 from .data_formats import Unconvertible, to_native
 from .encoding import DEFAULT_MODEL_MAX_LENGTH, SampleReport, check_records
+from .errors import DataError
 from .node_check import checked_once_per_node, shared_on_node
 from .preference_data import to_pair
-from .samples import DataError, read_records
+from .samples import read_records
 from .skipped_items import SkipsFailingItems
 from .versions import detect_version
 

@@ -13,7 +13,7 @@ weight loads.
 """
 from __future__ import annotations
 
-from .samples import DataError
+from .errors import DataError
 
 REFERENCE_CHOICES = ("auto", "data", "adapter_off", "copy")
 # What the trainer does (dpo_trainer.py): read them from the batch, or compute them one of two ways

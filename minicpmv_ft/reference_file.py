@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 
+from .errors import DataError
 from .preference_data import log_prob
 from .run_record import file_fingerprint
-from .samples import DataError
 
 FORMAT = 2  # 2: the header holds the media's fingerprint
 MEDIA_BYTES = 1 << 16  # read from each end of a media file; most images are read whole

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .chat_formats import Turn
 from .data_formats import FORMATS, NATIVE_SAMPLE_KEYS, Unconvertible, ignored_keys, to_native, unknown_turn_key
+from .errors import DataError
 from .preference_data import pair_format
 
 SINGLE_IMAGE_MARKER = "<image>"
@@ -29,15 +30,6 @@ IMAGE_LIKE_KEY = re.compile(r"images|imgs?|image_(path|paths|file|files|url|urls
 
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A sample that cannot be trained on as written."""
-
-    def __init__(self, source: str, index: int | None, sample_id, reason: str):
-        self.source, self.index, self.sample_id, self.reason = source, index, sample_id, reason
-        where = source if index is None else f"{source}, sample {index} (id {sample_id!r})"
-        super().__init__(f"{where}: {reason}")
 
 
 @dataclass

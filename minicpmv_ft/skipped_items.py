@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from .samples import DataError
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 

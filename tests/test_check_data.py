@@ -141,7 +141,7 @@ def test_minicpm_shows_the_end_of_answer_trained_at_the_next_turn(tiny_model_dir
 def test_finetune_refuses_the_same_samples(tiny_model_dir, tmp_path, index, sample_id, status, reason):
     """finetune.py runs the same checks before loading weights and stops on the same sample."""
     import finetune
-    from minicpmv_ft.samples import DataError
+    from minicpmv_ft.errors import DataError
 
     data = write_dataset(tmp_path)
     samples = json.loads(data.read_text())

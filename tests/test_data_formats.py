@@ -8,7 +8,7 @@ import torch
 import check_data
 from conftest import make_image
 from dataset import SupervisedDataset
-from minicpmv_ft.samples import DataError
+from minicpmv_ft.errors import DataError
 
 
 def native(*turns, image=None):

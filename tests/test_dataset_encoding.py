@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import REGISTRY, REMOTE_VERSIONS
 from dataset import SupervisedDataset
-from minicpmv_ft.samples import DataError
+from minicpmv_ft.errors import DataError
 
 IGNORE = -100
 END_OF_ANSWER = {"2.0": "</s>", "2.5": "<|eot_id|>", "2.6": "<|im_end|>", "4.0": "<|im_end|>", "4.5": "<|im_end|>"}

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from dataset import SupervisedDataset
-from minicpmv_ft.samples import DataError
+from minicpmv_ft.errors import DataError
 from minicpmv_ft.versions import VersionError
 
 

@@ -283,7 +283,7 @@ def test_the_reference_source_is_decided_before_weights_load_and_impossible_ones
     from types import SimpleNamespace
 
     from minicpmv_ft.preference_reference import resolve_reference
-    from minicpmv_ft.samples import DataError
+    from minicpmv_ft.errors import DataError
 
     complete = SimpleNamespace(source="t.json", kept=[0, 2], references=[(-1.0, -2.0), None, (-3.0, -4.0)],
                                pair_id=str)

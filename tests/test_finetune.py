@@ -13,9 +13,9 @@ from conftest import REGISTRY, VERSIONS, cpu_flags
 import chat
 import finetune
 from dataset import SupervisedDataset, data_collator
+from minicpmv_ft.errors import DataError
 from minicpmv_ft.loading import load_for_inference
 from minicpmv_ft.packing import PackedDataset
-from minicpmv_ft.samples import DataError
 from minicpmv_ft.versions.family import REMOTE_CODE
 
 

@@ -185,7 +185,7 @@ def test_each_side_of_a_pair_is_what_sft_makes_of_that_answer(tiny, image_file, 
 
 def test_a_bad_pair_stops_the_build_naming_it_and_a_cut_answer_drops_its_pair(tiny, image_file, caplog):
     from minicpmv_ft.preference_dataset import PreferenceDataset
-    from minicpmv_ft.samples import DataError
+    from minicpmv_ft.errors import DataError
 
     tok, model = tiny("2.6")
     good = {"id": "ok", "conversations": [{"role": "user", "content": "Hi"}], "chosen": "Hello.", "rejected": "Go."}
@@ -249,7 +249,8 @@ def test_the_same_pair_in_every_format_and_file_kind_makes_the_same_batch(tiny, 
 
 
 def test_ours_carries_reference_log_probs_and_a_parquet_that_is_not_says_so(tmp_path):
-    from minicpmv_ft.samples import DataError, read_records
+    from minicpmv_ft.errors import DataError
+    from minicpmv_ft.samples import read_records
 
     pair = to_pair({**SAME_PAIR["native"], "reference_logps": [-1.5, -2.5]})
     assert pair.reference == (-1.5, -2.5) and "reference_logps" not in pair.chosen

@@ -14,7 +14,7 @@ from conftest import cpu_flags, make_image
 
 import finetune
 from minicpmv_ft.checkpoints import COMPLETE_MARKER
-from minicpmv_ft.samples import DataError
+from minicpmv_ft.errors import DataError
 
 
 def damage(path):

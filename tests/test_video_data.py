@@ -12,7 +12,7 @@ import torch
 from conftest import REGISTRY, make_video
 from dataset import SupervisedDataset, data_collator
 from minicpmv_ft.batching import REMOTE_MEDIA, packed_collate
-from minicpmv_ft.samples import DataError
+from minicpmv_ft.errors import DataError
 from minicpmv_ft.video import VideoScheme
 
 # the remote-code versions' video paths; the native ones' (their video processors): test_native_video.py

@@ -32,8 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minicpmv_ft.data_formats import Unconvertible, to_native  # noqa: E402
+from minicpmv_ft.errors import DataError  # noqa: E402
 from minicpmv_ft.preference_data import to_pair  # noqa: E402
-from minicpmv_ft.samples import DataError, load_records, read_records  # noqa: E402
+from minicpmv_ft.samples import load_records, read_records  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 DEFAULT_QUESTION = "Describe the image."
