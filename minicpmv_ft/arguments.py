@@ -2,17 +2,20 @@
 both parse (check_data.py takes ModelArguments and DataArguments), and which of them make a run
 what it is: a resume must match those (RESULT_ARGUMENTS; minicpmv_ft/run_record.py).
 
-Every field declared here is listed in RESULT_ARGUMENTS or in RUN_NEUTRAL_ARGUMENTS; a test
-keeps the two lists complete, so a new option has to say whether it changes the trained weights.
+Every field declared here says its role in its metadata (RESULT, ENCODING, DPO, DATA_FILE,
+NEUTRAL); the lists a resume, the reference file's header and --method dpo use are derived from
+them, and a test fails on a field without one, so a new option has to say what it is to a run.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import json
 import math
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -31,14 +34,26 @@ from .versions import names_where, version_choices, video_defaults
 from .view_cache import check_cache_folder
 
 
+# What each option of ours is to a run, declared in its field's metadata ("role"); the lists a
+# resume, the reference file and --method check are derived from these (options_with), and a
+# test fails on an option without one.
+RESULT = "result"  # changes the trained weights: a resume must match it
+ENCODING = "encoding"  # changes how a sample is encoded (a result too): also in the reference file's header
+DPO = "dpo"  # an option of --method dpo (a result too)
+DATA_FILE = "data file"  # a data file: the run identity holds its content's fingerprint
+NEUTRAL = "neutral"  # how the run is checked, logged, cached or computed: free to change on a resume
+ROLES = (RESULT, ENCODING, DPO, DATA_FILE, NEUTRAL)
+
+
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "checkpoint directory or hub id, e.g. openbmb/MiniCPM-V-4_5"})
-    llm_type: typing.Optional[str] = field(default=None, metadata={
+    model_name_or_path: str = field(metadata={"role": RESULT,
+        "help": "checkpoint directory or hub id, e.g. openbmb/MiniCPM-V-4_5"})
+    llm_type: typing.Optional[str] = field(default=None, metadata={"role": NEUTRAL,
         "help": f"checkpoint version or its alias: {version_choices()}. Default: read from the checkpoint; "
                 "a value contradicting it is an error"})
 
-    attn_implementation: typing.Optional[str] = field(default=None, metadata={
+    attn_implementation: typing.Optional[str] = field(default=None, metadata={"role": NEUTRAL,
         "help": "attention of the LLM: eager, sdpa or flash_attention_2 (CUDA, pip install flash-attn; packed "
                 "samples then run as variable-length sequences); default: transformers' choice for the "
                 "checkpoint (sdpa)"})
@@ -61,6 +76,16 @@ class ArgumentParser(transformers.HfArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
 
+    @staticmethod
+    def _parse_dataclass_field(parser, field):
+        """transformers' own, given the field's metadata without its role (the metadata becomes
+        argparse's keywords)."""
+        if "role" in field.metadata:
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType({key: value for key, value in field.metadata.items()
+                                                     if key != "role"})
+        transformers.HfArgumentParser._parse_dataclass_field(parser, field)
+
 
 def check_numbers(arguments, at_least_zero=()):
     """ValueError for a float option that is NaN or infinite, or one of `at_least_zero` below 0,
@@ -77,48 +102,49 @@ def check_numbers(arguments, at_least_zero=()):
 
 @dataclass
 class DataArguments:
-    data_path: str = field(metadata={"help": "training data: a JSON list, JSON Lines or Parquet file (images as bytes "
+    data_path: str = field(metadata={"role": DATA_FILE,
+        "help": "training data: a JSON list, JSON Lines or Parquet file (images as bytes "
                                              "inside, as Hugging Face datasets keep them); docs/data.md"})
-    eval_data_path: typing.Optional[str] = field(default=None, metadata={
+    eval_data_path: typing.Optional[str] = field(default=None, metadata={"role": DATA_FILE,
         "help": "evaluation data, same format: its loss is logged at the end of training, and every "
                 "--eval_steps with --eval_strategy steps"})
-    data_format: str = field(default="auto", metadata={
+    data_format: str = field(default="auto", metadata={"role": ENCODING,
         "help": "auto (each sample by its keys), native, sharegpt (ShareGPT/LLaVA from/value) or messages "
                 "(OpenAI style with images); docs/data.md"})
-    image_folder: typing.Optional[str] = field(default=None, metadata={
+    image_folder: typing.Optional[str] = field(default=None, metadata={"role": ENCODING,
         "help": "folder that relative image paths start from; default: the data file's folder"})
-    max_slice_nums: typing.Optional[int] = field(default=None, metadata={
+    max_slice_nums: typing.Optional[int] = field(default=None, metadata={"role": ENCODING,
         "help": "most slices per image (>= 1); default: the checkpoint's (9). Lower saves memory and tokens. "
                 "Saved with the result (config, processor config; an adapter's minicpmv_settings.json), so its "
                 "chat(), chat.py and predict.py slice as training did"})
-    model_max_length: int = field(default=DEFAULT_MODEL_MAX_LENGTH, metadata={
+    model_max_length: int = field(default=DEFAULT_MODEL_MAX_LENGTH, metadata={"role": ENCODING,
         "help": "tokens per sample, images included; longer samples are truncated, or dropped (and "
                 "counted) when the cut would split an image or leave no trained token"})
-    skip_bad_samples: bool = field(default=False, metadata={
+    skip_bad_samples: bool = field(default=False, metadata={"role": NEUTRAL,
         "help": "train without the samples that fail the data check or fail to load while training (they are "
                 "counted in the log); default: a failing sample stops the run, before training or with a "
                 "checkpoint of the steps done"})
-    verify_images: bool = field(default=False, metadata={
+    verify_images: bool = field(default=False, metadata={"role": NEUTRAL,
         "help": "decode every image (and the frames of every video) in full before training (check_data.py "
                 "--verify_images likewise); default: read each image's header and check the file ends whole"})
-    image_cache_dir: typing.Optional[str] = field(default=None, metadata={
+    image_cache_dir: typing.Optional[str] = field(default=None, metadata={"role": NEUTRAL,
         "help": "folder that keeps every image's decoded and sliced views (uint8) after their first use, so "
                 "later epochs skip decoding and resizing (videos: the sampled frames' views); checked to fit on its "
                 "disk before training. Several runs may share one folder, at once too: entries are keyed by the "
                 "file (path, modification and change time, inode, size) and the slicing settings, written "
                 "atomically and checksummed (a damaged one is rebuilt)"})
-    video_fps: typing.Optional[float] = field(default=None, metadata={
+    video_fps: typing.Optional[float] = field(default=None, metadata={"role": ENCODING,
         "help": f"video frames sampled per second; default: the checkpoint's video example ({video_defaults('fps')})"})
-    video_max_frames: typing.Optional[int] = field(default=None, metadata={
+    video_max_frames: typing.Optional[int] = field(default=None, metadata={"role": ENCODING,
         "help": "frames per video at most (grouped frames: before grouping); default "
                 f"{video_defaults('max_frames')}"})
-    video_max_group: typing.Optional[int] = field(default=None, metadata={
+    video_max_group: typing.Optional[int] = field(default=None, metadata={"role": ENCODING,
         "help": f"frames per group at most, 1-6 (each group is one 64-token block), for the versions that group "
                 f"frames; default {video_defaults('max_group', ('grouped',))}"})
-    video_max_slice_nums: typing.Optional[int] = field(default=None, metadata={
+    video_max_slice_nums: typing.Optional[int] = field(default=None, metadata={"role": ENCODING,
         "help": f"slices per video frame, for the versions that slice frames; default "
                 f"{video_defaults('max_slice_nums', ('stride', 'processor'))}"})
-    keep_earlier_reasoning: bool = field(default=False, metadata={
+    keep_earlier_reasoning: bool = field(default=False, metadata={"role": ENCODING,
         "help": f"thinking models ({names_where(lambda v: v.chat.thinking)}): keep the reasoning of every assistant "
                 "turn as a trained think block. Default: as the chat template, only the last answer carries its "
                 "reasoning"})
@@ -150,69 +176,75 @@ RENAMED_IN_TRANSFORMERS_5 = (("gradient_checkpointing", "activation_checkpointin
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    tune_vision: bool = field(default=True, metadata={"help": "train the vision tower (vpm)"})
-    tune_llm: typing.Optional[bool] = field(default=None, metadata={
+    tune_vision: bool = field(default=True, metadata={"role": RESULT, "help": "train the vision tower (vpm)"})
+    tune_llm: typing.Optional[bool] = field(default=None, metadata={"role": RESULT,
         "help": "train all LLM weights; default true for full fine-tuning, false with --use_lora"})
-    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM instead of its weights"})
-    q_lora: bool = field(default=False, metadata={"help": "QLoRA: load the LLM in 4-bit (needs CUDA and bitsandbytes; not with ZeRO-3)"})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input, 0-1"})
-    lora_target_modules: typing.Optional[str] = field(default=None, metadata={
+    use_lora: bool = field(default=False, metadata={"role": RESULT,
+        "help": "train LoRA adapters on the LLM instead of its weights"})
+    q_lora: bool = field(default=False, metadata={"role": RESULT,
+        "help": "QLoRA: load the LLM in 4-bit (needs CUDA and bitsandbytes; not with ZeRO-3)"})
+    lora_r: int = field(default=64, metadata={"role": RESULT, "help": "LoRA rank"})
+    lora_alpha: int = field(default=64, metadata={"role": RESULT, "help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"role": RESULT, "help": "dropout on the LoRA input, 0-1"})
+    lora_target_modules: typing.Optional[str] = field(default=None, metadata={"role": RESULT,
         "help": "regex over full module names to adapt; default: the LLM's attention projections (and its "
                 "linear-attention ones where it has them); naming a mixture-of-experts module that keeps its experts "
                 "fused (e.g. mlp\\.experts) adapts each expert's weights (with --lora_dropout 0: their LoRA takes no "
                 "dropout)"})
-    lora_modules_to_save: list[str] = field(default_factory=list, metadata={
+    lora_modules_to_save: list[str] = field(default_factory=list, metadata={"role": RESULT,
         "help": "extra modules trained fully and saved with the adapter (resampler always is; the vision "
                 "tower with --tune_vision). embed_tokens is trained only if listed here"})
     # MiniCPM-V's forward takes one `data` dict, so columns must not be filtered by signature.
-    remove_unused_columns: bool = field(default=False, metadata={"help": "keep False for MiniCPM-V"})
-    label_names: typing.Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "label keys"})
+    remove_unused_columns: bool = field(default=False, metadata={"role": NEUTRAL, "help": "keep False for MiniCPM-V"})
+    label_names: typing.Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"role": NEUTRAL,
+        "help": "label keys"})
     # Evaluation reports the loss only; full-vocab logits are never gathered.
-    prediction_loss_only: bool = field(default=True, metadata={"help": "keep True: eval computes loss only"})
-    loss_chunk_tokens: int = field(default=64, metadata={
+    prediction_loss_only: bool = field(default=True, metadata={"role": NEUTRAL,
+        "help": "keep True: eval computes loss only"})
+    loss_chunk_tokens: int = field(default=64, metadata={"role": NEUTRAL,
         "help": "labelled positions whose logits exist at once in the loss (chunked cross-entropy; the "
                 "backward pass recomputes each chunk); smaller saves memory, larger saves a little time"})
-    packing: bool = field(default=False, metadata={
+    packing: bool = field(default=False, metadata={"role": RESULT,
         "help": "train on packs of whole samples up to --model_max_length tokens, each sample attending only "
                 "to itself (no padding; docs/training.md, Packing)"})
-    loss_kernel: str = field(default="chunked", metadata={
+    loss_kernel: str = field(default="chunked", metadata={"role": NEUTRAL,
         "help": "chunked (--loss_chunk_tokens rows of logits at a time, any device) or liger (Liger's fused "
                 "linear cross-entropy; CUDA and pip install liger-kernel)"})
-    vision_lr: typing.Optional[float] = field(default=None, metadata={
+    vision_lr: typing.Optional[float] = field(default=None, metadata={"role": RESULT,
         "help": "learning rate of the vision tower (default: --learning_rate): a param group of its own on the "
                 "same schedule, logged as learning_rate_vision, restored on resume (not with a DeepSpeed optimizer block)"})
-    resampler_lr: typing.Optional[float] = field(default=None, metadata={
+    resampler_lr: typing.Optional[float] = field(default=None, metadata={"role": RESULT,
         "help": "learning rate of the resampler (default: --learning_rate), as --vision_lr; logged as "
                 "learning_rate_resampler"})
-    report_to: typing.Union[None, str, list[str]] = field(default="tensorboard", metadata={
+    report_to: typing.Union[None, str, list[str]] = field(default="tensorboard", metadata={"role": NEUTRAL,
         "help": "where to log: tensorboard (OUTPUT_DIR/runs; `tensorboard --logdir OUTPUT_DIR/runs`), none, wandb, ..."})
-    dataloader_num_workers: int = field(default=-1, metadata={
+    dataloader_num_workers: int = field(default=-1, metadata={"role": NEUTRAL,
         "help": "processes that build batches (decode, slice, normalise, tokenize) while the model trains; "
                 "-1: this process's share of the node's cores minus one, at most 8; 0: in the training process"})
-    dataloader_persistent_workers: bool = field(default=True, metadata={
+    dataloader_persistent_workers: bool = field(default=True, metadata={"role": NEUTRAL,
         "help": "keep the DataLoader workers from one epoch to the next instead of starting new ones"})
     # transformers 5 dropped these (warmup_steps < 1 is a ratio there; --train_sampling_strategy
     # replaced group_by_length); the launchers and our runs use them in both environments
-    warmup_ratio: float = field(default=0.0, metadata={"help": "share of the steps that warm the learning rate up"})
-    group_by_length: bool = field(default=False, metadata={
+    warmup_ratio: float = field(default=0.0, metadata={"role": RESULT,
+        "help": "share of the steps that warm the learning rate up"})
+    group_by_length: bool = field(default=False, metadata={"role": RESULT,
         "help": "batch samples of similar token counts together (less padding), by the data check's counts (no "
                 "item is built to measure them); not with --packing"})
-    overwrite_output_dir: bool = field(default=False, metadata={
+    overwrite_output_dir: bool = field(default=False, metadata={"role": NEUTRAL,
         "help": "start a new run in an output folder that holds another run's checkpoints (docs/training.md, Interrupting and resuming)"})
     gradient_checkpointing_kwargs: typing.Optional[dict] = field(
-        default_factory=lambda: {"use_reentrant": False}, metadata={"help": "kwargs for gradient checkpointing"})
-    method: str = field(default="sft", metadata={
+        default_factory=lambda: {"use_reentrant": False}, metadata={"role": NEUTRAL,
+        "help": "kwargs for gradient checkpointing"})
+    method: str = field(default="sft", metadata={"role": RESULT,
         "help": "sft (conversations: train on their answers) or dpo (preference pairs: a prompt, a chosen and a "
                 "rejected answer; README, Preference tuning)"})
-    dpo_beta: float = field(default=DEFAULT_BETA, metadata={
+    dpo_beta: float = field(default=DEFAULT_BETA, metadata={"role": DPO,
         "help": "DPO's beta: how far the trained model may move from the reference (smaller: further)"})
-    dpo_label_smoothing: float = field(default=0.0, metadata={
+    dpo_label_smoothing: float = field(default=0.0, metadata={"role": DPO,
         "help": "share of pairs assumed mislabelled, in [0, 0.5) (conservative DPO); 0: plain sigmoid DPO"})
-    dpo_sft_weight: float = field(default=0.0, metadata={
+    dpo_sft_weight: float = field(default=0.0, metadata={"role": DPO,
         "help": "weight of an SFT term added to each pair's loss: the chosen answer's mean token cross-entropy"})
-    dpo_reference: str = field(default="auto", metadata={
+    dpo_reference: str = field(default="auto", metadata={"role": DPO,
         "help": "reference log-probs: auto (the data's when every pair has them, else with LoRA the model with "
                 "its adapters off), data, adapter_off (LoRA) or copy (a frozen copy of the model in memory)"})
 
@@ -387,32 +419,27 @@ def video_scheme(version, data_args):
     return dataclasses.replace(version.video, **options)
 
 
+def options_with(*roles) -> tuple[str, ...]:
+    """The names of our options whose declared role is one of `roles`, in declaration order."""
+    return tuple(option.name for arguments in (ModelArguments, DataArguments, TrainingArguments)
+                 for option in dataclasses.fields(arguments) if option.metadata.get("role") in roles)
+
+
 # What a resume must match (minicpmv_ft/run_record.py): the arguments that change the weights a
-# run produces. transformers' own TrainingArguments fields first (the optimizer, schedule,
-# batch, precision and seed), then ours. The data files count by their content's fingerprint.
-RESULT_ARGUMENTS = (
+# run produces. transformers' own TrainingArguments fields (the optimizer, schedule, batch,
+# precision and seed: theirs carry no role of ours), then ours. The data files count by their
+# content's fingerprint.
+TRANSFORMERS_RESULT_ARGUMENTS = (
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
     "optim_args", "num_train_epochs", "max_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
     "label_smoothing_factor", "neftune_noise_alpha",
-    "model_name_or_path",
-    "data_format", "image_folder", "max_slice_nums", "model_max_length", "video_fps",
-    "video_max_frames", "video_max_group", "video_max_slice_nums", "keep_earlier_reasoning",
-    "tune_vision", "tune_llm", "use_lora", "q_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "lora_modules_to_save", "packing", "vision_lr", "resampler_lr", "warmup_ratio", "group_by_length",
-    "method", "dpo_beta", "dpo_label_smoothing", "dpo_sft_weight", "dpo_reference",
 )
-DPO_ARGUMENTS = ("dpo_beta", "dpo_label_smoothing", "dpo_sft_weight", "dpo_reference")
-FINGERPRINTED_FILES = {"data_path": "data", "eval_data_path": "eval_data"}  # argument -> identity key
-# Ours that leave the weights as they are: how the run is checked, logged, cached, computed.
-RUN_NEUTRAL_ARGUMENTS = (
-    "llm_type", "attn_implementation", "verify_images", "image_cache_dir", "remove_unused_columns", "label_names",
-    "prediction_loss_only", "loss_chunk_tokens", "loss_kernel", "report_to", "dataloader_num_workers",
-    "dataloader_persistent_workers", "overwrite_output_dir", "gradient_checkpointing_kwargs",
-    # what a sample failing to load does (stop the run, or skip it with a count): a run stopped by
-    # one continues with it added
-    "skip_bad_samples",
-)
+RESULT_ARGUMENTS = TRANSFORMERS_RESULT_ARGUMENTS + options_with(RESULT, ENCODING, DPO)
+ENCODING_OPTIONS = options_with(ENCODING)  # the reference file's header holds them (reference_file.py)
+DPO_ARGUMENTS = options_with(DPO)
+FINGERPRINTED_FILES = {name: name.removesuffix("_path") for name in options_with(DATA_FILE)}  # -> identity key
+RUN_NEUTRAL_ARGUMENTS = options_with(NEUTRAL)
 
 
 def run_identity(*argument_sets) -> dict:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 
+from .arguments import ENCODING_OPTIONS  # the options that change a pair's ids or pixels
 from .errors import DataError
 from .preference_data import log_prob
 from .run_record import file_fingerprint
@@ -25,9 +26,6 @@ from .run_record import file_fingerprint
 FORMAT = 2  # 2: the header holds the media's fingerprint
 MEDIA_BYTES = 1 << 16  # read from each end of a media file; most images are read whole
 SUFFIX = ".reference_logps.jsonl"
-# the data options that change a pair's ids or pixels (a resume of the pass, and training, must match)
-ENCODING_OPTIONS = ("data_format", "image_folder", "max_slice_nums", "model_max_length", "video_fps",
-                    "video_max_frames", "video_max_group", "video_max_slice_nums", "keep_earlier_reasoning")
 
 
 def reference_path(data_path: str) -> str:

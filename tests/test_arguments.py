@@ -20,14 +20,33 @@ def declared_here(cls) -> set[str]:
     return set(vars(cls).get("__annotations__", {}))
 
 
-def test_every_option_of_ours_says_whether_it_changes_the_result():
+def test_every_option_of_ours_declares_its_role_and_the_lists_come_from_the_roles():
+    """A new option without a role (a new encoding option left out of the reference file's
+    header, a result-changing one a resume would not check) fails here."""
     ours = declared_here(arguments.ModelArguments) | declared_here(arguments.DataArguments) \
         | declared_here(arguments.TrainingArguments)
+    roles = {option.name: option.metadata.get("role") for cls in (arguments.ModelArguments, arguments.DataArguments,
+                                                                  arguments.TrainingArguments)
+             for option in dataclasses.fields(cls) if option.name in ours}
+    assert sorted(name for name, role in roles.items() if role not in arguments.ROLES) == []
     classified = [*arguments.RESULT_ARGUMENTS, *arguments.FINGERPRINTED_FILES, *arguments.RUN_NEUTRAL_ARGUMENTS]
-    assert sorted(ours - set(classified)) == [], "add each new option to RESULT_ARGUMENTS or RUN_NEUTRAL_ARGUMENTS"
-    assert len(classified) == len(set(classified)), "an option is listed twice"
-    every_field = ours | {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
-    assert sorted(set(classified) - every_field) == [], "a listed option is no field (renamed? a typo?)"
+    assert sorted(ours - set(classified)) == [] and len(classified) == len(set(classified))
+    theirs = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    assert sorted(set(arguments.TRANSFORMERS_RESULT_ARGUMENTS) - (theirs - ours)) == [], "not a transformers field"
+    assert set(arguments.ENCODING_OPTIONS) == {name for name, role in roles.items() if role == arguments.ENCODING}
+    assert set(arguments.ENCODING_OPTIONS) <= set(arguments.RESULT_ARGUMENTS)
+    assert "max_slice_nums" in arguments.ENCODING_OPTIONS and "dpo_beta" in arguments.DPO_ARGUMENTS
+
+
+def test_the_reference_files_header_holds_every_encoding_option(tiny_model_dir, sample_data, tmp_path):
+    from types import SimpleNamespace
+
+    from minicpmv_ft import reference_file
+
+    data_args = SimpleNamespace(**{name: f"value of {name}" for name in arguments.ENCODING_OPTIONS})
+    dataset = SimpleNamespace(media_paths=lambda: [], references=[None, None])
+    header = reference_file.header(str(tiny_model_dir("2.6")), str(sample_data / "pairs.json"), data_args, dataset)
+    assert header["settings"] == {name: f"value of {name}" for name in arguments.ENCODING_OPTIONS}
 
 
 def parse(tmp_path, *extra):
