@@ -192,7 +192,7 @@ def log_settings(model, version, train_set, eval_set, data_args, train_args):
     total = sum(numel(p) for p in model.parameters())
     settings = train_set.settings
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
-    # 4.6's processor sizes each view's placeholder itself (query_num 0: none fixed)
+    # a native version's processor sizes each view's placeholder itself (query_num 0: none fixed)
     tokens = f"query_num={settings.query_num}" if settings.query_num else "tokens per view set by its processor"
     logger.info("MiniCPM-V %s (%s), %s, max_slice_nums=%d, scale_resolution=%d, image ids=%s, model_max_length=%d",
                 version.name, version.checkpoints, tokens, settings.max_slice_nums, settings.scale_resolution,

@@ -188,7 +188,7 @@ class ChatEncoder:
         allowed = set(GROUNDING_TOKENS)  # grounding text: tokenized as these special tokens, as chat() does
         self.forbidden = sorted((set(special) - allowed) | set(self.format.structural), key=lambda t: (-len(t), t))
         self._forbidden_pattern = re.compile("|".join(map(re.escape, self.forbidden))) if self.forbidden else None
-        self.unk_id, self.unk_length = tokenizer.unk_token_id, len(tokenizer.unk_token or "")  # query tokens (not 4.6)
+        self.unk_id, self.unk_length = tokenizer.unk_token_id, len(tokenizer.unk_token or "")  # query tokens (not the native versions')
 
     def check_text(self, turns: list[Turn]):
         """ValueError naming the turn when content holds a special or chat-control token."""

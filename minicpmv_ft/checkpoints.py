@@ -82,7 +82,7 @@ ADAPTER_SETTINGS_FILE = "minicpmv_settings.json"
 
 
 def record_max_slice_nums(output_dir: str, max_slice_nums: int):
-    """--max_slice_nums into the saved processor config (what 2.5+ chat() slices with; 4.6's
+    """--max_slice_nums into the saved processor config (what 2.5+ chat() slices with; the native versions'
     processor_config.json holds it in its image_processor part) and, for an adapter, into
     ADAPTER_SETTINGS_FILE."""
     for name, part in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):

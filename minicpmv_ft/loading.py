@@ -129,8 +129,8 @@ def version_for_inference(model_dir: str, base: str | None = None) -> ModelVersi
 def load_for_inference(model_dir: str, base: str | None = None, dtype=None, merge: bool = False):
     """(tokenizer, model, version, base path or None) for a full checkpoint or a LoRA adapter;
     with merge=True an adapter is merged into its base (a plain MiniCPM-V model). For a native
-    checkpoint (4.6) the first is its processor (tokenizer, image processor, chat template),
-    which its inference goes through.
+    checkpoint the first is its processor (tokenizer, image processor, chat template), which its
+    inference goes through.
 
     An adapter's --max_slice_nums goes into the base config where that config is what slices
     (2.0, 2.5's chat(), and a merged model's config.json); 2.6+ chat() instead asserts that the

@@ -1,4 +1,4 @@
-"""The data path of a native checkpoint (4.6), whose own processor writes the image placeholders
+"""The data path of a native checkpoint (4.6, 4.7), whose own processor writes the image placeholders
 and makes the pixels: the same seam as SampleEncoder (record -> Sample -> EncodedSample ->
 tensors, the same chat formats, labels, truncation and reports), with the processor in the
 places where the remote-code versions need our reproduction of their slicing.

@@ -38,7 +38,7 @@ def quiet_third_party():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name, fragment in FALSE_ALARMS:
         _drop(name, fragment)
-    # transformers 5 draws a progress bar over the weights of every model it loads (4.6), also
+    # transformers 5 draws a progress bar over the weights of every model it loads (the native versions), also
     # into log files; our commands log what they load instead.
     from transformers.utils import logging as transformers_logging
 
@@ -55,7 +55,7 @@ def quiet_third_party():
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
                             category=FutureWarning)
     if not torch.cuda.is_available():
-        # transformers 5 (4.6's Qwen3.5 layers) advises installing causal-conv1d and
+        # transformers 5 (the native versions' Qwen3.5 layers) advises installing causal-conv1d and
         # flash-linear-attention for speed: CUDA kernels, so advice nobody can take on a CPU.
         _drop("transformers.integrations.hub_kernels", "falling back to its reference PyTorch implementation")
 

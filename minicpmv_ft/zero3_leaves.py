@@ -1,6 +1,6 @@
 """ZeRO-3 "leaf" modules: weights gathered whole once per call of the module, not once per call
-of each child. For a module that runs its children a data-dependent number of times (4.6's
-merger: its MLPs once per view), per-child gathers would differ in number between processes
+of each child. For a module that runs its children a data-dependent number of times (the native
+versions' merger: its MLPs once per view), per-child gathers would differ in number between processes
 holding different view counts, and the collectives would deadlock.
 
 Its output must be one tensor: DeepSpeed gathers a module's weights for backward once per output
