@@ -136,3 +136,15 @@ def test_the_reference_pass_stops_at_a_failing_pair_or_skips_it_and_training_ski
     trainer = finetune.train(train + ["--skip_bad_samples", "true", "--output_dir", str(tmp_path / "skipped")])
     assert trainer.train_dataset.kept == [0, 1, 3] and trainer.state.global_step == 1
     assert "1 pairs failed in the reference pass, skipped (--skip_bad_samples), e.g. pair 2 (id 'p2')" in caplog.text
+
+
+@pytest.mark.parametrize("version", ["4.6"])
+def test_a_native_runs_failing_sample_stops_with_a_checkpoint(tiny_model_dir, own_data, tmp_path, version):
+    """The same stop under transformers 5's training loop."""
+    base = ["--model_name_or_path", str(tiny_model_dir(version)), "--data_path", str(own_data / "train.json"),
+            "--max_steps", "7", "--use_lora", "true", "--dataloader_num_workers", "0"] \
+        + cpu_flags(tmp_path / "out", 1, 1e-3)
+    with pytest.raises(ValueError, match=r"cannot read image .*; training stopped there, checkpoint-(\d) holds"):
+        finetune.train(base, callbacks=[DamageAfter(2, sorted((own_data / "images").glob("*.png")))])
+    saved = [path.name for path in (tmp_path / "out").glob("checkpoint-*")]
+    assert len(saved) == 1 and (tmp_path / "out" / saved[0] / COMPLETE_MARKER).exists()
