@@ -253,41 +253,15 @@ class TrainingArguments(transformers.TrainingArguments):
         # a TensorBoard folder the user named (transformers 4.57's --logging_dir, 5's environment
         # variable) is kept; else the run gets one of its own (finetune.one_tensorboard_run)
         self.tensorboard_folder_chosen = bool(getattr(self, "logging_dir", None) or os.getenv("TENSORBOARD_LOGGING_DIR"))
-        if not 0 <= self.warmup_ratio <= 1:  # transformers 5 would take 2 as 2 warm-up steps
-            raise ValueError(f"--warmup_ratio is the share of the steps that warm up, 0-1; got {self.warmup_ratio}")
-        if isinstance(self.deepspeed, str) and self.deepspeed.endswith(".json") and not os.path.isfile(self.deepspeed):
-            raise ValueError(f"--deepspeed {self.deepspeed}: no such file (this project's: ds_config_zero2.json, "
-                             "ds_config_zero3.json)")
-        if (self.bf16 or self.fp16) and not self.use_cpu and not torch.cuda.is_available():
-            raise ValueError(f"no CUDA GPU found, and --{'bf16' if self.bf16 else 'fp16'} true (the launchers' default) "
-                             "needs one; on a CPU, add --use_cpu true --bf16 false (docs/training.md, \"On a CPU or "
-                             "a laptop\")")
-        if self.save_strategy == "steps" and self.save_steps == 0:
-            raise ValueError("--save_steps 0 would save no checkpoint until the end; give a number of steps, or "
-                             "--save_strategy no")
-        for old, new in RENAMED_IN_TRANSFORMERS_5:  # the launchers' --gradient_checkpointing, without its FutureWarning
-            if new in NATIVE_TRAINING_ARGUMENTS and getattr(self, new) is None and getattr(self, old) is not None:
-                setattr(self, new, getattr(self, old))
-                setattr(self, old, None)  # the Trainer mirrors the new name into it
-        if self.warmup_ratio and "warmup_ratio" not in NATIVE_TRAINING_ARGUMENTS and not self.warmup_steps:
-            self.warmup_steps = self.warmup_ratio  # transformers 5: a float below 1 is the ratio
-        if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            self.ddp_find_unused_parameters = False  # one process: nothing to synchronise, only a warning to print
-        if self.dataloader_num_workers < 0:
-            self.dataloader_num_workers = min(8, check_workers() - 1)
-        if self.dataloader_num_workers == 0:
-            self.dataloader_persistent_workers = False  # nothing to keep; the DataLoader refuses the flag
         # Before the Trainer's own checks: with --deepspeed they set up process-wide DeepSpeed state.
-        if (self.vision_lr is not None or self.resampler_lr is not None) and "optimizer" in deepspeed_config(self):
-            raise ValueError(f"--vision_lr / --resampler_lr need the Trainer's optimizer, but {self.deepspeed} has "
-                             "an \"optimizer\" block (DeepSpeed would build its own, with one learning rate); "
-                             "remove the block or the per-module rates")
+        deepspeed = self._check_before_the_trainer()
+        self._settle_defaults()
         try:
             super().__post_init__()
         except ValueError as error:  # the Trainer's own checks of its options: one line, as ours
             raise ValueError(str(error)) from None
         check_reporters(self.report_to)
-        if "optimizer" not in deepspeed_config(self):
+        if "optimizer" not in deepspeed:
             check_optimizer(self)
         for flag in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
                      "loss_chunk_tokens"):
@@ -320,6 +294,42 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.q_lora and zero_stage(self) == 3:
             raise ValueError("--q_lora true does not work with ZeRO-3 (4-bit weights cannot be partitioned); "
                              "use ds_config_zero2.json")
+
+    def _check_before_the_trainer(self) -> dict:
+        """The checks that must come before the Trainer's; returns the DeepSpeed config ({} without)."""
+        if not 0 <= self.warmup_ratio <= 1:  # transformers 5 would take 2 as 2 warm-up steps
+            raise ValueError(f"--warmup_ratio is the share of the steps that warm up, 0-1; got {self.warmup_ratio}")
+        if isinstance(self.deepspeed, str) and self.deepspeed.endswith(".json") and not os.path.isfile(self.deepspeed):
+            raise ValueError(f"--deepspeed {self.deepspeed}: no such file (this project's: ds_config_zero2.json, "
+                             "ds_config_zero3.json)")
+        if (self.bf16 or self.fp16) and not self.use_cpu and not torch.cuda.is_available():
+            raise ValueError(f"no CUDA GPU found, and --{'bf16' if self.bf16 else 'fp16'} true (the launchers' default) "
+                             "needs one; on a CPU, add --use_cpu true --bf16 false (docs/training.md, \"On a CPU or "
+                             "a laptop\")")
+        if self.save_strategy == "steps" and self.save_steps == 0:
+            raise ValueError("--save_steps 0 would save no checkpoint until the end; give a number of steps, or "
+                             "--save_strategy no")
+        deepspeed = deepspeed_config(self)
+        if (self.vision_lr is not None or self.resampler_lr is not None) and "optimizer" in deepspeed:
+            raise ValueError(f"--vision_lr / --resampler_lr need the Trainer's optimizer, but {self.deepspeed} has "
+                             "an \"optimizer\" block (DeepSpeed would build its own, with one learning rate); "
+                             "remove the block or the per-module rates")
+        return deepspeed
+
+    def _settle_defaults(self):
+        """Our defaults that depend on the environment, set before the Trainer reads them."""
+        for old, new in RENAMED_IN_TRANSFORMERS_5:  # the launchers' --gradient_checkpointing, without its FutureWarning
+            if new in NATIVE_TRAINING_ARGUMENTS and getattr(self, new) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
+                setattr(self, old, None)  # the Trainer mirrors the new name into it
+        if self.warmup_ratio and "warmup_ratio" not in NATIVE_TRAINING_ARGUMENTS and not self.warmup_steps:
+            self.warmup_steps = self.warmup_ratio  # transformers 5: a float below 1 is the ratio
+        if self.ddp_find_unused_parameters is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            self.ddp_find_unused_parameters = False  # one process: nothing to synchronise, only a warning to print
+        if self.dataloader_num_workers < 0:
+            self.dataloader_num_workers = min(8, check_workers() - 1)
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False  # nothing to keep; the DataLoader refuses the flag
 
     def _check_lora_and_rates(self):
         if self.lora_r < 1:

@@ -3,12 +3,12 @@ adamw_bnb_8bit): refused as the arguments parse, in one line, rather than by the
 the weights loaded."""
 from __future__ import annotations
 
-from transformers import Trainer
-from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
-
 
 def check_reporters(report_to) -> None:
     """Each --report_to name must be one the Trainer knows and whose package is installed."""
+    # imported here: check_data.py imports the arguments but builds no TrainingArguments
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
     available = get_available_reporting_integrations()
     for name in report_to or []:
         if name in ("none", "all"):
@@ -24,6 +24,8 @@ def check_reporters(report_to) -> None:
 def check_optimizer(train_args) -> None:
     """--optim's package is installed (the Trainer imports it when it builds the optimizer). An
     optimizer that needs the model to be set up (GaLore's target modules) is checked then."""
+    from transformers import Trainer
+
     try:
         Trainer.get_optimizer_cls_and_kwargs(train_args)
     except ImportError as error:
