@@ -7,10 +7,10 @@ the starting model, computed once before training and written next to the data.
     {"pair": 3, "failed": "cannot read image ..."}              a pair whose media failed (--skip_bad_samples)
 
 The header says what the numbers belong to: the model's files, the data file's content, the
-images' and videos' contents and the options that change how a pair is encoded. A training run (--method dpo) uses the file when its
-header matches its own and every pair it trains on has a line; a file made for another model,
-data or encoding is refused, never used. A pass that stopped keeps its lines (written as each
-batch finishes): run again, it computes the rest.
+images' and videos' contents and the options that change how a pair is encoded. A training run
+(--method dpo) uses the file when its header matches its own and every pair it trains on has a
+line; a file made for another model, data or encoding is refused, never used. A pass that
+stopped keeps its lines (written as each batch finishes): run again, it computes the rest.
 """
 from __future__ import annotations
 
